@@ -1,0 +1,98 @@
+# fma-genre: `make help` lists the targets and the variables they take.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+# --- configuration (override on the command line: make train EPOCHS=30) -----
+PYTHON   ?= python3
+TORCH    ?= torch==2.13.0
+VENV     ?= .venv
+FMA_DIR  ?= data
+SUBSET   ?= large
+JOBS     ?= $(shell nproc 2>/dev/null || echo 2)
+SHARDS   ?= shards/fma_$(SUBSET)
+MODEL    ?= seed
+EPOCHS   ?= 20
+DEVICE   ?= auto
+RUN      ?= runs/$(MODEL)-$(SUBSET)
+BACKEND  ?= local
+SCHEDULER ?=
+DEMO_DIR ?= data/mini-fma
+DEMO_TRACKS ?= 400
+PYTEST_ARGS ?=
+
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.setup-stamp
+
+.PHONY: help setup demo check lint test-suite features finalize verify train test download \
+        features-slurm bench clean
+
+help: ## this list
+	@echo "fma-genre: FMA genre classifier. Targets:"
+	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | awk -F'\t' '{printf "  %-15s %s\n", $$1, $$2}'
+	@echo "Variables (current value):"
+	@echo "  FMA_DIR=$(FMA_DIR)  holds fma_metadata/ and fma_<subset>/ as FMA's zips unpack"
+	@echo "  SUBSET=$(SUBSET)  small | medium | large (nested, as FMA defines them)"
+	@echo "  JOBS=$(JOBS)  worker processes for features"
+	@echo "  SHARDS=$(SHARDS)  where the HDF5 shard set is written / read"
+	@echo "  MODEL=$(MODEL)  EPOCHS=$(EPOCHS)  DEVICE=$(DEVICE) (auto | cuda | cpu)"
+	@echo "  RUN=$(RUN)  run folder: checkpoints, config, TensorBoard, test_report.json"
+	@echo "  BACKEND=$(BACKEND)  local | dask (with SCHEDULER=tcp://host:port or a scheduler file)"
+	@echo "  PYTHON=$(PYTHON)  TORCH=$(TORCH)  (setup: a torch already importable in PYTHON is kept)"
+
+$(STAMP): pyproject.toml
+	@set -e; \
+	if $(PYTHON) -c 'import torch' 2>/dev/null; then \
+	  echo "setup: torch is importable in $(PYTHON); the venv reuses it"; \
+	  $(PYTHON) -m venv --system-site-packages $(VENV); \
+	else \
+	  $(PYTHON) -m venv $(VENV); \
+	  $(VENV)/bin/pip install -q $(TORCH); \
+	fi; \
+	$(VENV)/bin/pip install -q -e '.[dev]'; \
+	touch $(STAMP)
+
+setup: $(STAMP) ## make .venv and install the project with its dev extras
+
+demo: $(STAMP) ## whole pipeline on a generated mini-FMA (no download needed)
+	$(PY) -m preprocess.synth --out $(DEMO_DIR) --tracks $(DEMO_TRACKS) --seed 0
+	$(MAKE) --no-print-directory features FMA_DIR=$(DEMO_DIR) SUBSET=large SHARDS=shards/demo
+	$(MAKE) --no-print-directory train SHARDS=shards/demo RUN=runs/demo EPOCHS=$(if $(filter command line,$(origin EPOCHS)),$(EPOCHS),8)
+	$(MAKE) --no-print-directory test SHARDS=shards/demo RUN=runs/demo
+
+check: lint test-suite ## lint + the test suite (what CI runs)
+
+lint: $(STAMP) ## ruff
+	$(VENV)/bin/ruff check shards preprocess train tests bench
+
+test-suite: $(STAMP)
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+features: $(STAMP) ## decode every top-genre track of SUBSET into HDF5 shards in SHARDS
+	$(PY) -m preprocess features --fma-dir $(FMA_DIR) --subset $(SUBSET) --out $(SHARDS) \
+	  --jobs $(JOBS) --backend $(BACKEND) $(if $(SCHEDULER),--scheduler $(SCHEDULER))
+
+finalize: $(STAMP) ## write SHARDS/manifest.json once every shard exists (says which are missing)
+	$(PY) -m preprocess finalize $(SHARDS)
+
+verify: $(STAMP) ## check every shard in SHARDS against the manifest
+	$(PY) -m preprocess verify $(SHARDS)
+
+features-slurm: $(STAMP) ## submit the features stage as a SLURM array + finalize job
+	$(PY) -m preprocess slurm --fma-dir $(FMA_DIR) --subset $(SUBSET) --out $(SHARDS)
+
+train: $(STAMP) ## train MODEL on SHARDS into RUN
+	$(PY) -m train fit --shards $(SHARDS) --run $(RUN) --model $(MODEL) --epochs $(EPOCHS) --device $(DEVICE)
+
+test: $(STAMP) ## evaluate the best checkpoint in RUN on the test split: RUN/test_report.json
+	$(PY) -m train test --shards $(SHARDS) --run $(RUN) --device $(DEVICE)
+
+download: $(STAMP) ## fetch and unpack FMA's zips for SUBSET (+ metadata) into FMA_DIR
+	$(PY) -m preprocess download --fma-dir $(FMA_DIR) --subset $(SUBSET)
+
+bench: $(STAMP) ## speed benchmarks (features, dataset): ratios against baselines
+	$(PY) bench/features.py
+	$(PY) bench/dataset.py
+
+clean: ## remove the venv, caches and demo outputs (not data/ or your shard sets)
+	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info shards/demo runs/demo $(DEMO_DIR)
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +

@@ -1,0 +1,55 @@
+"""Shared fixtures. Every test is seeded; generated data is built once per session."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    random.seed(0)
+    np.random.seed(0)
+
+
+@pytest.fixture(scope="session")
+def repo_root() -> Path:
+    return REPO
+
+
+@pytest.fixture(scope="session")
+def subprocess_env() -> dict:
+    """Environment for child processes: the repo importable, output unbuffered."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+@pytest.fixture(scope="session")
+def python() -> str:
+    return sys.executable
+
+
+@pytest.fixture(scope="session")
+def mini_fma(tmp_path_factory):
+    """A generated mini-FMA (120 tracks, seed 0), built once per test session.
+
+    Returns ``(fma_dir, truth)`` where ``truth`` is the dict
+    ``preprocess.synth.generate`` returns (also saved as ``synth_truth.json``).
+    Tests must not modify it: copy it first.
+    """
+    from preprocess.synth import generate
+
+    out = tmp_path_factory.mktemp("mini-fma")
+    truth = generate(out, n_tracks=120, seed=0)
+    assert json.loads((out / "synth_truth.json").read_text()) is not None
+    return out, truth
