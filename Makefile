@@ -16,6 +16,7 @@ DEVICE   ?= auto
 RUN      ?= runs/$(MODEL)-$(SUBSET)
 BACKEND  ?= local
 SCHEDULER ?=
+SLURM_ARGS ?=
 DEMO_DIR ?= data/mini-fma
 DEMO_TRACKS ?= 400
 PYTEST_ARGS ?=
@@ -37,6 +38,7 @@ help: ## this list
 	@echo "  MODEL=$(MODEL)  EPOCHS=$(EPOCHS)  DEVICE=$(DEVICE) (auto | cuda | cpu)"
 	@echo "  RUN=$(RUN)  run folder: checkpoints, config, TensorBoard, test_report.json"
 	@echo "  BACKEND=$(BACKEND)  local | dask (with SCHEDULER=tcp://host:port or a scheduler file)"
+	@echo "  SLURM_ARGS=$(SLURM_ARGS)  extra options for features-slurm, e.g. \"--partition p --cpus-per-task 8\""
 	@echo "  PYTHON=$(PYTHON)  TORCH=$(TORCH)  (setup: a torch already importable in PYTHON is kept)"
 
 $(STAMP): pyproject.toml
@@ -77,8 +79,8 @@ finalize: $(STAMP) ## write SHARDS/manifest.json once every shard exists (says w
 verify: $(STAMP) ## check every shard in SHARDS against the manifest
 	$(PY) -m preprocess verify $(SHARDS)
 
-features-slurm: $(STAMP) ## submit the features stage as a SLURM array + finalize job
-	$(PY) -m preprocess slurm --fma-dir $(FMA_DIR) --subset $(SUBSET) --out $(SHARDS)
+features-slurm: $(STAMP) ## submit the features stage as a SLURM array + finalize job (SLURM_ARGS=...)
+	$(PY) -m preprocess slurm --fma-dir $(FMA_DIR) --subset $(SUBSET) --out $(SHARDS) $(SLURM_ARGS)
 
 train: $(STAMP) ## train MODEL on SHARDS into RUN
 	$(PY) -m train fit --shards $(SHARDS) --run $(RUN) --model $(MODEL) --epochs $(EPOCHS) --device $(DEVICE)

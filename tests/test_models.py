@@ -1,0 +1,41 @@
+"""Model shapes and parameter counts."""
+
+import pytest
+import torch
+from torch import nn
+
+from train.models import MODELS, ModelConfig, SeedCNN, build_model, count_parameters
+
+
+def test_seed_model_has_the_reference_layers_and_parameter_count():
+    model = SeedCNN(num_classes=16)
+    assert count_parameters(model) == 241_472
+    convs = [(m.in_channels, m.out_channels, m.kernel_size, m.stride, m.padding)
+             for m in model.modules() if isinstance(m, nn.Conv2d)]
+    assert convs == [(1, 8, (3, 3), (1, 1), (1, 1)), (8, 16, (3, 3), (1, 1), (1, 1)),
+                     (16, 32, (3, 3), (1, 1), (1, 1)), (32, 64, (3, 3), (1, 1), (1, 1)),
+                     (64, 64, (2, 2), (2, 2), (0, 0))]
+    linears = [(m.in_features, m.out_features) for m in model.modules() if isinstance(m, nn.Linear)]
+    assert linears == [(1024, 192), (192, 16)]
+    assert [m.num_features for m in model.modules() if isinstance(m, nn.BatchNorm2d)] == [8, 16, 32, 64, 64]
+    assert [m.num_features for m in model.modules() if isinstance(m, nn.BatchNorm1d)] == [192]
+    assert sum(isinstance(m, nn.MaxPool2d) for m in model.modules()) == 4
+    model.eval()
+    assert model.features(torch.zeros(2, 1, 128, 128)).shape == (2, 64, 4, 4)
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_models_map_images_to_logits(name):
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(name, num_classes=5)).eval()
+    out = model(torch.randn(3, 1, 128, 128))
+    assert out.shape == (3, 5) and torch.isfinite(out).all()
+
+
+def test_resnet_parameter_count_is_the_documented_one():
+    assert count_parameters(build_model(ModelConfig("resnet", 16))) == 1_234_032
+
+
+def test_unknown_model_is_a_clear_error():
+    with pytest.raises(ValueError, match="unknown model 'vgg'"):
+        build_model(ModelConfig("vgg", 16))

@@ -1,0 +1,112 @@
+"""fma-genre training side: train a CNN on a shard set, evaluate it, predict genres.
+
+Commands:
+  fit      train MODEL on SHARDS/train, validate on SHARDS/validation every epoch;
+           writes RUN/best.pt (best validation metric), RUN/last.pt (every epoch),
+           RUN/config.yaml, RUN/history.json and TensorBoard events in RUN/tensorboard
+  test     evaluate RUN/best.pt on SHARDS/test: prints a table, writes
+           RUN/test_report.json and RUN/confusion.png
+  predict  top genres with probabilities for audio files, using the recipe and
+           normalisation stored in the checkpoint
+
+Examples:
+  python -m train fit --shards shards/fma_large --run runs/seed --model seed --epochs 20
+  python -m train fit --config train/configs/reference.yaml --shards S --run R --lr 0.02
+  python -m train fit --run runs/seed --resume --epochs 30     # continue / extend a run
+  python -m train test --shards shards/fma_large --run runs/seed
+  python -m train predict --run runs/seed song.mp3
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def _fit_parser(sub) -> None:
+    from train.config import add_config_arguments
+
+    p = sub.add_parser("fit", help="train a model", description=(
+        "Train a model on a shard set. Settings come from the defaults, then --config FILE.yaml, then "
+        "the flags given here; the result is saved as RUN/config.yaml. With --resume the run's saved "
+        "configuration is the base and only the flags given here change it (e.g. --epochs to extend)."))
+    p.add_argument("--config", help="YAML file of settings (keys as the flags below, with underscores); "
+                   "see train/configs/")
+    p.add_argument("--resume", action="store_true",
+                   help="continue RUN from RUN/last.pt (weights, optimiser, epoch, RNG state)")
+    add_config_arguments(p)
+
+
+def _test_parser(sub) -> None:
+    p = sub.add_parser("test", help="evaluate the best checkpoint on the test split", description=(
+        "Evaluate RUN/best.pt on the test split of SHARDS: prints per-class precision/recall/F1 and "
+        "accuracy, balanced accuracy, macro-F1, top-3 accuracy; writes RUN/test_report.json and "
+        "RUN/confusion.png (row-normalised)."))
+    p.add_argument("--shards", required=True, help="shard set folder (holds manifest.json)")
+    p.add_argument("--run", required=True, help="run folder holding the checkpoint")
+    p.add_argument("--device", default="auto", choices=("auto", "cuda", "cpu"),
+                   help="auto: CUDA when available (default)")
+    p.add_argument("--checkpoint", default="best.pt", help="checkpoint in RUN (default: best.pt)")
+    p.add_argument("--split", default="test", choices=("train", "validation", "test"),
+                   help="split to evaluate (default: test)")
+
+
+def _predict_parser(sub) -> None:
+    from train import predict
+
+    p = sub.add_parser("predict", help="top genres for audio files",
+                       description=predict.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    predict.add_arguments(p)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m train", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{fit,test,predict}")
+    _fit_parser(sub)
+    _test_parser(sub)
+    _predict_parser(sub)
+    return parser
+
+
+def run_fit(args: argparse.Namespace) -> int:
+    from train.checkpoint import LAST, load_checkpoint
+    from train.config import config_from_dict, load_yaml, overrides_from_args
+    from train.loop import fit
+
+    overrides = overrides_from_args(args)
+    if args.resume:
+        if not args.run:
+            raise ValueError("--resume needs --run RUN (the run folder to continue)")
+        saved = load_checkpoint(Path(args.run) / LAST)["config"]
+        config = config_from_dict(saved, source=f"{Path(args.run) / LAST} config")
+    else:
+        config = None
+    if args.config:
+        config = config_from_dict(load_yaml(args.config), base=config, source=args.config)
+    config = config_from_dict(overrides, base=config, source="command line")
+    fit(config, resume=args.resume)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "fit":
+            return run_fit(args)
+        if args.command == "test":
+            from train.evaluate import test
+
+            test(args.shards, args.run, args.device, checkpoint_name=args.checkpoint, split=args.split)
+            return 0
+        from train import predict
+
+        return predict.main(args)
+    except ValueError as exc:  # ShardError, CheckpointError and bad settings: a clear message, no traceback
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

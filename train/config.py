@@ -1,0 +1,167 @@
+"""Training configuration: one dataclass, loaded from YAML, overridden from the command line.
+
+Precedence (later wins): the dataclass defaults, a YAML file (``--config``), the
+command-line flags that were given. The result is saved as ``RUN/config.yaml``
+and inside every checkpoint, so a run can always be reproduced and resumed.
+
+To add a setting, add a field with a default and a ``help`` in its metadata: the
+command-line flag (``--field-name``) is generated from it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from shards import atomic_write_text
+
+MODEL_CHOICES = ("seed", "resnet")
+OPTIMIZERS = ("sgd", "adamw")
+METRICS = ("macro_f1", "accuracy")
+PRELOAD = ("none", "ram", "gpu")
+DEVICES = ("auto", "cuda", "cpu")
+CLASS_WEIGHTS = ("none", "balanced")
+
+
+def _f(default, help: str, choices=None):
+    """A dataclass field carrying its command-line help (and choices)."""
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata={"help": help, "choices": choices})
+    return field(default=default, metadata={"help": help, "choices": choices})
+
+
+@dataclass
+class TrainConfig:
+    """Everything that decides a training run (plain data: str, int, float, bool, list)."""
+
+    shards: str = _f("", "shard set folder (holds manifest.json)")
+    run: str = _f("", "run folder: checkpoints, config.yaml, TensorBoard events, test report")
+    model: str = _f("seed", "model name", MODEL_CHOICES)
+    epochs: int = _f(20, "number of epochs")
+    batch_size: int = _f(32, "samples per batch")
+    optimizer: str = _f("sgd", "sgd (momentum, the reference recipe) or adamw", OPTIMIZERS)
+    lr: float = _f(0.01, "peak learning rate (after warm-up)")
+    momentum: float = _f(0.9, "SGD momentum")
+    weight_decay: float = _f(5e-4, "weight decay (L2 for SGD, decoupled for AdamW)")
+    warmup_epochs: float = _f(1.0, "linear warm-up length in epochs (0 disables)")
+    milestones: list = _f([], "epochs at which the learning rate is multiplied by gamma "
+                              "(empty: at 50%% and 75%% of the epochs)")
+    gamma: float = _f(0.1, "learning-rate decay factor at each milestone")
+    class_weights: str = _f("none", "cross-entropy class weights: none, or balanced "
+                                    "(inverse training-split frequency)", CLASS_WEIGHTS)
+    select_metric: str = _f("macro_f1", "validation metric that picks best.pt", METRICS)
+    normalize: bool = _f(True, "standardise each mel band with training-split mean/std")
+    preload: str = _f("none", "copy the split into memory first: none, ram or gpu", PRELOAD)
+    num_workers: int = _f(-1, "DataLoader worker processes (-1: 0 on CPU or small machines, else 4)")
+    device: str = _f("auto", "auto (CUDA when available), cuda or cpu", DEVICES)
+    verify_shards: bool = _f(False, "recompute every shard's checksum before training (slow, reads all)")
+    seed: int = _f(0, "random seed (weights, shuffling, dropout)")
+    max_steps_per_epoch: int = _f(0, "stop each epoch after this many batches (0: whole split; for tests)")
+
+    def validate(self) -> None:
+        """Raise ValueError naming the setting if a value is out of range."""
+        for f in dataclasses.fields(self):
+            choices = f.metadata.get("choices")
+            value = getattr(self, f.name)
+            if choices and value not in choices:
+                raise ValueError(f"config {f.name}={value!r}: must be one of {choices}")
+        for name in ("epochs", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"config {name}={getattr(self, name)}: must be >= 1")
+        if self.lr <= 0 or self.weight_decay < 0 or self.warmup_epochs < 0 or not 0 < self.gamma <= 1:
+            raise ValueError(f"config: need lr > 0, weight_decay >= 0, warmup_epochs >= 0, "
+                             f"0 < gamma <= 1; got lr={self.lr}, weight_decay={self.weight_decay}, "
+                             f"warmup_epochs={self.warmup_epochs}, gamma={self.gamma}")
+        if any(int(m) != m or m < 1 for m in self.milestones):
+            raise ValueError(f"config milestones={self.milestones}: must be positive whole epochs")
+
+    def resolved_milestones(self) -> list[int]:
+        """The milestones, defaulting to 50% and 75% of the epochs."""
+        if self.milestones:
+            return sorted(int(m) for m in self.milestones)
+        return sorted({max(1, round(self.epochs * 0.5)), max(1, round(self.epochs * 0.75))})
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+def config_from_dict(values: dict, base: TrainConfig | None = None, source: str = "config") -> TrainConfig:
+    """A copy of ``base`` (default: the defaults) with ``values`` applied and type-checked."""
+    base = base or TrainConfig()
+    known = {f.name: f for f in dataclasses.fields(TrainConfig)}
+    unknown = sorted(set(values) - set(known))
+    if unknown:
+        raise ValueError(f"{source}: unknown settings {unknown}; known: {sorted(known)}")
+    updates = {}
+    for name, value in values.items():
+        default = getattr(TrainConfig(), name)
+        try:
+            if isinstance(default, bool):
+                if not isinstance(value, bool):
+                    raise TypeError("expected true or false")
+            elif isinstance(default, list):
+                value = [int(v) for v in (value or [])]
+            elif isinstance(default, (int, float)):
+                value = type(default)(value)
+            else:
+                value = str(value)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"{source}: setting {name}={value!r}: {exc}") from exc
+        updates[name] = value
+    config = dataclasses.replace(base, **updates)
+    config.validate()
+    return config
+
+
+def load_yaml(path: str | os.PathLike) -> dict:
+    """Read a YAML mapping of settings (``yaml.safe_load``)."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise ValueError(f"{path}: cannot read the YAML config ({exc})") from exc
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: a config file must be a YAML mapping of setting: value")
+    return data
+
+
+def add_config_arguments(parser: argparse.ArgumentParser, skip: tuple[str, ...] = ()) -> None:
+    """Add one ``--flag`` per config field; every default is None (= not given)."""
+    for f in dataclasses.fields(TrainConfig):
+        if f.name in skip:
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        help_text = f"{f.metadata['help']} (default: {default!r})"
+        kwargs = {"default": None, "help": help_text, "dest": f.name}
+        if isinstance(default, bool):
+            kwargs["action"] = argparse.BooleanOptionalAction
+        elif isinstance(default, list):
+            kwargs.update(nargs="*", type=int, metavar="EPOCH")
+        else:
+            kwargs.update(type=type(default))
+            if f.metadata.get("choices"):
+                kwargs["choices"] = f.metadata["choices"]
+        parser.add_argument(flag, **kwargs)
+
+
+def overrides_from_args(args: argparse.Namespace) -> dict:
+    """The config settings given on the command line (those not None)."""
+    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    return {k: v for k, v in vars(args).items() if k in names and v is not None}
+
+
+def save_config(config: TrainConfig, run_dir: str | os.PathLike) -> Path:
+    """Write ``run_dir/config.yaml`` atomically."""
+    path = Path(run_dir) / "config.yaml"
+    atomic_write_text(path, "# training configuration (defaults < --config file < command line)\n"
+                      + config.to_yaml())
+    return path

@@ -1,0 +1,121 @@
+"""CNNs over (B, 1, 128, 128) log-mel images, selectable by name.
+
+``seed``    the reference project's CNN, layer for layer (241,472 parameters for 16 classes).
+``resnet``  a deeper residual CNN with global average+max pooling (1,234,032 parameters for 16).
+
+Add a model: write an ``nn.Module`` whose constructor takes ``num_classes`` (and
+keyword options), and register it in :data:`MODELS`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import torch
+from torch import nn
+
+
+class SeedCNN(nn.Module):
+    """The reference CNN.
+
+    Four blocks of 3x3 conv (padding 1) + BatchNorm + ReLU + 2x2 max-pool take
+    (B, 1, 128, 128) through 8, 16, 32, 64 channels to (B, 64, 8, 8); a 2x2
+    stride-2 conv + BatchNorm + ReLU gives (B, 64, 4, 4) = 1024 features; a
+    1024 -> 192 linear layer + BatchNorm1d + ReLU, then 192 -> num_classes logits.
+    """
+
+    def __init__(self, num_classes: int = 16):
+        super().__init__()
+        blocks = []
+        channels = [1, 8, 16, 32, 64]
+        for c_in, c_out in zip(channels[:-1], channels[1:], strict=True):
+            blocks += [nn.Conv2d(c_in, c_out, 3, padding=1), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True),
+                       nn.MaxPool2d(2)]
+        blocks += [nn.Conv2d(64, 64, 2, stride=2), nn.BatchNorm2d(64), nn.ReLU(inplace=True)]
+        self.features = nn.Sequential(*blocks)
+        self.classifier = nn.Sequential(
+            nn.Flatten(), nn.Linear(1024, 192), nn.BatchNorm1d(192), nn.ReLU(inplace=True),
+            nn.Linear(192, num_classes),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 1, 128, 128) -> logits (B, num_classes)."""
+        return self.classifier(self.features(x))
+
+
+class ResidualBlock(nn.Module):
+    """Two 3x3 conv + BatchNorm layers with a (projected when needed) shortcut."""
+
+    def __init__(self, c_in: int, c_out: int, stride: int):
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1, bias=False), nn.BatchNorm2d(c_out),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(c_out, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out),
+        )
+        self.shortcut = nn.Identity()
+        if stride != 1 or c_in != c_out:
+            self.shortcut = nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride=stride, bias=False),
+                                          nn.BatchNorm2d(c_out))
+        self.relu = nn.ReLU(inplace=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.relu(self.body(x) + self.shortcut(x))
+
+
+class ResNetCNN(nn.Module):
+    """A residual CNN with global pooling.
+
+    Stem: 3x3 conv to ``width`` channels + BatchNorm + ReLU + 2x2 max-pool
+    (128 -> 64). Four stages of one residual block each, widths
+    ``width * (1, 2, 4, 8)``, the last three with stride 2 (64 -> 8). Global
+    average and max pooling over frequency and time are concatenated, then
+    dropout and a linear layer give the logits (B, num_classes).
+    """
+
+    def __init__(self, num_classes: int = 16, width: int = 32, dropout: float = 0.3):
+        super().__init__()
+        widths = [width, 2 * width, 4 * width, 8 * width]
+        self.stem = nn.Sequential(nn.Conv2d(1, width, 3, padding=1, bias=False), nn.BatchNorm2d(width),
+                                  nn.ReLU(inplace=True), nn.MaxPool2d(2))
+        stages, c_in = [], width
+        for i, c_out in enumerate(widths):
+            stages.append(ResidualBlock(c_in, c_out, stride=1 if i == 0 else 2))
+            c_in = c_out
+        self.stages = nn.Sequential(*stages)
+        self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(2 * c_in, num_classes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 1, 128, 128) -> logits (B, num_classes)."""
+        h = self.stages(self.stem(x))
+        pooled = torch.cat([h.mean(dim=(2, 3)), h.amax(dim=(2, 3))], dim=1)
+        return self.head(pooled)
+
+
+MODELS = {"seed": SeedCNN, "resnet": ResNetCNN}
+
+
+@dataclass
+class ModelConfig:
+    """What :func:`build_model` needs: saved in every checkpoint."""
+
+    name: str
+    num_classes: int
+    options: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def build_model(config: ModelConfig) -> nn.Module:
+    """Instantiate a registered model (weights initialised from torch's global RNG)."""
+    if config.name not in MODELS:
+        raise ValueError(f"unknown model {config.name!r}; choose one of {sorted(MODELS)}")
+    if config.num_classes < 2:
+        raise ValueError(f"num_classes must be >= 2, got {config.num_classes}")
+    return MODELS[config.name](num_classes=config.num_classes, **config.options)
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Number of trainable parameters."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)

@@ -1,0 +1,89 @@
+"""Top genres for audio files: ``python -m train predict --run RUN FILE.mp3 [...]``.
+
+Features are computed with the exact recipe stored in the checkpoint, by the
+features stage's own function ``preprocess.audio.mel_from_file`` (imported here
+only, so that the rest of ``train`` never needs librosa).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from train.checkpoint import BEST, load_checkpoint
+
+
+def predict_files(run_dir: str | os.PathLike, files: list[str | os.PathLike], *, device_name: str = "cpu",
+                  checkpoint_name: str = BEST) -> list[tuple[Path, np.ndarray | None, str | None]]:
+    """Class probabilities for each file.
+
+    Returns
+    -------
+    list of (path, probabilities (K,) float32 or None, error message or None)
+    """
+    from preprocess.audio import mel_from_file  # lazy: librosa only where audio is decoded
+    from train.evaluate import load_model
+    from train.loop import resolve_device
+
+    device = resolve_device(device_name)
+    checkpoint = load_checkpoint(Path(run_dir) / checkpoint_name)
+    model = load_model(checkpoint, device)
+    norm = checkpoint["normalization"]
+    results = []
+    for file in files:
+        path = Path(file)
+        try:
+            mel = np.asarray(mel_from_file(path, checkpoint["recipe"]), dtype=np.float32)
+        except Exception as exc:  # any decoding failure is reported per file, never stops the others
+            message = str(exc) or type(exc).__name__
+            results.append((path, None, message if str(path) in message else f"{path}: {message}"))
+            continue
+        if mel.shape != (128, 128):
+            results.append((path, None, f"{path}: features have shape {mel.shape}, expected (128, 128)"))
+            continue
+        if norm is not None:
+            mel = (mel - norm["mean"].numpy()[:, None]) / norm["std"].numpy()[:, None]
+        x = torch.from_numpy(mel[None, None]).to(device)
+        with torch.no_grad():
+            probabilities = torch.softmax(model(x).float(), dim=1)[0].cpu().numpy()
+        results.append((path, probabilities, None))
+    return results
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("files", nargs="+", metavar="FILE", help="audio files (MP3 or anything the "
+                        "features stage decodes)")
+    parser.add_argument("--run", required=True, help="run folder holding best.pt")
+    parser.add_argument("--checkpoint", default=BEST, help="checkpoint file name in the run folder "
+                        "(default: best.pt)")
+    parser.add_argument("--top", type=int, default=3, help="genres to print per file (default: 3)")
+    parser.add_argument("--device", default="cpu", choices=("auto", "cuda", "cpu"),
+                        help="where the model runs (default: cpu)")
+
+
+def main(args: argparse.Namespace) -> int:
+    checkpoint = load_checkpoint(Path(args.run) / args.checkpoint)
+    names = checkpoint["class_names"]
+    failures = 0
+    for path, probabilities, error in predict_files(args.run, args.files, device_name=args.device,
+                                                    checkpoint_name=args.checkpoint):
+        if error is not None:
+            print(f"error: cannot compute features: {error}", file=sys.stderr)
+            failures += 1
+            continue
+        top = np.argsort(probabilities)[::-1][: max(1, args.top)]
+        ranked = ", ".join(f"{names[i]} {probabilities[i]:.3f}" for i in top)
+        print(f"{path}: {ranked}")
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    _parser = argparse.ArgumentParser(prog="python -m train.predict", description=__doc__,
+                                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(_parser)
+    sys.exit(main(_parser.parse_args()))
