@@ -1,0 +1,123 @@
+"""Decoding: miniaudio is sample-aligned with librosa.load (libsndfile/mpg123); failures get reasons."""
+
+from __future__ import annotations
+
+import struct
+
+import lameenc
+import librosa
+import numpy as np
+import pytest
+
+from preprocess.audio import TrackFailure, decode, mel_from_file, track_image
+from preprocess.recipe import Recipe
+from preprocess.synth_audio import add_xing_header
+
+SR = 44100
+
+
+def encode(y: np.ndarray, sr: int = SR, kbps: int = 320) -> bytes:
+    """Real MP3 bytes (CBR, no Xing/LAME header) from mono float samples."""
+    enc = lameenc.Encoder()
+    enc.set_channels(2)
+    enc.set_in_sample_rate(sr)
+    enc.set_bit_rate(kbps)
+    enc.set_quality(2)
+    pcm = (np.clip(y, -1, 1) * 32767).astype("<i2")
+    return enc.encode(np.stack([pcm, pcm[::-1]], 1).tobytes()) + enc.flush()
+
+
+def lame_info_frame(stream: bytes, n_samples: int, delay: int = 1105) -> bytes:
+    """A LAME 'Info' frame (gapless header: encoder delay and padding) for a 44.1 kHz stereo CBR stream.
+
+    Decoders that honour it drop ``delay`` samples at the start and the padding at the end.
+    """
+    header = stream[:4]
+    size = 144 * 320_000 // SR  # MPEG-1 layer III, 320 kbit/s, no padding bit
+    frame = bytearray(size)
+    frame[:4] = bytes([header[0], header[1], header[2] & 0xFD, header[3]])
+    o = 4 + 32  # after the stereo side info
+    n_frames = -(-(n_samples + delay) // 1152) + 1
+    frame[o:o + 8] = b"Info" + struct.pack(">I", 0x0F)
+    frame[o + 8:o + 16] = struct.pack(">II", n_frames, len(stream) + size)
+    frame[o + 16:o + 116] = bytes(range(100))
+    lame = o + 120
+    frame[lame:lame + 9] = b"LAME3.100"
+    padding = n_frames * 1152 - n_samples - delay
+    frame[lame + 21:lame + 24] = ((delay - 529) << 12 | padding).to_bytes(3, "big")
+    return bytes(frame)
+
+
+def signal(seconds: float, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(SR * seconds)) / SR
+    return (0.3 * np.sin(2 * np.pi * (300 + 200 * t) * t) * (np.sin(2 * np.pi * 3 * t) > 0)
+            + 0.05 * rng.standard_normal(t.size)).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def mp3s(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("mp3")
+    y = signal(8.0)
+    stream = encode(y)
+    (folder / "plain.mp3").write_bytes(stream)
+    (folder / "gapless.mp3").write_bytes(lame_info_frame(stream, y.size) + stream)
+    (folder / "xing.mp3").write_bytes(add_xing_header(stream))  # no encoder extension: mpg123 drops 529
+    (folder / "short.mp3").write_bytes(encode(signal(1.2)))
+    (folder / "empty.mp3").write_bytes(b"")
+    (folder / "noise.mp3").write_bytes(np.random.default_rng(1).integers(0, 255, 50_000, np.uint8).tobytes())
+    return folder, y
+
+
+@pytest.mark.parametrize("name", ["plain.mp3", "gapless.mp3", "xing.mp3"])
+def test_decode_is_aligned_with_librosa_load(mp3s, name):
+    folder, y = mp3s
+    ours, sr = decode(folder / name)
+    theirs, sr_librosa = librosa.load(folder / name, sr=None, mono=False)
+    assert sr == sr_librosa == SR
+    assert ours.shape == theirs.shape  # same encoder delay / padding handling
+    assert np.abs(ours - theirs).max() < 1e-3
+    # The gapless header really was honoured by both: the first sample is the signal's first.
+    lag = {"gapless.mp3": 0, "plain.mp3": 1105, "xing.mp3": 1105 - 529}[name]
+    start = ours[0, 5000 + lag: 15000 + lag]
+    assert np.corrcoef(start, y[5000:15000])[0, 1] > 0.9
+
+
+def test_images_match_librosa_on_real_mp3(mp3s):
+    folder, _ = mp3s
+    recipe = Recipe(min_duration_s=5.0)
+    for name in ("plain.mp3", "gapless.mp3", "xing.mp3"):
+        y, sr = librosa.load(folder / name, sr=None, mono=True, duration=29.5)
+        y = np.concatenate([y, np.zeros(int(29.5 * sr) - y.size, np.float32)])  # the short-clip policy
+        hop = int(sr * 29.5 / 128) + 1
+        S = librosa.feature.melspectrogram(y=y, sr=sr, n_fft=2 * hop, hop_length=hop, n_mels=128, fmax=11025)
+        ours = track_image(folder / name, recipe)
+        assert np.abs(ours - librosa.power_to_db(S)).max() < 0.5
+        assert np.array_equal(mel_from_file(folder / name, recipe.to_dict()), ours)
+
+
+@pytest.mark.parametrize("name,reason", [
+    ("missing.mp3", "missing file"),
+    ("empty.mp3", "empty file"),
+    ("noise.mp3", "cannot decode: "),
+    ("short.mp3", "too short: 1.2 s < 5 s"),
+])
+def test_failures_are_classified(mp3s, name, reason):
+    folder, _ = mp3s
+    with pytest.raises(TrackFailure) as info:
+        track_image(folder / name, Recipe())
+    assert str(info.value).startswith(reason)
+    with pytest.raises(TrackFailure, match=str(folder / name)):
+        mel_from_file(folder / name, Recipe().to_dict())
+
+
+def test_a_track_over_its_time_limit_fails_with_timeout(mp3s):
+    folder, _ = mp3s
+    with pytest.raises(TrackFailure, match="timeout after 0.0001 s"):
+        track_image(folder / "plain.mp3", Recipe(), timeout_s=1e-4)
+    assert track_image(folder / "plain.mp3", Recipe(), timeout_s=60).shape == (128, 128)  # limit lifted
+
+
+def test_directory_is_not_a_track(tmp_path):
+    with pytest.raises(TrackFailure, match="not a regular file"):
+        decode(tmp_path)
