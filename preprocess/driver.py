@@ -188,7 +188,8 @@ def shard_is_complete(path: Path, spec: ShardSpec, recipe: dict) -> bool:
 
 # --------------------------------------------------------------------------- the run
 
-def _check_dataset(fma_dir: Path, subset: str) -> Path:
+def check_dataset(fma_dir: Path, subset: str) -> Path:
+    """The subset's audio folder; FeaturesError naming where it looked if the dataset is absent."""
     csv = tracks_csv_path(fma_dir)
     if not csv.is_file():
         raise FeaturesError(
@@ -203,6 +204,29 @@ def _check_dataset(fma_dir: Path, subset: str) -> Path:
             f"Unpack fma_{subset}.zip into {fma_dir} (`make download SUBSET={subset}`)."
         )
     return audio
+
+
+def build_plan(fma_dir: str | os.PathLike, subset: str, *, recipe: Recipe, shard_size: int,
+               skip_known_bad: bool, min_duration: float | None):
+    """Select the tracks and cut them into shards: a pure function of tracks.csv and the options.
+
+    Every process (a local run, an array task, the SLURM submitter) computes the same plan.
+
+    Returns
+    -------
+    (Path, Selection, list[ShardSpec], dict)
+        The audio folder, the selection, the shard specs and the plan (as written to plan.json).
+    """
+    fma_dir = Path(fma_dir)
+    audio = check_dataset(fma_dir, subset)
+    selection = load_selection(fma_dir, subset, skip_known_bad=skip_known_bad, min_duration=min_duration)
+    specs = assign_shards(selection.tracks, shard_size)
+    if not specs:
+        raise FeaturesError(f"no track of subset {subset!r} in {tracks_csv_path(fma_dir)} survives the "
+                            f"selection (skipped: { {k: len(v) for k, v in selection.skipped.items()} })")
+    plan = make_plan(selection, specs, recipe=recipe, subset=subset, shard_size=shard_size,
+                     skip_known_bad=skip_known_bad, min_duration=min_duration)
+    return audio, selection, specs, plan
 
 
 def _spot_check_files(audio: Path, specs: list[ShardSpec], max_failure_fraction: float) -> None:
@@ -294,14 +318,9 @@ def run_features(
     start = time.perf_counter()
     fma_dir, out = Path(fma_dir), Path(out)
     recipe = recipe or RECIPES["reference"]
-    audio = _check_dataset(fma_dir, subset)
-    selection = load_selection(fma_dir, subset, skip_known_bad=skip_known_bad, min_duration=min_duration)
-    specs = assign_shards(selection.tracks, shard_size)
-    if not specs:
-        raise FeaturesError(f"no track of subset {subset!r} in {tracks_csv_path(fma_dir)} survives the "
-                            f"selection (skipped: { {k: len(v) for k, v in selection.skipped.items()} })")
-    plan = make_plan(selection, specs, recipe=recipe, subset=subset, shard_size=shard_size,
-                     skip_known_bad=skip_known_bad, min_duration=min_duration)
+    audio, selection, specs, plan = build_plan(
+        fma_dir, subset, recipe=recipe, shard_size=shard_size, skip_known_bad=skip_known_bad,
+        min_duration=min_duration)
 
     from shards import MANIFEST_NAME, atomic_write_text, parse_shard_name, read_shard
 

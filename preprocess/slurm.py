@@ -209,21 +209,14 @@ def plan_submission(args: argparse.Namespace, out: Path) -> SubmitPlan:
     this command counted as missing, nor recomputes one it counted as complete.
     """
     from preprocess import driver
-    from preprocess.assign import assign_shards, select_for_task
-    from preprocess.metadata import load_selection
+    from preprocess.assign import select_for_task
     from preprocess.recipe import RECIPES
 
     recipe = RECIPES[args.recipe]
     min_duration = None if args.min_duration < 0 else args.min_duration
-    driver._check_dataset(args.fma_dir, args.subset)
-    selection = load_selection(args.fma_dir, args.subset, skip_known_bad=args.skip_known_bad,
-                               min_duration=min_duration)
-    specs = assign_shards(selection.tracks, args.shard_size)
-    if not specs:
-        raise ValueError(f"no track of subset {args.subset!r} in {args.fma_dir} survives the selection")
-    new_plan = driver.make_plan(selection, specs, recipe=recipe, subset=args.subset,
-                                shard_size=args.shard_size, skip_known_bad=args.skip_known_bad,
-                                min_duration=min_duration)
+    _, _, specs, new_plan = driver.build_plan(
+        args.fma_dir, args.subset, recipe=recipe, shard_size=args.shard_size,
+        skip_known_bad=args.skip_known_bad, min_duration=min_duration)
     old_plan = driver.read_plan(out) if out.is_dir() else None
     if old_plan is not None and old_plan != new_plan:
         raise ValueError(
