@@ -36,6 +36,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import scipy.fft
+import scipy.sparse
 
 # Frames transformed together: 32 x n_fft float32 is ~2.6 MB at 44.1 kHz, about cache-sized
 # (measured ~15 % faster per track than transforming all 128 frames at once).
@@ -138,10 +139,13 @@ RECIPES = {
 
 
 @functools.lru_cache(maxsize=16)
-def _analysis(rate: int, recipe: Recipe) -> tuple[np.ndarray, np.ndarray, int]:
-    """Window (n_fft,) float32, mel basis transposed (n_bins_used, n_mels) float32, n_bins_used.
+def _analysis(rate: int, recipe: Recipe) -> tuple[np.ndarray, scipy.sparse.csr_matrix, int]:
+    """Window (n_fft,) float32, sparse mel basis (n_mels, n_bins_used) float32, n_bins_used.
 
-    Cached per process: building the filterbank costs more than using it.
+    Cached per process: building the filterbank costs more than using it. The basis
+    is sparse (each band spans a few bins; ~10k non-zeros of 650k at 44.1 kHz), which
+    makes the product ~5x cheaper than a dense one, and single-threaded C: the images
+    are bit-identical whichever process or thread pool makes them.
     """
     import librosa
     import scipy.signal
@@ -154,27 +158,7 @@ def _analysis(rate: int, recipe: Recipe) -> tuple[np.ndarray, np.ndarray, int]:
     )
     nonzero = np.flatnonzero(basis.any(axis=0))
     n_bins = int(nonzero[-1]) + 1 if nonzero.size else 1
-    return window, np.ascontiguousarray(basis[:, :n_bins].T), n_bins
-
-
-@functools.lru_cache(maxsize=1)
-def _blas_controller():
-    try:
-        from threadpoolctl import ThreadpoolController
-    except ImportError:  # pragma: no cover - threadpoolctl comes with joblib/scikit-learn installs
-        return None
-    return ThreadpoolController()
-
-
-def _one_blas_thread():
-    """Run BLAS single-threaded: a multi-threaded matrix product sums in another order, and
-    the images must be bit-identical whichever process (pool worker, dask thread, main) makes them."""
-    import contextlib
-
-    controller = _blas_controller()
-    if controller is None:
-        return contextlib.nullcontext()
-    return controller.limit(limits=1, user_api="blas")
+    return window, scipy.sparse.csr_matrix(basis[:, :n_bins]), n_bins
 
 
 def prepare_waveform(waveform: np.ndarray, sample_rate: int, recipe: Recipe) -> tuple[np.ndarray, int]:
@@ -276,7 +260,7 @@ def mel_from_mono(y: np.ndarray, rate: int, recipe: Recipe) -> np.ndarray:
     """
     hop = recipe.hop_length(rate)
     n_fft = recipe.n_fft(rate)
-    window, basis_t, n_bins = _analysis(rate, recipe)
+    window, basis, n_bins = _analysis(rate, recipe)
     # Frame k is y[(k-1)*hop : (k+1)*hop] (centred frames, n_fft = 2*hop), zero where
     # that runs past either end (librosa.stft center=True, pad_mode='constant'). Past
     # the end of a short clip that is the silence of the short-clip policy. Frames are
@@ -285,7 +269,7 @@ def mel_from_mono(y: np.ndarray, rate: int, recipe: Recipe) -> np.ndarray:
     inner = min(n // hop - 1, recipe.n_frames - 1)  # frames 1..inner lie inside y
     frames = np.lib.stride_tricks.as_strided(y, shape=(max(inner, 0), n_fft), strides=(hop * 4, 4),
                                              writeable=False)
-    mel = np.empty((recipe.n_frames, recipe.n_mels), dtype=np.float32)
+    mel = np.empty((recipe.n_mels, recipe.n_frames), dtype=np.float32)
     windowed = np.empty((FRAME_BLOCK, n_fft), dtype=np.float32)
     for b0 in range(0, recipe.n_frames, FRAME_BLOCK):
         b1 = min(b0 + FRAME_BLOCK, recipe.n_frames)
@@ -302,9 +286,8 @@ def mel_from_mono(y: np.ndarray, rate: int, recipe: Recipe) -> np.ndarray:
                 np.multiply(segment, window, out=block[k - b0])
         spectrum = scipy.fft.rfft(block, axis=-1)[:, :n_bins]
         power = spectrum.real * spectrum.real + spectrum.imag * spectrum.imag  # (frames, n_bins)
-        with _one_blas_thread():
-            np.matmul(power, basis_t, out=mel[b0:b1])
-    return power_to_db(mel.T, recipe)
+        mel[:, b0:b1] = basis @ power.T
+    return power_to_db(mel, recipe)
 
 
 def power_to_db(power: np.ndarray, recipe: Recipe) -> np.ndarray:
