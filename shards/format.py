@@ -203,27 +203,42 @@ def write_shard(
         "versions": json.dumps(versions or {}, sort_keys=True),
         "checksum": checksum,
     }
-    with atomic_path(path) as tmp:
-        with h5py.File(tmp, "w", libver="latest") as f:
-            dset = _create_mel(f, mel.shape, compression)
-            if mel.shape[0]:
-                dset.write_direct(np.ascontiguousarray(mel))
-            f.create_dataset("label", data=label, track_times=False)
-            f.create_dataset("track_id", data=track_id, track_times=False)
-            f.create_dataset(
-                "failed_track_id", data=np.array([t for t, _ in failed], dtype=np.int64),
-                track_times=False,
-            )
-            f.create_dataset(
-                "failed_reason", data=[r for _, r in failed], dtype=h5py.string_dtype(),
-                shape=(len(failed),), track_times=False,
-            )
-            for key, value in attrs.items():
-                f.attrs[key] = value
-        # Read back what landed on disk before it gets its final name.
-        written = read_shard(tmp, verify=True)
-        if written.checksum != checksum:
-            raise ShardError(f"{tmp}: read-back checksum differs from the data written")
+    # The file is built in memory and written with one plain write: a full disk (or a
+    # file size limit) then fails cleanly in Python, never inside HDF5's own I/O,
+    # which leaves the library in a state that can crash the process at exit.
+    with h5py.File(f"{path.name}.in-memory", "w", driver="core", backing_store=False,
+                   libver="latest") as f:
+        dset = _create_mel(f, mel.shape, compression)
+        if mel.shape[0]:
+            dset.write_direct(np.ascontiguousarray(mel))
+        f.create_dataset("label", data=label, track_times=False)
+        f.create_dataset("track_id", data=track_id, track_times=False)
+        f.create_dataset(
+            "failed_track_id", data=np.array([t for t, _ in failed], dtype=np.int64),
+            track_times=False,
+        )
+        f.create_dataset(
+            "failed_reason", data=[r for _, r in failed], dtype=h5py.string_dtype(),
+            shape=(len(failed),), track_times=False,
+        )
+        for key, value in attrs.items():
+            f.attrs[key] = value
+        f.flush()
+        image = f.id.get_file_image()
+    try:
+        with atomic_path(path) as tmp:
+            with open(tmp, "wb") as fh:
+                fh.write(image)
+            # Read back what landed on disk before it gets its final name.
+            written = read_shard(tmp, verify=True)
+            if written.checksum != checksum:
+                raise ShardError(f"{tmp}: read-back checksum differs from the data written")
+    except OSError as exc:
+        raise ShardError(
+            f"{path}: cannot write this shard ({exc.strerror or exc}, errno {exc.errno}): the disk is "
+            f"full or a file size limit was reached. Nothing was left under this name; free space in "
+            f"{path.parent} and rerun (finished shards are kept)."
+        ) from exc
     return checksum
 
 
