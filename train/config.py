@@ -59,7 +59,8 @@ class TrainConfig:
     preload: str = _f("none", "copy the split into memory first: none, ram or gpu", PRELOAD)
     num_workers: int = _f(-1, "DataLoader worker processes (-1: 0 on CPU or small machines, else 4)")
     device: str = _f("auto", "auto (CUDA when available), cuda or cpu", DEVICES)
-    verify_shards: bool = _f(False, "recompute every shard's checksum before training (slow, reads all)")
+    verify_shards: bool = _f(True, "recompute every shard's checksum when opening a split (reads every "
+                                   "image once; --no-verify-shards checks only the cheap things)")
     seed: int = _f(0, "random seed (weights, shuffling, dropout)")
     max_steps_per_epoch: int = _f(0, "stop each epoch after this many batches (0: whole split; for tests)")
 
