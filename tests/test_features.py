@@ -19,6 +19,7 @@ from preprocess.audio import decode, mel_from_file
 from preprocess.fma import CLASS_NAMES, KNOWN_BAD
 from preprocess.metadata import load_tracks, tracks_csv_path
 from shards import read_manifest, read_shard
+from tests._reference import plain_librosa
 
 SHARD_SIZE = 16
 SPLIT = {"training": "train", "validation": "validation", "test": "test"}
@@ -69,15 +70,6 @@ def test_shards_hold_exactly_the_expected_tracks(run, expected):
     assert sum(t["tracks"] for t in manifest["totals"].values()) == len(good)
     assert manifest["skipped"]["no genre_top"] and manifest["class_names"] == list(CLASS_NAMES)
     assert summary["written"] == len(good) and summary["failed"]
-
-
-def plain_librosa(y: np.ndarray, sr: int) -> np.ndarray:
-    if sr < 22050:
-        y = librosa.resample(y, orig_sr=sr, target_sr=22050)
-        sr = 22050
-    hop = int(sr * 29.5 / 128) + 1
-    S = librosa.feature.melspectrogram(y=y, sr=sr, n_fft=2 * hop, hop_length=hop, n_mels=128, fmax=11025)
-    return librosa.power_to_db(S)
 
 
 def test_images_match_plain_librosa_on_every_valid_file(run, mini_fma):

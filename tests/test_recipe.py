@@ -2,24 +2,11 @@
 
 from __future__ import annotations
 
-import librosa
 import numpy as np
 import pytest
 
 from preprocess.recipe import RECIPES, Recipe, TooShortError, mel_image
-
-
-def plain_librosa(y: np.ndarray, sr: int) -> np.ndarray:
-    """The reference recipe written plainly with librosa (after librosa.load(sr=None, mono, 29.5 s))."""
-    if y.ndim == 2:
-        y = librosa.to_mono(y)
-    y = y[: int(29.5 * sr)]
-    if sr < 22050:
-        y = librosa.resample(y, orig_sr=sr, target_sr=22050)
-        sr = 22050
-    hop = int(sr * 29.5 / 128) + 1
-    S = librosa.feature.melspectrogram(y=y, sr=sr, n_fft=2 * hop, hop_length=hop, n_mels=128, fmax=11025)
-    return librosa.power_to_db(S)
+from tests._reference import plain_librosa
 
 
 def music(sr: int, seconds: float, channels: int = 1, seed: int = 0) -> np.ndarray:
