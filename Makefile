@@ -33,7 +33,7 @@ help: ## this list
 	@echo "Variables (current value):"
 	@echo "  FMA_DIR=$(FMA_DIR)  holds fma_metadata/ and fma_<subset>/ as FMA's zips unpack"
 	@echo "  SUBSET=$(SUBSET)  small | medium | large (nested, as FMA defines them)"
-	@echo "  JOBS=$(JOBS)  worker processes for features"
+	@echo "  JOBS=$(JOBS)  worker processes for features and for unpacking downloads"
 	@echo "  SHARDS=$(SHARDS)  where the HDF5 shard set is written / read"
 	@echo "  MODEL=$(MODEL)  EPOCHS=$(EPOCHS)  DEVICE=$(DEVICE) (auto | cuda | cpu)"
 	@echo "  RUN=$(RUN)  run folder: checkpoints, config, TensorBoard, test_report.json"
@@ -89,11 +89,12 @@ test: $(STAMP) ## evaluate the best checkpoint in RUN on the test split: RUN/tes
 	$(PY) -m train test --shards $(SHARDS) --run $(RUN) --device $(DEVICE)
 
 download: $(STAMP) ## fetch and unpack FMA's zips for SUBSET (+ metadata) into FMA_DIR
-	$(PY) -m preprocess download --fma-dir $(FMA_DIR) --subset $(SUBSET)
+	$(PY) -m preprocess download --fma-dir $(FMA_DIR) --subset $(SUBSET) --jobs $(JOBS)
 
-bench: $(STAMP) ## speed benchmarks (features, dataset): ratios against baselines
+bench: $(STAMP) ## speed benchmarks (features, dataset, unpacking): ratios against baselines
 	$(PY) bench/features.py
 	$(PY) bench/dataset.py
+	$(PY) bench/unpack.py
 
 clean: ## remove the venv, caches and demo outputs (not data/ or your shard sets)
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info shards/demo runs/demo $(DEMO_DIR)

@@ -46,6 +46,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Callable, Iterable, Iterator
 
+import joblib
 from tqdm import tqdm
 
 from shards import atomic_write_text
@@ -554,13 +555,78 @@ def safe_members(zf: zipfile.ZipFile, fma_dir: Path, source: Path) -> list[tuple
     return [(info, member_target(fma_dir, info.filename, source)) for info in zf.infolist()]
 
 
-def unpack(source: Path, fma_dir: Path, archive: Archive, *, progress: bool = True,
+# Members are unpacked in batches of about this many bytes (or members), one batch per pool
+# task: few enough tasks that a worker's start-up is nothing, enough to keep every core busy.
+BATCH_BYTES = 256 * MiB
+BATCH_MEMBERS = 2048
+
+
+def _batches(members: list[tuple[zipfile.ZipInfo, Path]]) -> list[list[zipfile.ZipInfo]]:
+    """Consecutive runs of members (zip order: sequential reads) of ~BATCH_BYTES each."""
+    batches: list[list[zipfile.ZipInfo]] = [[]]
+    size = 0
+    for info, _ in members:
+        if batches[-1] and (size >= BATCH_BYTES or len(batches[-1]) >= BATCH_MEMBERS):
+            batches.append([])
+            size = 0
+        batches[-1].append(info)
+        size += info.compress_size
+    return [b for b in batches if b]
+
+
+def _unpack_batch(zf: zipfile.ZipFile, fma_dir: Path, source: Path, names: list[str]) -> tuple[int, int]:
+    """Write the named members of ``zf`` under ``fma_dir``; return (bytes done, members kept).
+
+    Each file goes to a hidden temporary name and is renamed when whole; a file that
+    an earlier, interrupted unpack finished (same size and CRC-32) is kept.
+    """
+    done = kept = 0
+    for name in names:
+        info = zf.getinfo(name)
+        target = member_target(fma_dir, name, source)
+        if info.is_dir():
+            target.mkdir(parents=True, exist_ok=True)
+            continue
+        temp = _temp_target(target)
+        if _already_unpacked(target, info):
+            temp.unlink(missing_ok=True)
+            kept += 1
+        else:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            _extract_member(zf, info, temp, source)
+            os.replace(temp, target)
+        done += info.file_size
+    return done, kept
+
+
+_WORKER_ZIP: dict[str, zipfile.ZipFile] = {}
+
+
+def _unpack_batch_task(source: str, fma_dir: str, names: list[str]) -> tuple[int, int]:
+    """A pool task: :func:`_unpack_batch` with this worker's own handle on the zip.
+
+    The handle is opened once per worker process (reading fma_large's central
+    directory of 106k entries takes a moment) and reused for its later batches.
+    """
+    zf = _WORKER_ZIP.get(source)
+    if zf is None:
+        for old in _WORKER_ZIP.values():
+            old.close()
+        _WORKER_ZIP.clear()
+        zf = _WORKER_ZIP[source] = zipfile.ZipFile(source)
+    return _unpack_batch(zf, Path(fma_dir), Path(source), names)
+
+
+def unpack(source: Path, fma_dir: Path, archive: Archive, *, jobs: int = 1, progress: bool = True,
            log: Callable[[str], None] = print) -> Path:
     """Unpack the verified zip ``source`` into ``fma_dir``; return the completion marker.
 
-    Members go to a hidden temporary name and are renamed when whole; files that an
-    interrupted earlier unpack finished (same size and CRC-32) are kept. The marker
-    ``<folder>/.unpacked-<sha1>`` is written last, after the data is synced.
+    Every member name is checked (zip slip) before anything is written. Members go to
+    a hidden temporary name and are renamed when whole; files that an interrupted
+    earlier unpack finished (same size and CRC-32) are kept. With ``jobs`` > 1 (or -1:
+    all cores) batches of members are decompressed by a process pool: bzip2 is
+    CPU-bound, so this scales with the cores. The marker ``<folder>/.unpacked-<sha1>``
+    is written last, after the data is synced.
     """
     marker = unpacked_marker(fma_dir, archive)
     if marker.is_file():
@@ -572,24 +638,22 @@ def unpack(source: Path, fma_dir: Path, archive: Archive, *, progress: bool = Tr
     with zf:
         members = safe_members(zf, fma_dir, source)
         total = sum(info.file_size for info, _ in members)
-        log(f"{archive.name}: unpacking {len(members)} members ({_human(total)}) into {fma_dir}")
-        kept = 0
+        batches = [[info.filename for info in batch] for batch in _batches(members)]
+        n_jobs = min(joblib.cpu_count() if jobs == -1 else max(1, jobs), max(1, len(batches)))
+        log(f"{archive.name}: unpacking {len(members)} members ({_human(total)}) into {fma_dir}"
+            + (f" with {n_jobs} processes" if n_jobs > 1 else ""))
         with tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024,
                   desc=f"unpacking {archive.name}", disable=not progress) as bar:
-            for info, target in members:
-                if info.is_dir():
-                    target.mkdir(parents=True, exist_ok=True)
-                    continue
-                temp = _temp_target(target)
-                if _already_unpacked(target, info):
-                    temp.unlink(missing_ok=True)
-                    kept += 1
-                    bar.update(info.file_size)
-                    continue
-                target.parent.mkdir(parents=True, exist_ok=True)
-                _extract_member(zf, info, temp, source)
-                os.replace(temp, target)
-                bar.update(info.file_size)
+            if n_jobs == 1:
+                results = (_unpack_batch(zf, fma_dir, source, names) for names in batches)
+            else:
+                results = joblib.Parallel(n_jobs=n_jobs, return_as="generator_unordered")(
+                    joblib.delayed(_unpack_batch_task)(str(source), str(fma_dir), names)
+                    for names in batches)
+            kept = 0
+            for done, batch_kept in results:
+                kept += batch_kept
+                bar.update(done)
     if kept:
         log(f"{archive.name}: {kept} members were already unpacked by an earlier run and were kept")
     os.sync()  # the marker must not outlive the data it vouches for
@@ -651,7 +715,8 @@ def download(fma_dir: str | os.PathLike, subset: str, *, base_url: str | None = 
              archives: list[Archive] | None = None, retries: int = 5, retry_wait: float = 2.0,
              timeout: float = 60.0, reserve_bytes: int = GiB, space_check: bool = True,
              free_bytes: Callable[[Path], int] = disk_free, remove_zip: bool = False,
-             progress: bool = True, log: Callable[[str], None] = print) -> list[Path]:
+             jobs: int = 1, progress: bool = True,
+             log: Callable[[str], None] = print) -> list[Path]:
     """Fetch, verify and unpack FMA's metadata zip and the audio zip of ``subset`` into ``fma_dir``.
 
     Parameters
@@ -671,6 +736,8 @@ def download(fma_dir: str | os.PathLike, subset: str, *, base_url: str | None = 
         ``free_bytes(path)`` measures it (default :func:`disk_free`).
     remove_zip : bool
         Delete each zip after it is unpacked.
+    jobs : int
+        Processes that decompress members (-1: all cores); see :func:`unpack`.
 
     Returns
     -------
@@ -698,7 +765,7 @@ def download(fma_dir: str | os.PathLike, subset: str, *, base_url: str | None = 
             else:
                 source = obtain_zip(fma_dir, archive, base_url, retries=retries, retry_wait=retry_wait,
                                     timeout=timeout, progress=progress, log=log)
-                unpack(source, fma_dir, archive, progress=progress, log=log)
+                unpack(source, fma_dir, archive, jobs=jobs, progress=progress, log=log)
                 log(f"{archive.name}: unpacked into {fma_dir / archive.folder}")
             if remove_zip and zip_path(fma_dir, archive).exists():
                 zip_path(fma_dir, archive).unlink()
@@ -728,6 +795,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="GiB to leave free after unpacking, for the disk-space check (default: 1)")
     parser.add_argument("--no-space-check", action="store_true",
                         help="skip the free disk space check")
+    parser.add_argument("--jobs", type=int, default=-1,
+                        help="processes that unpack (bzip2 is CPU-bound; default -1: all cores)")
     parser.add_argument("--remove-zip", action="store_true",
                         help="delete each zip once it is unpacked (a rerun then needs only the markers)")
 
@@ -740,7 +809,7 @@ def main(args: argparse.Namespace) -> int:
         download(args.fma_dir, args.subset, base_url=args.base_url, archives=archives,
                  retries=args.retries, retry_wait=args.retry_wait, timeout=args.timeout,
                  reserve_bytes=int(args.reserve * GiB), space_check=not args.no_space_check,
-                 remove_zip=args.remove_zip, log=lambda msg: print(msg, flush=True))
+                 remove_zip=args.remove_zip, jobs=args.jobs, log=lambda msg: print(msg, flush=True))
     except (DownloadError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -433,3 +433,24 @@ def test_remove_zip_deletes_zips_once_unpacked_and_rerun_still_fetches_nothing(t
     server.requests.clear()
     _run(fma_dir, server, archives, remove_zip=True)
     assert server.requests == []
+
+
+def test_parallel_unpack_equals_sequential_and_resumes(tmp_path, server, zips, members, monkeypatch):
+    """Batches of members decompressed by a process pool give the same tree as one process."""
+    monkeypatch.setattr(dl, "BATCH_MEMBERS", 2)  # several batches even for this small zip
+    archives = _table(zips)
+    sequential, parallel = tmp_path / "seq", tmp_path / "par"
+    _run(sequential, server, archives, jobs=1)
+    log = _run(parallel, server, archives, jobs=2)
+    assert any("with 2 processes" in line for line in log)
+    assert _tree(parallel / "fma_small") == _tree(sequential / "fma_small")
+    assert _tree(parallel / "fma_metadata") == _tree(sequential / "fma_metadata")
+    # An interrupted parallel unpack (marker gone, one file lost) is finished by a rerun.
+    dl.unpacked_marker(parallel, archives[1]).unlink()
+    (parallel / "fma_small/001/001039.mp3").unlink()
+    server.requests.clear()
+    log = _run(parallel, server, archives, jobs=2)
+    assert server.requests == []
+    _assert_unpacked(parallel, members, SMALL)
+    assert any("already unpacked by an earlier run" in line for line in log)
+    assert dl.unpacked_marker(parallel, archives[1]).is_file()
