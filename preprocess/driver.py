@@ -168,8 +168,9 @@ def plan_differences(old: dict, new: dict) -> list[str]:
     return diffs
 
 
-def shard_is_complete(path: Path, spec: ShardSpec, recipe: dict) -> bool:
-    """True if ``path`` is a readable shard of ``spec``'s tracks made with ``recipe``.
+def complete_shard(path: Path, spec: ShardSpec, recipe: dict):
+    """The shard's contents if ``path`` is a readable shard of ``spec``'s tracks made with
+    ``recipe``, else None.
 
     Cheap: reads attributes and ids, not the images (the checksum was verified
     when the shard was written; ``verify`` re-checks the data).
@@ -177,13 +178,19 @@ def shard_is_complete(path: Path, spec: ShardSpec, recipe: dict) -> bool:
     from shards import ShardError, read_shard
 
     if not path.exists():
-        return False
+        return None
     try:
         contents = read_shard(path)
     except ShardError:
-        return False
+        return None
     done = set(contents.track_id.tolist()) | {t for t, _ in contents.failed}
-    return contents.recipe == recipe and done == set(spec.track_ids) and len(done) == len(spec.track_ids)
+    complete = contents.recipe == recipe and done == set(spec.track_ids) and len(done) == len(spec.track_ids)
+    return contents if complete else None
+
+
+def shard_is_complete(path: Path, spec: ShardSpec, recipe: dict) -> bool:
+    """True if ``path`` is a readable shard of ``spec``'s tracks made with ``recipe``."""
+    return complete_shard(path, spec, recipe) is not None
 
 
 # --------------------------------------------------------------------------- the run
@@ -352,10 +359,13 @@ def run_features(
     mine = select_for_task(specs, shard_index, num_shards)
     recipe_dict = recipe.to_dict()
     todo, complete = [], []
+    failed_reasons: Counter = Counter()
     for spec in mine:
         path = out / spec.name
-        if not force and shard_is_complete(path, spec, recipe_dict):
+        contents = None if force else complete_shard(path, spec, recipe_dict)
+        if contents is not None:
             complete.append(spec)
+            failed_reasons.update(_reason_key(r) for _, r in contents.failed)
         else:
             if path.exists() and not force:
                 try:
@@ -367,9 +377,6 @@ def run_features(
             todo.append(spec)
     _spot_check_files(audio, todo, max_failure_fraction)
 
-    failed_reasons: Counter = Counter()
-    for spec in complete:
-        failed_reasons.update(_reason_key(r) for _, r in read_shard(out / spec.name).failed)
     n_todo = sum(len(s.track_ids) for s in todo)
     log(f"features: {len(specs)} shards planned ({selection.num_tracks()} tracks, "
         f"{sum(len(v) for v in selection.skipped.values())} skipped); {len(complete)} of this task's "

@@ -19,8 +19,11 @@ from train.checkpoint import BEST, load_checkpoint
 
 
 def predict_files(run_dir: str | os.PathLike, files: list[str | os.PathLike], *, device_name: str = "cpu",
-                  checkpoint_name: str = BEST) -> list[tuple[Path, np.ndarray | None, str | None]]:
+                  checkpoint_name: str = BEST, checkpoint: dict | None = None,
+                  ) -> list[tuple[Path, np.ndarray | None, str | None]]:
     """Class probabilities for each file.
+
+    ``checkpoint`` (already loaded from ``run_dir/checkpoint_name``) saves reading it again.
 
     Returns
     -------
@@ -31,7 +34,8 @@ def predict_files(run_dir: str | os.PathLike, files: list[str | os.PathLike], *,
     from train.loop import resolve_device
 
     device = resolve_device(device_name)
-    checkpoint = load_checkpoint(Path(run_dir) / checkpoint_name)
+    if checkpoint is None:
+        checkpoint = load_checkpoint(Path(run_dir) / checkpoint_name)
     model = load_model(checkpoint, device)
     norm = checkpoint["normalization"]
     results = []
@@ -71,7 +75,7 @@ def main(args: argparse.Namespace) -> int:
     names = checkpoint["class_names"]
     failures = 0
     for path, probabilities, error in predict_files(args.run, args.files, device_name=args.device,
-                                                    checkpoint_name=args.checkpoint):
+                                                    checkpoint=checkpoint):
         if error is not None:
             print(f"error: cannot compute features: {error}", file=sys.stderr)
             failures += 1
