@@ -86,7 +86,7 @@ class Archive:
         return self.name[: -len(".zip")] if self.name.endswith(".zip") else self.name
 
 
-# Sums from FMA's README (see shared/fma-facts.md). MP3s do not shrink under bzip2, so an audio
+# Sums from FMA's README (see docs/fma.md). MP3s do not shrink under bzip2, so an audio
 # tree unpacks to about its zip's size (+3 % margin); the CSVs of the metadata zip do shrink,
 # so its unpacked size is a generous estimate (8x).
 ARCHIVES = {

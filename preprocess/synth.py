@@ -50,7 +50,7 @@ from preprocess.synth_meta import (
     tracks_frame,
 )
 
-# Tracks with genre_top per genre in fma_medium (fma-facts.md): the imbalance we imitate.
+# Tracks with genre_top per genre in fma_medium (docs/fma.md): the imbalance we imitate.
 FMA_MEDIUM_COUNTS = {
     "Rock": 7103, "Electronic": 6314, "Experimental": 2251, "Hip-Hop": 2201, "Folk": 1519,
     "Instrumental": 1350, "Pop": 1186, "International": 1018, "Classical": 619,

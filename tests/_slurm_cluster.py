@@ -7,7 +7,7 @@ ports, state, spool, logs and pid files. Each daemon runs in the foreground as a
 test process and is stopped by its pid, also when the test fails (use it as a context manager
 or through a fixture with a ``finally``).
 
-The configuration follows ``shared/cluster-notes.md``: ``proctrack/linuxproc`` and ``task/none``
+The configuration follows docs/cluster.md: ``proctrack/linuxproc`` and ``task/none``
 (the cgroup defaults drain the node while jobs still report COMPLETED), ``select/cons_tres`` with
 ``CR_Core`` (so array tasks run side by side), and a private ``AuthInfo=socket=``.
 """

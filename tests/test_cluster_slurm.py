@@ -134,7 +134,7 @@ def test_slurm_array_equals_local_run_and_reruns_repair_only_what_is_missing(
     assert len(list(logs.glob(f"features-{array_id}_*.out"))) == num_tasks - 1
     finalize_log = (logs / f"finalize-{record['finalize_job_id']}.out").read_text()
     assert "wrote" in finalize_log and "manifest.json" in finalize_log and "OK" in finalize_log, finalize_log
-    # The outputs themselves, not only the job states (see shared/cluster-notes.md).
+    # The outputs themselves, not only the job states (docs/cluster.md: a drained node reports COMPLETED).
     assert_same_shard_set(local_shards, out)
 
     # Lose one shard of a two-shard task; the rerun submits that task alone, which recomputes it
