@@ -5,6 +5,10 @@ The features stage (``preprocess``) writes shards with :func:`write_shard` and a
 them with :func:`open_shard` / :func:`read_manifest` and memory-maps the images
 with :func:`mel_memmap`. This package depends on numpy and h5py only.
 
+It also holds what every command shares: the user-facing error root
+:class:`FmaGenreError` (``shards.errors``) and the command-line plumbing
+(``shards.cli``: logging options, exit codes, one-line errors).
+
 A shard set is a folder::
 
     train-00000-of-00050.h5        one shard: N log-mel images of one split
@@ -29,7 +33,7 @@ and attributes (JSON strings where structured): ``format_version``, ``name``,
 """
 
 from shards.atomic import atomic_path, atomic_write_text
-from shards.errors import ShardError
+from shards.errors import FmaGenreError, ShardError
 from shards.format import (
     FORMAT_VERSION,
     MANIFEST_NAME,
@@ -52,6 +56,7 @@ __all__ = [
     "FORMAT_VERSION",
     "MANIFEST_NAME",
     "SPLITS",
+    "FmaGenreError",
     "ShardContents",
     "ShardError",
     "atomic_path",
