@@ -8,6 +8,7 @@ TORCH    ?= torch==2.13.0
 VENV     ?= .venv
 FMA_DIR  ?= data
 SUBSET   ?= large
+UNPACK   ?= 1
 JOBS     ?= $(shell nproc 2>/dev/null || echo 2)
 SHARDS   ?= shards/fma_$(SUBSET)
 MODEL    ?= seed
@@ -33,6 +34,7 @@ help: ## this list
 	@echo "Variables (current value):"
 	@echo "  FMA_DIR=$(FMA_DIR)  holds fma_metadata/ and fma_<subset>/ as FMA's zips unpack"
 	@echo "  SUBSET=$(SUBSET)  small | medium | large (nested, as FMA defines them)"
+	@echo "  UNPACK=$(UNPACK)  download: 0 keeps the audio as fma_<subset>.zip (features reads it directly)"
 	@echo "  JOBS=$(JOBS)  worker processes for features and for unpacking downloads"
 	@echo "  SHARDS=$(SHARDS)  where the HDF5 shard set is written / read"
 	@echo "  MODEL=$(MODEL)  EPOCHS=$(EPOCHS)  DEVICE=$(DEVICE) (auto | cuda | cpu)"
@@ -88,8 +90,9 @@ train: $(STAMP) ## train MODEL on SHARDS into RUN
 test: $(STAMP) ## evaluate the best checkpoint in RUN on the test split: RUN/test_report.json
 	$(PY) -m train test --shards $(SHARDS) --run $(RUN) --device $(DEVICE)
 
-download: $(STAMP) ## fetch and unpack FMA's zips for SUBSET (+ metadata) into FMA_DIR
-	$(PY) -m preprocess download --fma-dir $(FMA_DIR) --subset $(SUBSET) --jobs $(JOBS)
+download: $(STAMP) ## fetch and unpack FMA's zips for SUBSET (+ metadata) into FMA_DIR (UNPACK=0: keep the zip)
+	$(PY) -m preprocess download --fma-dir $(FMA_DIR) --subset $(SUBSET) --jobs $(JOBS) \
+	  $(if $(filter 0,$(UNPACK)),--no-unpack)
 
 bench: $(STAMP) ## speed benchmarks (features, dataset, unpacking): ratios against baselines
 	$(PY) bench/features.py

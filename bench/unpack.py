@@ -32,6 +32,7 @@ import numpy as np  # noqa: E402
 
 from preprocess import download as dl  # noqa: E402
 from preprocess.fma import audio_relpath  # noqa: E402
+from preprocess.synth_zip import write_fma_zip  # noqa: E402
 
 FMA_LARGE_GIB = 93
 
@@ -39,9 +40,8 @@ FMA_LARGE_GIB = 93
 def make_zip(path: Path, members: int, member_bytes: int) -> int:
     """A bzip2 zip of ``members`` incompressible files; returns the unpacked bytes."""
     rng = np.random.default_rng(0)
-    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_BZIP2) as zf:
-        for i in range(members):
-            zf.writestr(f"fma_large/{audio_relpath(1000 + i)}", rng.bytes(member_bytes))
+    write_fma_zip(path, ((f"fma_large/{audio_relpath(1000 + i)}", rng.bytes(member_bytes))
+                         for i in range(members)))
     return members * member_bytes
 
 

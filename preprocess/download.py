@@ -17,9 +17,15 @@ Safe to interrupt and rerun:
     fma_<SUBSET>/.unpacked-<sha1> is written last, so an interrupted unpack never
     looks complete, and a rerun finishes it without rewriting finished files.
 
+With --no-unpack (make download UNPACK=0) the audio zip is fetched, verified and kept
+as it is, FMA_DIR/fma_<SUBSET>.zip: the features stage reads the tracks it needs
+straight from it, so the disk holds the zip only and nothing is unpacked. The
+metadata zip is unpacked either way.
+
 A zip whose SHA-1 is wrong is moved aside to fma_<SUBSET>.zip.bad; nothing already
 unpacked is touched. A zip member with an absolute path or '..' is refused before
-anything is written. The free disk space is checked first (zip + unpacked size).
+anything is written. The free disk space is checked first (zip + unpacked size; the
+zip's size alone for an audio zip kept with --no-unpack).
 
 Sizes (zip; unpacked about the same for audio): metadata 342 MiB, small 7.2 GiB,
 medium 22 GiB, large 93 GiB. The zips use bzip2 inside; Python reads it, some
@@ -84,6 +90,11 @@ class Archive:
     def folder(self) -> str:
         """The top folder the zip unpacks into, e.g. ``'fma_small'``."""
         return self.name[: -len(".zip")] if self.name.endswith(".zip") else self.name
+
+    @property
+    def is_audio(self) -> bool:
+        """True for a subset's audio zip, False for the metadata zip (always unpacked)."""
+        return self.folder != "fma_metadata"
 
 
 # Sums from FMA's README (see docs/fma.md). MP3s do not shrink under bzip2, so an audio
@@ -258,12 +269,14 @@ class SpaceNeed:
     unpack_bytes: int
 
 
-def space_needed(fma_dir: Path, archives: Iterable[Archive], remove_zip: bool = False) -> tuple[int, list]:
+def space_needed(fma_dir: Path, archives: Iterable[Archive], remove_zip: bool = False,
+                 unpack_audio: bool = True) -> tuple[int, list]:
     """How many bytes the remaining work needs at its peak, and the per-archive breakdown.
 
     An unpacked archive needs nothing; a verified zip needs only its unpacked size; a
     partial download needs the rest of its zip. With ``remove_zip`` each zip is deleted
-    after unpacking, so the peak is every unpacked tree plus the largest zip.
+    after unpacking, so the peak is every unpacked tree plus the largest zip. Without
+    ``unpack_audio`` an audio zip needs only its own size (it is kept, not unpacked).
     """
     needs = []
     for archive in archives:
@@ -274,7 +287,8 @@ def space_needed(fma_dir: Path, archives: Iterable[Archive], remove_zip: bool = 
             fetch = 0
         else:
             fetch = max(archive.zip_bytes - _size(part_path(fma_dir, archive)), 0)
-        needs.append(SpaceNeed(archive, fetch, archive.unpacked_bytes))
+        unpacked = archive.unpacked_bytes if unpack_audio or not archive.is_audio else 0
+        needs.append(SpaceNeed(archive, fetch, unpacked))
     unpack_total = sum(n.unpack_bytes for n in needs)
     if remove_zip:
         total = unpack_total + max((n.fetch_bytes for n in needs), default=0)
@@ -284,11 +298,13 @@ def space_needed(fma_dir: Path, archives: Iterable[Archive], remove_zip: bool = 
 
 
 def check_space(fma_dir: Path, archives: list[Archive], *, reserve_bytes: int, remove_zip: bool,
-                free_bytes: Callable[[Path], int] = disk_free, log: Callable[[str], None] = print) -> None:
+                unpack_audio: bool = True, free_bytes: Callable[[Path], int] = disk_free,
+                log: Callable[[str], None] = print) -> None:
     """Say how much space is needed; raise DiskSpaceError if ``fma_dir``'s disk lacks it."""
-    total, needs = space_needed(fma_dir, archives, remove_zip)
+    total, needs = space_needed(fma_dir, archives, remove_zip, unpack_audio)
     free = free_bytes(fma_dir)
-    parts = [f"{n.archive.name}: fetch {_human(n.fetch_bytes)} + unpack ~{_human(n.unpack_bytes)}"
+    parts = [f"{n.archive.name}: fetch {_human(n.fetch_bytes)}"
+             + (f" + unpack ~{_human(n.unpack_bytes)}" if n.unpack_bytes else " (kept as a zip)")
              for n in needs if n.fetch_bytes or n.unpack_bytes]
     if total == 0:
         return
@@ -299,8 +315,9 @@ def check_space(fma_dir: Path, archives: list[Archive], *, reserve_bytes: int, r
             f"not enough free disk space in {fma_dir}: the download needs ~{_human(total)} "
             f"({'; '.join(parts)}) plus {_human(reserve_bytes)} spare (--reserve), but only "
             f"{_human(free)} is free. Free some space or choose a folder on a bigger disk "
-            f"(make download FMA_DIR=/big/disk/fma); --remove-zip deletes each zip once unpacked; "
-            f"--no-space-check skips this check.")
+            f"(make download FMA_DIR=/big/disk/fma); --no-unpack keeps the audio as a zip, which "
+            f"the features stage reads directly (about half the space); --remove-zip deletes each "
+            f"zip once unpacked; --no-space-check skips this check.")
 
 
 # --------------------------------------------------------------------------- fetching
@@ -715,7 +732,7 @@ def download(fma_dir: str | os.PathLike, subset: str, *, base_url: str | None = 
              archives: list[Archive] | None = None, retries: int = 5, retry_wait: float = 2.0,
              timeout: float = 60.0, reserve_bytes: int = GiB, space_check: bool = True,
              free_bytes: Callable[[Path], int] = disk_free, remove_zip: bool = False,
-             jobs: int = 1, progress: bool = True,
+             unpack_audio: bool = True, jobs: int = 1, progress: bool = True,
              log: Callable[[str], None] = print) -> list[Path]:
     """Fetch, verify and unpack FMA's metadata zip and the audio zip of ``subset`` into ``fma_dir``.
 
@@ -736,18 +753,24 @@ def download(fma_dir: str | os.PathLike, subset: str, *, base_url: str | None = 
         ``free_bytes(path)`` measures it (default :func:`disk_free`).
     remove_zip : bool
         Delete each zip after it is unpacked.
+    unpack_audio : bool
+        False: fetch and verify the audio zip and keep it as it is (the features stage
+        reads it directly); only the metadata zip is unpacked.
     jobs : int
         Processes that decompress members (-1: all cores); see :func:`unpack`.
 
     Returns
     -------
     list of Path
-        The completion markers, one per archive.
+        The completion markers, one per archive: the unpack marker, or for an audio zip
+        kept as it is (``unpack_audio=False``) its ``.verified`` marker.
     """
     if subset not in SUBSETS:
         raise ValueError(f"unknown subset {subset!r}; choose one of {', '.join(SUBSETS)}")
     if retries < 0 or retry_wait < 0 or timeout <= 0 or reserve_bytes < 0:
         raise ValueError("retries, retry_wait and reserve must be >= 0 and timeout > 0")
+    if remove_zip and not unpack_audio:
+        raise ValueError("--remove-zip with --no-unpack would leave no audio: choose one")
     fma_dir = Path(fma_dir)
     base_url = resolve_base_url(base_url)
     archives = list(archives) if archives is not None else archives_for(subset)
@@ -755,13 +778,19 @@ def download(fma_dir: str | os.PathLike, subset: str, *, base_url: str | None = 
         raise DownloadError(f"--fma-dir {fma_dir} exists and is not a folder")
     if space_check:
         check_space(fma_dir, archives, reserve_bytes=reserve_bytes, remove_zip=remove_zip,
-                    free_bytes=free_bytes, log=log)
+                    unpack_audio=unpack_audio, free_bytes=free_bytes, log=log)
     fma_dir.mkdir(parents=True, exist_ok=True)
     markers = []
     with _lock(fma_dir):
         for archive in archives:
             if is_unpacked(fma_dir, archive):
                 log(f"{archive.name}: already unpacked in {fma_dir / archive.folder}")
+            elif archive.is_audio and not unpack_audio:
+                obtain_zip(fma_dir, archive, base_url, retries=retries, retry_wait=retry_wait,
+                           timeout=timeout, progress=progress, log=log)
+                log(f"{archive.name}: kept as a zip (--no-unpack); the features stage reads it directly")
+                markers.append(verified_marker(fma_dir, archive))
+                continue
             else:
                 source = obtain_zip(fma_dir, archive, base_url, retries=retries, retry_wait=retry_wait,
                                     timeout=timeout, progress=progress, log=log)
@@ -799,6 +828,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="processes that unpack (bzip2 is CPU-bound; default -1: all cores)")
     parser.add_argument("--remove-zip", action="store_true",
                         help="delete each zip once it is unpacked (a rerun then needs only the markers)")
+    parser.add_argument("--no-unpack", dest="unpack_audio", action="store_false",
+                        help="fetch and verify the audio zip and keep it as it is: `make features` reads "
+                             "the tracks it needs straight from it (needs the zip's size on disk, not "
+                             "twice it, and no unpacking time); the metadata zip is still unpacked")
 
 
 def main(args: argparse.Namespace) -> int:
@@ -809,13 +842,15 @@ def main(args: argparse.Namespace) -> int:
         download(args.fma_dir, args.subset, base_url=args.base_url, archives=archives,
                  retries=args.retries, retry_wait=args.retry_wait, timeout=args.timeout,
                  reserve_bytes=int(args.reserve * GiB), space_check=not args.no_space_check,
-                 remove_zip=args.remove_zip, jobs=args.jobs, log=lambda msg: print(msg, flush=True))
+                 remove_zip=args.remove_zip, unpack_audio=args.unpack_audio, jobs=args.jobs,
+                 log=lambda msg: print(msg, flush=True))
     except (DownloadError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("\ninterrupted: rerun the same command to resume", file=sys.stderr)
         return 130
-    print(f"done: {args.fma_dir} holds fma_metadata/ and fma_{args.subset}/. Next: "
+    audio = f"fma_{args.subset}/" if args.unpack_audio else f"fma_{args.subset}.zip"
+    print(f"done: {args.fma_dir} holds fma_metadata/ and {audio}. Next: "
           f"make features FMA_DIR={args.fma_dir} SUBSET={args.subset}", flush=True)
     return 0

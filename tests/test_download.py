@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from preprocess import download as dl
+from preprocess.synth_zip import fma_zip_bytes
 from tests._httpserver import FileServer
 
 META = "fma_metadata.zip"
@@ -53,11 +54,7 @@ def _mp3(seconds: float, freq: float) -> bytes:
 
 def _zip(members: dict[str, bytes]) -> bytes:
     """A zip with bzip2-compressed members, as FMA's are."""
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_BZIP2) as zf:
-        for name, data in members.items():
-            zf.writestr(name, data)
-    return buffer.getvalue()
+    return fma_zip_bytes(members)
 
 
 @pytest.fixture(scope="module")
@@ -454,3 +451,55 @@ def test_parallel_unpack_equals_sequential_and_resumes(tmp_path, server, zips, m
     _assert_unpacked(parallel, members, SMALL)
     assert any("already unpacked by an earlier run" in line for line in log)
     assert dl.unpacked_marker(parallel, archives[1]).is_file()
+
+
+def test_no_unpack_keeps_the_verified_audio_zip_and_needs_only_its_size(tmp_path, server, zips, members):
+    fma_dir = tmp_path / "data"
+    archives = _table(zips)  # unpacked size = 2x the zip in this table
+    meta, small = (len(zips[META]), len(zips[SMALL]))
+    need = dl.space_needed(fma_dir, archives, unpack_audio=False)[0]
+    assert need == meta + 2 * meta + small  # the metadata is unpacked, the audio zip is not
+    assert dl.space_needed(fma_dir, archives)[0] == need + 2 * small
+    with pytest.raises(dl.DiskSpaceError, match="fma_small.zip: fetch .* \\(kept as a zip\\)"):
+        _run(fma_dir, server, archives, unpack_audio=False, reserve_bytes=0, free_bytes=lambda p: need - 1)
+    log = _run(fma_dir, server, archives, unpack_audio=False, reserve_bytes=0, free_bytes=lambda p: need)
+    _assert_unpacked(fma_dir, members, META)
+    assert (fma_dir / SMALL).read_bytes() == zips[SMALL]
+    assert dl.verified_marker(fma_dir, archives[1]).is_file()
+    assert not (fma_dir / "fma_small").exists() and not dl.unpacked_marker(fma_dir, archives[1]).exists()
+    assert any("kept as a zip" in line for line in log)
+    # A rerun fetches nothing and needs no more space; a later run without --no-unpack unpacks the zip.
+    server.requests.clear()
+    _run(fma_dir, server, archives, unpack_audio=False)
+    assert server.requests == [] and dl.space_needed(fma_dir, archives, unpack_audio=False)[0] == 0
+    _run(fma_dir, server, archives)
+    assert server.requests == []
+    _assert_unpacked(fma_dir, members, SMALL)
+
+
+def test_no_unpack_with_remove_zip_is_refused(tmp_path, server, zips):
+    with pytest.raises(ValueError, match="--remove-zip with --no-unpack"):
+        _run(tmp_path / "data", server, _table(zips), unpack_audio=False, remove_zip=True)
+    assert server.requests == [] and not (tmp_path / "data").exists()
+
+
+def test_cli_no_unpack_and_make_variable(tmp_path, server, zips, members, python, subprocess_env, repo_root):
+    sums = tmp_path / "sums.txt"
+    sums.write_text("".join(f"{hashlib.sha1(data).hexdigest()}  {name}\n" for name, data in zips.items()))
+    fma_dir = tmp_path / "data"
+    env = {**subprocess_env, dl.BASE_URL_ENV: server.url}
+    cmd = [python, "-m", "preprocess", "download", "--fma-dir", str(fma_dir), "--subset", "small",
+           "--sums", str(sums), "--reserve", "0", "--no-unpack", "--no-space-check"]
+    done = subprocess.run(cmd, env=env, cwd=repo_root, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert "fma_small.zip" in done.stdout.splitlines()[-1] and "make features" in done.stdout
+    assert (fma_dir / SMALL).read_bytes() == zips[SMALL] and not (fma_dir / "fma_small").exists()
+    _assert_unpacked(fma_dir, members, META)
+    # `make download UNPACK=0` passes --no-unpack (dry run: prints the command only).
+    made = subprocess.run(["make", "-n", "-o", ".venv/.setup-stamp", "download", "UNPACK=0"], cwd=repo_root,
+                          capture_output=True, text=True, timeout=60)
+    assert made.returncode == 0, made.stderr
+    assert "--no-unpack" in made.stdout
+    made = subprocess.run(["make", "-n", "-o", ".venv/.setup-stamp", "download"], cwd=repo_root,
+                          capture_output=True, text=True, timeout=60)
+    assert "--no-unpack" not in made.stdout
