@@ -38,12 +38,13 @@ from pathlib import Path
 from typing import Iterator
 
 from preprocess import fma
+from shards.errors import FmaGenreError
 
 # A member holding a track: <anything>/NNN/NNNNNN.mp3, as fma.audio_relpath lays it out.
 _TRACK_MEMBER = re.compile(r"(?:^|/)(\d{3}/\d{6}\.mp3)$")
 
 
-class AudioSourceError(RuntimeError):
+class AudioSourceError(FmaGenreError):
     """The audio cannot be read at all (no tree or zip, or a zip whose directory is damaged)."""
 
 
