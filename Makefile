@@ -58,8 +58,8 @@ $(STAMP): pyproject.toml
 setup: $(STAMP) ## make .venv and install the project with its dev extras
 
 demo: $(STAMP) ## whole pipeline on a generated mini-FMA (no download needed)
-	$(PY) -m preprocess.synth --out $(DEMO_DIR) --tracks $(DEMO_TRACKS) --seed 0
-	$(MAKE) --no-print-directory features FMA_DIR=$(DEMO_DIR) SUBSET=large SHARDS=shards/demo
+	$(PY) -m preprocess.synth --out "$(DEMO_DIR)" --tracks $(DEMO_TRACKS) --seed 0
+	$(MAKE) --no-print-directory features FMA_DIR="$(DEMO_DIR)" SUBSET=large SHARDS=shards/demo
 	$(MAKE) --no-print-directory train SHARDS=shards/demo RUN=runs/demo EPOCHS=$(if $(filter command line,$(origin EPOCHS)),$(EPOCHS),8)
 	$(MAKE) --no-print-directory test SHARDS=shards/demo RUN=runs/demo
 
@@ -72,26 +72,26 @@ test-suite: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 features: $(STAMP) ## decode every top-genre track of SUBSET into HDF5 shards in SHARDS
-	$(PY) -m preprocess features --fma-dir $(FMA_DIR) --subset $(SUBSET) --out $(SHARDS) \
-	  --jobs $(JOBS) --backend $(BACKEND) $(if $(SCHEDULER),--scheduler $(SCHEDULER))
+	$(PY) -m preprocess features --fma-dir "$(FMA_DIR)" --subset $(SUBSET) --out "$(SHARDS)" \
+	  --jobs $(JOBS) --backend $(BACKEND) $(if $(SCHEDULER),--scheduler "$(SCHEDULER)")
 
 finalize: $(STAMP) ## write SHARDS/manifest.json once every shard exists (says which are missing)
-	$(PY) -m preprocess finalize $(SHARDS)
+	$(PY) -m preprocess finalize "$(SHARDS)"
 
 verify: $(STAMP) ## check every shard in SHARDS against the manifest
-	$(PY) -m preprocess verify $(SHARDS)
+	$(PY) -m preprocess verify "$(SHARDS)"
 
 features-slurm: $(STAMP) ## submit the features stage as a SLURM array + finalize job (SLURM_ARGS=...)
-	$(PY) -m preprocess slurm --fma-dir $(FMA_DIR) --subset $(SUBSET) --out $(SHARDS) $(SLURM_ARGS)
+	$(PY) -m preprocess slurm --fma-dir "$(FMA_DIR)" --subset $(SUBSET) --out "$(SHARDS)" $(SLURM_ARGS)
 
 train: $(STAMP) ## train MODEL on SHARDS into RUN
-	$(PY) -m train fit --shards $(SHARDS) --run $(RUN) --model $(MODEL) --epochs $(EPOCHS) --device $(DEVICE)
+	$(PY) -m train fit --shards "$(SHARDS)" --run "$(RUN)" --model $(MODEL) --epochs $(EPOCHS) --device $(DEVICE)
 
 test: $(STAMP) ## evaluate the best checkpoint in RUN on the test split: RUN/test_report.json
-	$(PY) -m train test --shards $(SHARDS) --run $(RUN) --device $(DEVICE)
+	$(PY) -m train test --shards "$(SHARDS)" --run "$(RUN)" --device $(DEVICE)
 
 download: $(STAMP) ## fetch and unpack FMA's zips for SUBSET (+ metadata) into FMA_DIR (UNPACK=0: keep the zip)
-	$(PY) -m preprocess download --fma-dir $(FMA_DIR) --subset $(SUBSET) --jobs $(JOBS) \
+	$(PY) -m preprocess download --fma-dir "$(FMA_DIR)" --subset $(SUBSET) --jobs $(JOBS) \
 	  $(if $(filter 0,$(UNPACK)),--no-unpack)
 
 bench: $(STAMP) ## speed benchmarks (features, dataset, unpacking): ratios against baselines
@@ -100,5 +100,5 @@ bench: $(STAMP) ## speed benchmarks (features, dataset, unpacking): ratios again
 	$(PY) bench/unpack.py
 
 clean: ## remove the venv, caches and demo outputs (not data/ or your shard sets)
-	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info shards/demo runs/demo $(DEMO_DIR)
+	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info shards/demo runs/demo "$(DEMO_DIR)"
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +
