@@ -39,3 +39,16 @@ def test_resnet_parameter_count_is_the_documented_one():
 def test_unknown_model_is_a_clear_error():
     with pytest.raises(ValueError, match="unknown model 'vgg'"):
         build_model(ModelConfig("vgg", 16))
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_embed_is_the_input_of_the_last_layer(name):
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(name, num_classes=5)).eval()
+    x = torch.randn(4, 1, 128, 128)
+    with torch.no_grad():
+        embedding = model.embed(x)
+        assert embedding.shape == (4, model.embedding_dim)
+        last = [m for m in model.modules() if isinstance(m, nn.Linear)][-1]
+        torch.testing.assert_close(last(embedding), model(x), rtol=0, atol=0)
+        torch.testing.assert_close(model.classify(embedding), model(x), rtol=0, atol=0)

@@ -3,8 +3,13 @@
 ``seed``    the reference project's CNN, layer for layer (241,472 parameters for 16 classes).
 ``resnet``  a deeper residual CNN with global average+max pooling (1,234,032 parameters for 16).
 
+Every model has ``embed(x)``: the penultimate-layer vectors (B, embedding_dim)
+that its last linear layer maps to the logits (``python -m train embed``).
+
 Add a model: write an ``nn.Module`` whose constructor takes ``num_classes`` (and
-keyword options), and register it in :data:`MODELS`.
+keyword options), with ``embed(x)``, ``classify(embedding)`` (the last layer),
+``forward(x) = classify(embed(x))`` and an ``embedding_dim`` attribute, and
+register it in :data:`MODELS`.
 """
 
 from __future__ import annotations
@@ -21,8 +26,11 @@ class SeedCNN(nn.Module):
     Four blocks of 3x3 conv (padding 1) + BatchNorm + ReLU + 2x2 max-pool take
     (B, 1, 128, 128) through 8, 16, 32, 64 channels to (B, 64, 8, 8); a 2x2
     stride-2 conv + BatchNorm + ReLU gives (B, 64, 4, 4) = 1024 features; a
-    1024 -> 192 linear layer + BatchNorm1d + ReLU, then 192 -> num_classes logits.
+    1024 -> 192 linear layer + BatchNorm1d + ReLU (the 192-d embedding), then
+    192 -> num_classes logits.
     """
+
+    embedding_dim = 192
 
     def __init__(self, num_classes: int = 16):
         super().__init__()
@@ -38,9 +46,17 @@ class SeedCNN(nn.Module):
             nn.Linear(192, num_classes),
         )
 
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 1, 128, 128) -> penultimate-layer vectors (B, 192), after the last ReLU."""
+        return self.classifier[:-1](self.features(x))
+
+    def classify(self, embedding: torch.Tensor) -> torch.Tensor:
+        """Embeddings (B, 192) -> logits (B, num_classes)."""
+        return self.classifier[-1](embedding)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, 1, 128, 128) -> logits (B, num_classes)."""
-        return self.classifier(self.features(x))
+        return self.classify(self.embed(x))
 
 
 class ResidualBlock(nn.Module):
@@ -70,7 +86,8 @@ class ResNetCNN(nn.Module):
     (128 -> 64). Four stages of one residual block each, widths
     ``width * (1, 2, 4, 8)``, the last three with stride 2 (64 -> 8). Global
     average and max pooling over frequency and time are concatenated, then
-    dropout and a linear layer give the logits (B, num_classes).
+    dropout and a linear layer give the logits (B, num_classes). The pooled
+    vector (B, 16 * width) is the embedding.
     """
 
     def __init__(self, num_classes: int = 16, width: int = 32, dropout: float = 0.3):
@@ -84,12 +101,20 @@ class ResNetCNN(nn.Module):
             c_in = c_out
         self.stages = nn.Sequential(*stages)
         self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(2 * c_in, num_classes))
+        self.embedding_dim = 2 * c_in
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 1, 128, 128) -> penultimate-layer vectors (B, 16 * width): global mean and max pooling."""
+        h = self.stages(self.stem(x))
+        return torch.cat([h.mean(dim=(2, 3)), h.amax(dim=(2, 3))], dim=1)
+
+    def classify(self, embedding: torch.Tensor) -> torch.Tensor:
+        """Embeddings (B, 16 * width) -> logits (B, num_classes) (dropout only in training)."""
+        return self.head(embedding)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, 1, 128, 128) -> logits (B, num_classes)."""
-        h = self.stages(self.stem(x))
-        pooled = torch.cat([h.mean(dim=(2, 3)), h.amax(dim=(2, 3))], dim=1)
-        return self.head(pooled)
+        return self.classify(self.embed(x))
 
 
 MODELS = {"seed": SeedCNN, "resnet": ResNetCNN}
