@@ -8,6 +8,8 @@ Commands:
            RUN/test_report.json and RUN/confusion.png
   predict  top genres with probabilities for audio files, using the recipe and
            normalisation stored in the checkpoint
+  export   write the model as ONNX (normalisation folded in, class names and recipe
+           in its metadata)
 
 Examples:
   python -m train fit --shards shards/fma_large --run runs/seed --model seed --epochs 20
@@ -15,6 +17,7 @@ Examples:
   python -m train fit --run runs/seed --resume --epochs 30     # continue / extend a run
   python -m train test --shards shards/fma_large --run runs/seed
   python -m train predict --run runs/seed song.mp3
+  python -m train export --run runs/seed --onnx model.onnx
 """
 
 from __future__ import annotations
@@ -60,13 +63,24 @@ def _predict_parser(sub) -> None:
     predict.add_arguments(p)
 
 
+def _export_parser(sub) -> None:
+    p = sub.add_parser("export", help="write the model as ONNX", description=(
+        "Write RUN's checkpoint as an ONNX model: input `mel` (batch, 1, 128, 128) raw log-mel dB, "
+        "outputs `logits` and `embedding`, a dynamic batch axis, the normalisation folded in and the "
+        "class names and recipe in the model's metadata. Needs the onnx extra."))
+    p.add_argument("--run", required=True, help="run folder holding the checkpoint")
+    p.add_argument("--onnx", required=True, metavar="FILE", help="the .onnx file to write")
+    p.add_argument("--checkpoint", default="best.pt", help="checkpoint in RUN (default: best.pt)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m train", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{fit,test,predict}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{fit,test,predict,export}")
     _fit_parser(sub)
     _test_parser(sub)
     _predict_parser(sub)
+    _export_parser(sub)
     return parser
 
 
@@ -99,6 +113,11 @@ def main(argv: list[str] | None = None) -> int:
             from train.evaluate import test
 
             test(args.shards, args.run, args.device, checkpoint_name=args.checkpoint, split=args.split)
+            return 0
+        if args.command == "export":
+            from train.export import run_export
+
+            run_export(args.run, args.onnx, args.checkpoint)
             return 0
         from train import predict
 
