@@ -1,22 +1,28 @@
-"""Decoding one audio file, and one file -> one log-mel image, with failures classified.
+"""Decoding audio (exactly as ``librosa.load`` does), and one file -> one log-mel image.
 
-Decoders
---------
-MP3s are decoded with miniaudio (dr_mp3, the C call behind ``mp3_read_file_f32``),
-faster than ``librosa.load`` (libsndfile + mpg123) and sample-aligned with it: both
-skip ID3 tags and honour a LAME gapless header (encoder delay and padding removed).
-One difference is corrected here: for a Xing/Info header without an encoder
-extension, mpg123 drops 529 samples of decoder delay and dr_mp3 does not, so we
-drop them too. ``tests/test_audio.py`` checks the alignment on plain CBR files,
-files with a LAME header and files with a bare Xing header. Other formats go
-through miniaudio's generic decoder. When miniaudio fails, ``librosa.load`` is
-tried before the file is declared undecodable.
+Decoder
+-------
+Audio is read with ``soundfile`` (libsndfile 1.1+ with libmpg123 for MP3): the very
+reader ``librosa.load`` uses, called the same way (float32 samples, the first
+``int(max_seconds * rate)`` frames, no clamping), so the waveform the recipe
+transforms is ``librosa.load(path, sr=None, mono=True, duration=29.5)`` sample for
+sample. Loud masters whose decoded peaks exceed full scale (inter-sample overshoot)
+keep those peaks. Only the frames asked for are decoded: a 60-minute file costs what
+a 30 s clip costs. A source is a path or a binary file object (e.g. a zip member read
+into ``io.BytesIO``). :class:`AudioReader` reads a stream in consecutive blocks or
+overlapping windows with bounded memory.
+
+libmpg123 prints its complaints about damaged files on the process's file descriptor
+2. :func:`track_image` captures them (``captured_stderr``) and puts them in the
+failure reason instead of on the terminal (in the main thread of a process: joblib's
+workers, ``predict``; in other threads they go where the thread's stderr goes).
 
 Failure reasons (the strings stored in shards and the manifest)
 ---------------------------------------------------------------
 ``missing file``, ``not a regular file``, ``empty file``,
 ``cannot decode: <decoder message>``, ``too short: 1.2 s < 5 s``,
-``timeout after 60 s``, ``bad audio: <problem>`` (e.g. NaN samples).
+``digital silence`` (the clip's mono waveform never exceeds one 16-bit step after its
+first 0.1 s), ``timeout after 60 s``, ``bad audio: <problem>`` (e.g. NaN samples).
 """
 
 from __future__ import annotations
@@ -24,15 +30,27 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import sys
+import tempfile
 import threading
-import warnings
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import BinaryIO, Iterator, Union
 
-import miniaudio
 import numpy as np
+import soundfile
 
-from preprocess.recipe import Recipe, TooShortError, mel_image
+from preprocess.recipe import Recipe, TooShortError, mel_from_mono, prepare_waveform
+
+#: A path, or a binary file object open for reading (seekable).
+Source = Union[str, os.PathLike, BinaryIO]
+
+# A clip is digital silence when its mono waveform stays within one 16-bit step of zero
+# after its first SILENCE_SKIP_S (decoders may ring for a frame or two at the start).
+SILENCE_PEAK = 2.0 ** -15
+SILENCE_SKIP_S = 0.1
+# Decoder messages kept in a failure reason (the rest is cut).
+MAX_MESSAGE_CHARS = 300
 
 
 class TrackFailure(ValueError):
@@ -43,117 +61,19 @@ class TrackTimeout(TrackFailure):
     """The per-track time limit ran out."""
 
 
-# mpg123 (libsndfile's MP3 decoder) drops this many samples of decoder delay at the start
-# of any stream with a Xing/Info header; dr_mp3 only when the header has an encoder
-# (LAME) extension, which carries the delay itself.
-MPG123_DECODER_DELAY = 529
-
-
-def _skips_decoder_delay_like_mpg123(path: Path) -> bool:
-    """True if ``path`` starts with a Xing/Info frame without an encoder extension.
-
-    For such files mpg123 drops the first 529 samples and dr_mp3 does not; with
-    an extension (LAME's, with encoder delay and padding) both trim the same and
-    without a Xing/Info frame neither trims. Reads only the head of the file.
-    """
-    with open(path, "rb") as fh:
-        head = fh.read(10)
-        offset = 0
-        if len(head) == 10 and head[:3] == b"ID3":
-            size = (head[6] & 0x7F) << 21 | (head[7] & 0x7F) << 14 | (head[8] & 0x7F) << 7 | (head[9] & 0x7F)
-            offset = 10 + size + (10 if head[5] & 0x10 else 0)
-        fh.seek(offset)
-        frame = fh.read(4096)
-    for start in range(max(len(frame) - 4, 0)):
-        b0, b1 = frame[start], frame[start + 1]
-        if b0 == 0xFF and (b1 & 0xE0) == 0xE0 and ((b1 >> 1) & 3) == 1 and ((b1 >> 3) & 3) != 1:
-            break
-    else:
-        return False
-    mpeg1 = ((frame[start + 1] >> 3) & 3) == 3
-    mono = (frame[start + 3] >> 6) == 3
-    side_info = (17 if mono else 32) if mpeg1 else (9 if mono else 17)
-    tag = start + 4 + side_info + (0 if frame[start + 1] & 1 else 2)
-    if frame[tag : tag + 4] not in (b"Xing", b"Info") or len(frame) < tag + 8:
-        return False
-    flags = int.from_bytes(frame[tag + 4 : tag + 8], "big")
-    ext = tag + 8 + 4 * bool(flags & 1) + 4 * bool(flags & 2) + 100 * bool(flags & 4) + 4 * bool(flags & 8)
-    return ext < len(frame) and frame[ext] == 0
-
-
-def _mp3_read_f32(path: Path, max_seconds: float | None) -> tuple[np.ndarray, int]:
-    """dr_mp3's whole-file decode, returned as a numpy view of the decoder's own buffer.
-
-    The same C call as ``miniaudio.mp3_read_file_f32`` without its copy into an
-    ``array.array``: the buffer is freed when the returned array is garbage collected.
-    """
-    ffi, lib = miniaudio.ffi, miniaudio.lib
-    with ffi.new("ma_dr_mp3_config *") as config, ffi.new("ma_dr_mp3_uint64 *") as num_frames:
-        memory = lib.ma_dr_mp3_open_file_and_read_pcm_frames_f32(os.fsencode(path), config, num_frames,
-                                                                  ffi.NULL)
-        if not memory:
-            raise miniaudio.DecodeError("cannot load/decode file")
-        memory = ffi.gc(memory, lambda m: lib.ma_dr_mp3_free(m, ffi.NULL))
-        channels, rate, frames = int(config.channels), int(config.sampleRate), int(num_frames[0])
-    if channels < 1 or frames < 1:
-        return np.zeros((1, 0), np.float32), rate
-    data = np.frombuffer(ffi.buffer(memory, frames * channels * 4), dtype=np.float32)
-    if _skips_decoder_delay_like_mpg123(path):  # stay sample-aligned with librosa.load
-        skip = min(MPG123_DECODER_DELAY, frames)
-        data, frames = data[skip * channels :], frames - skip
-    if max_seconds is not None and rate > 0:
-        frames = min(frames, int(max_seconds * rate))
-    return data[: frames * channels].reshape(frames, channels).T, rate
-
-
-def _decode_miniaudio(path: Path, max_seconds: float | None) -> tuple[np.ndarray, int]:
-    if path.suffix.lower() == ".mp3":
-        lib = getattr(miniaudio, "lib", None)
-        if hasattr(miniaudio, "ffi") and hasattr(lib, "ma_dr_mp3_open_file_and_read_pcm_frames_f32"):
-            return _mp3_read_f32(path, max_seconds)
-        decoded = miniaudio.mp3_read_file_f32(str(path))
-    else:
-        info = miniaudio.get_file_info(str(path))
-        decoded = miniaudio.decode_file(
-            str(path), output_format=miniaudio.SampleFormat.FLOAT32,
-            nchannels=info.nchannels, sample_rate=info.sample_rate,
-        )
-    channels = max(int(decoded.nchannels), 1)
-    samples = np.frombuffer(decoded.samples, dtype=np.float32)
-    interleaved = samples[: samples.shape[0] // channels * channels].reshape(-1, channels)
-    return interleaved.T, int(decoded.sample_rate)
-
-
-def _decode_librosa(path: Path, max_seconds: float | None) -> tuple[np.ndarray, int]:
-    import librosa
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # audioread fallback warnings; failures raise
-        y, rate = librosa.load(str(path), sr=None, mono=False, duration=max_seconds)
-    y = np.asarray(y, dtype=np.float32)
-    return (y[None, :] if y.ndim == 1 else y), int(rate)
-
-
-def decode(path: str | os.PathLike, max_seconds: float | None = None) -> tuple[np.ndarray, int]:
-    """Decode an audio file to float samples at its native rate.
-
-    Parameters
-    ----------
-    path : path-like
-    max_seconds : float, optional
-        Keep only the first ``int(max_seconds * rate)`` frames (all of them if None).
-
-    Returns
-    -------
-    (np.ndarray of shape (n_channels, n_samples), float32 in [-1, 1]; int sample rate)
-
-    Raises
-    ------
-    TrackFailure
-        ``missing file``, ``not a regular file``, ``empty file`` or
-        ``cannot decode: ...`` (both decoders failed or gave no samples).
-    """
-    path = Path(path)
+def _check_source(source: Source) -> Source:
+    """The source as soundfile takes it; TrackFailure for a missing, odd or empty file."""
+    if hasattr(source, "read"):
+        try:
+            here = source.tell()
+            size = source.seek(0, os.SEEK_END)
+            source.seek(here)
+        except (OSError, AttributeError, ValueError) as exc:
+            raise TrackFailure(f"cannot decode: not a seekable file object ({exc})") from None
+        if size == 0:
+            raise TrackFailure("empty file")
+        return source
+    path = Path(source)
     try:
         stat = path.stat()
     except FileNotFoundError:
@@ -164,23 +84,210 @@ def decode(path: str | os.PathLike, max_seconds: float | None = None) -> tuple[n
         raise TrackFailure("not a regular file")
     if stat.st_size == 0:
         raise TrackFailure("empty file")
-    first_error = "no audio frames"
-    try:
-        waveform, rate = _decode_miniaudio(path, max_seconds)
-        if waveform.shape[1] > 0 and rate > 0:
-            return waveform, rate
-    except miniaudio.DecodeError as exc:
-        first_error = str(exc) or type(exc).__name__
-    try:
-        waveform, rate = _decode_librosa(path, max_seconds)
-    except TrackTimeout:
-        raise
-    except Exception as exc:  # noqa: BLE001 - any decoder error is a property of the file
-        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise TrackFailure(f"cannot decode: {first_error}; librosa: {message}") from None
-    if waveform.shape[-1] == 0 or rate <= 0:
-        raise TrackFailure(f"cannot decode: {first_error}; librosa: no audio frames")
-    return waveform, rate
+    return str(path)
+
+
+def _decoder_error(exc: Exception) -> TrackFailure:
+    """A decoder exception as a TrackFailure; the reason never holds an object address."""
+    message = getattr(exc, "error_string", None) or str(exc).strip() or type(exc).__name__
+    if message.startswith("File does not exist"):  # libsndfile's words when mpg123 finds no frame
+        message = "no valid audio frames found"
+    return TrackFailure(f"cannot decode: {message.splitlines()[0].strip()}")
+
+
+class AudioReader:
+    """An audio stream open for reading in consecutive blocks, with bounded memory.
+
+    Use as a context manager. Samples are float32 as the decoder gives them (not
+    clamped); a block has shape (channels, n) and is a view of a fresh array.
+
+    Parameters
+    ----------
+    source : path or binary file object
+
+    Attributes
+    ----------
+    rate : int
+        Native sample rate.
+    channels : int
+    position : int
+        Frames read (or skipped) so far.
+
+    Raises
+    ------
+    TrackFailure
+        ``missing file``, ``empty file``, ``not a regular file``, ``cannot decode: ...``.
+    """
+
+    def __init__(self, source: Source):
+        try:
+            self._file = soundfile.SoundFile(_check_source(source))
+        except (soundfile.SoundFileError, RuntimeError, TypeError) as exc:
+            raise _decoder_error(exc) from None
+        self.rate = int(self._file.samplerate)
+        self.channels = int(self._file.channels)
+        self.position = 0
+        if self.rate <= 0 or self.channels <= 0:
+            self.close()
+            raise TrackFailure(f"cannot decode: {self.channels} channels at {self.rate} Hz")
+
+    def __enter__(self) -> AudioReader:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._file.close()
+
+    def read(self, frames: int) -> np.ndarray:
+        """The next ``frames`` frames (fewer at the end of the stream).
+
+        Returns
+        -------
+        np.ndarray, shape (channels, n), float32, n <= frames
+        """
+        if frames < 0:
+            raise ValueError(f"frames must be >= 0, got {frames}")
+        try:
+            block = self._file.read(frames, dtype="float32", always_2d=True)
+        except (soundfile.SoundFileError, RuntimeError) as exc:
+            raise _decoder_error(exc) from None
+        self.position += block.shape[0]
+        return block.T
+
+    def skip(self, frames: int, block: int = 1 << 16) -> int:
+        """Decode and drop ``frames`` frames (sample-exact, unlike a seek); returns the number dropped."""
+        dropped = 0
+        while dropped < frames:
+            n = self.read(min(block, frames - dropped)).shape[1]
+            if n == 0:
+                break
+            dropped += n
+        return dropped
+
+    def blocks(self, frames: int) -> Iterator[np.ndarray]:
+        """Consecutive blocks of ``frames`` frames (the last one may be shorter) until the end."""
+        if frames < 1:
+            raise ValueError(f"frames must be >= 1, got {frames}")
+        while True:
+            block = self.read(frames)
+            if block.shape[1] == 0:
+                return
+            yield block
+            if block.shape[1] < frames:
+                return
+
+    def windows(self, length: int, hop: int) -> Iterator[tuple[int, np.ndarray]]:
+        """Overlapping windows ``(start_frame, samples)``: starts 0, hop, 2*hop, ... of the stream.
+
+        Window k holds frames ``[k*hop, k*hop + length)`` (relative to the reader's position at the
+        first call), exactly as a whole-file decode would give them; the last window is the first
+        one that reaches the end of the stream and may be shorter. Memory: one window plus one hop.
+
+        Yields
+        ------
+        (int, np.ndarray of shape (channels, n) float32, n <= length)
+        """
+        if length < 1 or not 1 <= hop:
+            raise ValueError(f"need length >= 1 and hop >= 1, got {length}, {hop}")
+        start = 0
+        window = self.read(length)
+        while window.shape[1] > 0:
+            yield start, window
+            if window.shape[1] < length:
+                return
+            if hop >= length:
+                if self.skip(hop - length) < hop - length:
+                    return
+                window = self.read(length)
+            else:
+                fresh = self.read(hop)
+                if fresh.shape[1] == 0:
+                    return
+                window = np.concatenate([window[:, hop:], fresh], axis=1)
+            start += hop
+
+
+def decode(source: Source, max_seconds: float | None = None) -> tuple[np.ndarray, int]:
+    """Decode a file to float samples at its native rate, as ``librosa.load(sr=None, mono=False)``.
+
+    Parameters
+    ----------
+    source : path or binary file object
+    max_seconds : float, optional
+        Decode only the first ``int(max_seconds * rate)`` frames (librosa's ``duration``);
+        the rest of the file is never decoded. None: the whole file.
+
+    Returns
+    -------
+    (np.ndarray of shape (n_channels, n_samples), float32, not clamped; int sample rate)
+
+    Raises
+    ------
+    TrackFailure
+        ``missing file``, ``not a regular file``, ``empty file`` or ``cannot decode: ...``
+        (including a stream with no audio frames).
+    """
+    with AudioReader(source) as reader:
+        frames = -1 if max_seconds is None else int(max_seconds * reader.rate)
+        waveform = reader.read(frames) if frames >= 0 else _read_all(reader)
+    if waveform.shape[1] == 0:
+        raise TrackFailure("cannot decode: no audio frames")
+    return waveform, reader.rate
+
+
+def _read_all(reader: AudioReader) -> np.ndarray:
+    blocks = list(reader.blocks(1 << 20))
+    if not blocks:
+        return np.zeros((reader.channels, 0), np.float32)
+    return np.concatenate(blocks, axis=1)
+
+
+class _Captured:
+    """What a :func:`captured_stderr` block wrote to file descriptor 2."""
+
+    def __init__(self, file):
+        self._file = file
+
+    def text(self) -> str:
+        if self._file is None:
+            return ""
+        self._file.seek(0)
+        return self._file.read().decode("utf-8", "replace")
+
+
+@contextlib.contextmanager
+def captured_stderr() -> Iterator[_Captured]:
+    """Send what C libraries (libmpg123) write to fd 2 into a buffer for the block's duration.
+
+    Only in the main thread (redirecting fd 2 is process-wide); elsewhere nothing is
+    captured and ``text()`` is empty.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield _Captured(None)
+        return
+    with tempfile.TemporaryFile() as buffer:
+        sys.stderr.flush()
+        saved = os.dup(2)
+        os.dup2(buffer.fileno(), 2)
+        try:
+            yield _Captured(buffer)
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+
+
+def _with_messages(reason: str, messages: str) -> str:
+    """``reason`` followed by the decoder's own messages on one line (cut to a few hundred chars)."""
+    lines = [line.strip() for line in messages.splitlines() if line.strip()]
+    if not lines:
+        return reason
+    said = "; ".join(dict.fromkeys(lines))
+    if len(said) > MAX_MESSAGE_CHARS:
+        said = said[: MAX_MESSAGE_CHARS - 3] + "..."
+    return f"{reason} (decoder: {said})"
 
 
 @contextlib.contextmanager
@@ -212,30 +319,90 @@ def time_limit(seconds: float | None) -> Iterator[None]:
         signal.signal(signal.SIGALRM, previous)
 
 
-def track_image(path: str | os.PathLike, recipe: Recipe, timeout_s: float | None = None) -> np.ndarray:
-    """Decode one file and compute its image; every failure becomes a :class:`TrackFailure`.
+@dataclass(frozen=True)
+class TrackImage:
+    """One track's image and what the short-clip policy did to it.
+
+    Attributes
+    ----------
+    image : np.ndarray, shape (recipe.n_mels, recipe.n_frames), float32
+    seconds : float
+        Length of audio the image was made from (at most the recipe's ``duration_s``).
+    padded : bool
+        True when the clip was shorter than ``duration_s`` and padded with silence.
+    """
+
+    image: np.ndarray
+    seconds: float
+    padded: bool
+
+
+def is_digital_silence(mono: np.ndarray, rate: int) -> bool:
+    """True if ``mono`` (shape (n,)) never exceeds one 16-bit step after its first 0.1 s."""
+    rest = mono[int(SILENCE_SKIP_S * rate):]
+    return rest.size == 0 or float(np.abs(rest).max()) <= SILENCE_PEAK
+
+
+def image_of(waveform: np.ndarray, rate: int, recipe: Recipe, keep_silence: bool = False) -> TrackImage:
+    """The recipe's image of a decoded clip, with its padding and silence checks.
 
     Parameters
     ----------
-    path : path-like
+    waveform : np.ndarray, shape (channels, n) or (n,), at ``rate``
+    rate : int
+    recipe : Recipe
+    keep_silence : bool
+        Make an image of digital silence instead of failing it.
+
+    Raises
+    ------
+    TrackFailure
+        ``too short: ...``, ``digital silence``, ``bad audio: ...``.
+    """
+    try:
+        n = min(waveform.shape[-1], int(recipe.duration_s * rate))
+        mono, out_rate = prepare_waveform(waveform, rate, recipe)
+        if not keep_silence and is_digital_silence(mono, out_rate):
+            raise TrackFailure("digital silence")
+        image = mel_from_mono(mono, out_rate, recipe)
+    except TooShortError as exc:
+        raise TrackFailure(str(exc)) from None
+    except TrackFailure:
+        raise
+    except ValueError as exc:
+        raise TrackFailure(f"bad audio: {exc}") from None
+    return TrackImage(image=image, seconds=n / rate, padded=n < int(recipe.duration_s * rate))
+
+
+def track_image(source: Source, recipe: Recipe, timeout_s: float | None = None,
+                keep_silence: bool = False) -> TrackImage:
+    """Decode the first ``recipe.duration_s`` of one file and compute its image.
+
+    Every failure becomes a :class:`TrackFailure`; what the decoder printed about the
+    file goes into the reason, not onto the terminal.
+
+    Parameters
+    ----------
+    source : path or binary file object
     recipe : Recipe
     timeout_s : float, optional
         Per-track wall-time limit (decode + image).
+    keep_silence : bool
+        Keep digital silence (an image at the dB floor) instead of failing it.
 
     Returns
     -------
-    np.ndarray, shape (recipe.n_mels, recipe.n_frames), float32
+    TrackImage
+        ``image`` of shape (recipe.n_mels, recipe.n_frames), float32.
     """
-    try:
-        with time_limit(timeout_s):
-            waveform, rate = decode(path, max_seconds=recipe.duration_s)
-            return mel_image(waveform, rate, recipe)
-    except TrackFailure:
-        raise
-    except TooShortError as exc:
-        raise TrackFailure(str(exc)) from None
-    except ValueError as exc:
-        raise TrackFailure(f"bad audio: {exc}") from None
+    with captured_stderr() as said:
+        try:
+            with time_limit(timeout_s):
+                waveform, rate = decode(source, max_seconds=recipe.duration_s)
+                return image_of(waveform, rate, recipe, keep_silence)
+        except TrackFailure as exc:
+            failure = type(exc)(_with_messages(str(exc), said.text()))
+    raise failure from None
 
 
 def mel_from_file(path: str | os.PathLike, recipe: dict | Recipe | None = None) -> np.ndarray:
@@ -244,7 +411,7 @@ def mel_from_file(path: str | os.PathLike, recipe: dict | Recipe | None = None) 
     Parameters
     ----------
     path : path-like
-        An audio file (MP3 or anything miniaudio/librosa decode).
+        An audio file (MP3, or anything libsndfile reads: WAV, FLAC, Ogg).
     recipe : dict or Recipe, optional
         The recipe stored in the shards/manifest; default the reference recipe.
 
@@ -263,6 +430,6 @@ def mel_from_file(path: str | os.PathLike, recipe: dict | Recipe | None = None) 
     elif isinstance(recipe, dict):
         recipe = Recipe.from_dict(recipe)
     try:
-        return track_image(path, recipe)
+        return track_image(path, recipe).image
     except TrackFailure as exc:
         raise TrackFailure(f"{path}: {exc}") from None

@@ -59,14 +59,14 @@ def software_versions() -> dict:
     """Versions stored with every shard (provenance)."""
     import h5py
     import librosa
-    import miniaudio
     import numpy
     import scipy
+    import soundfile
     import soxr
 
     return {"python": platform.python_version(), "numpy": numpy.__version__, "scipy": scipy.__version__,
-            "librosa": librosa.__version__, "miniaudio": miniaudio.__version__, "soxr": soxr.__version__,
-            "h5py": h5py.__version__}
+            "librosa": librosa.__version__, "soundfile": soundfile.__version__,
+            "libsndfile": soundfile.__libsndfile_version__, "soxr": soxr.__version__, "h5py": h5py.__version__}
 
 
 def compute_shard(task: dict) -> dict:
@@ -103,7 +103,7 @@ def compute_shard(task: dict) -> dict:
     for i, track_id in enumerate(spec.track_ids):
         try:
             path = audio_dir / fma.audio_relpath(track_id)
-            images[len(kept)] = track_image(path, recipe, task["timeout_s"])
+            images[len(kept)] = track_image(path, recipe, task["timeout_s"]).image
             kept.append(i)
         except TrackFailure as exc:
             failed.append((track_id, str(exc)))

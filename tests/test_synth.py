@@ -9,8 +9,8 @@ import subprocess
 import sys
 from collections import Counter
 from pathlib import Path
+from typing import NamedTuple
 
-import miniaudio
 import numpy as np
 import pandas as pd
 import pytest
@@ -43,9 +43,19 @@ def load_tracks(path: Path) -> pd.DataFrame:
     return tracks
 
 
-def decode(path: Path) -> miniaudio.DecodedSoundFile:
-    """Decode an MP3 at its own sample rate and channel count."""
-    return miniaudio.mp3_read_file_f32(str(path))
+class Decoded(NamedTuple):
+    samples: np.ndarray  # (n, channels) float32
+    sample_rate: int
+    nchannels: int
+    duration: float
+
+
+def decode(path: Path) -> Decoded:
+    """Decode an MP3 whole at its own sample rate and channel count (libsndfile + mpg123)."""
+    import soundfile
+
+    samples, rate = soundfile.read(path, dtype="float32", always_2d=True)
+    return Decoded(samples, rate, samples.shape[1], samples.shape[0] / rate)
 
 
 def by_kind(truth: dict, kind: str) -> dict[int, dict]:
@@ -308,14 +318,12 @@ def test_bad_files_are_bad_in_the_declared_way(mini_fma):
             assert path.stat().st_size == 0
         elif kind == "random_bytes":
             assert path.stat().st_size > 1000 and not path.read_bytes().startswith(b"ID3")
-            with pytest.raises(miniaudio.DecodeError):
-                decode(path)
             with pytest.raises(soundfile.LibsndfileError):
-                soundfile.read(path)
+                decode(path)
         elif kind == "truncated":
             try:
                 d = decode(path)
-            except miniaudio.DecodeError:
+            except soundfile.LibsndfileError:
                 continue
             assert d.duration < 10.0
         elif kind == "short":
@@ -425,9 +433,7 @@ def _mean_logmel(path: Path) -> np.ndarray:
     """Mean log-mel spectrum (64 bands) of the first 10 s, at 22.05 kHz mono."""
     import librosa
 
-    d = miniaudio.decode_file(str(path), output_format=miniaudio.SampleFormat.FLOAT32, nchannels=1,
-                              sample_rate=22050)
-    y = np.asarray(d.samples, dtype=np.float32)[:22050 * 10]
+    y, _ = librosa.load(path, sr=22050, mono=True, duration=10.0)
     mel = librosa.feature.melspectrogram(y=y, sr=22050, n_fft=1024, hop_length=512, n_mels=64)
     return librosa.power_to_db(mel, ref=np.max).mean(axis=1)
 
