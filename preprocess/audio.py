@@ -9,8 +9,8 @@ transforms is ``librosa.load(path, sr=None, mono=True, duration=29.5)`` sample f
 sample. Loud masters whose decoded peaks exceed full scale (inter-sample overshoot)
 keep those peaks. Only the frames asked for are decoded: a 60-minute file costs what
 a 30 s clip costs. A source is a path or a binary file object (e.g. a zip member read
-into ``io.BytesIO``). :class:`AudioReader` reads a stream in consecutive blocks or
-overlapping windows with bounded memory.
+into ``io.BytesIO``). :class:`AudioReader` reads a stream in consecutive blocks with
+bounded memory (``preprocess.windows.cut_windows`` cuts them into whole-track windows).
 
 libmpg123 prints its complaints about damaged files on the process's file descriptor
 2. :func:`track_image` captures them (``captured_stderr``) and puts them in the
@@ -177,36 +177,6 @@ class AudioReader:
             yield block
             if block.shape[1] < frames:
                 return
-
-    def windows(self, length: int, hop: int) -> Iterator[tuple[int, np.ndarray]]:
-        """Overlapping windows ``(start_frame, samples)``: starts 0, hop, 2*hop, ... of the stream.
-
-        Window k holds frames ``[k*hop, k*hop + length)`` (relative to the reader's position at the
-        first call), exactly as a whole-file decode would give them; the last window is the first
-        one that reaches the end of the stream and may be shorter. Memory: one window plus one hop.
-
-        Yields
-        ------
-        (int, np.ndarray of shape (channels, n) float32, n <= length)
-        """
-        if length < 1 or not 1 <= hop:
-            raise ValueError(f"need length >= 1 and hop >= 1, got {length}, {hop}")
-        start = 0
-        window = self.read(length)
-        while window.shape[1] > 0:
-            yield start, window
-            if window.shape[1] < length:
-                return
-            if hop >= length:
-                if self.skip(hop - length) < hop - length:
-                    return
-                window = self.read(length)
-            else:
-                fresh = self.read(hop)
-                if fresh.shape[1] == 0:
-                    return
-                window = np.concatenate([window[:, hop:], fresh], axis=1)
-            start += hop
 
 
 def decode(source: Source, max_seconds: float | None = None) -> tuple[np.ndarray, int]:

@@ -66,7 +66,8 @@ def software_versions() -> dict:
 
     return {"python": platform.python_version(), "numpy": numpy.__version__, "scipy": scipy.__version__,
             "librosa": librosa.__version__, "soundfile": soundfile.__version__,
-            "libsndfile": soundfile.__libsndfile_version__, "soxr": soxr.__version__, "h5py": h5py.__version__}
+            "libsndfile": soundfile.__libsndfile_version__, "soxr": soxr.__version__,
+            "h5py": h5py.__version__}
 
 
 def compute_shard(task: dict) -> dict:
