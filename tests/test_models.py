@@ -52,3 +52,20 @@ def test_embed_is_the_input_of_the_last_layer(name):
         last = [m for m in model.modules() if isinstance(m, nn.Linear)][-1]
         torch.testing.assert_close(last(embedding), model(x), rtol=0, atol=0)
         torch.testing.assert_close(model.classify(embedding), model(x), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("name", ["seed", "resnet"])
+def test_group_norm_models_treat_each_sample_alone(name):
+    """norm=group: no BatchNorm left, same parameter count, and in training mode a sample's logits do
+    not depend on the rest of its batch (what makes data-parallel ranks on CPU equal one process)."""
+    torch.manual_seed(0)
+    grouped = build_model(ModelConfig(name, 5, {"norm": "group"})).train()
+    assert not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in grouped.modules())
+    assert count_parameters(grouped) == count_parameters(build_model(ModelConfig(name, 5)))
+    if name == "resnet":
+        grouped.head[0].p = 0.0  # dropout would draw other masks for other batch sizes
+    x = torch.randn(6, 1, 128, 128)
+    whole, half = grouped(x), grouped(x[:3])
+    torch.testing.assert_close(half, whole[:3], atol=1e-5, rtol=1e-4)
+    batch = build_model(ModelConfig(name, 5)).train()
+    assert not torch.allclose(batch(x[:3]), batch(x)[:3], atol=1e-3)

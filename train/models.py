@@ -6,6 +6,11 @@
 Every model has ``embed(x)``: the penultimate-layer vectors (B, embedding_dim)
 that its last linear layer maps to the logits (``python -m train embed``).
 
+Both take ``norm``: ``"batch"`` (BatchNorm, the default and the reference) or ``"group"``
+(GroupNorm of 8 groups in place of every BatchNorm, same parameter count): it normalises
+each sample on its own, so a model trains the same whatever the batch is split into
+(data-parallel ranks on CPU, where SyncBatchNorm is not available; small per-GPU batches).
+
 Add a model: write an ``nn.Module`` whose constructor takes ``num_classes`` (and
 keyword options), with ``embed(x)``, ``classify(embedding)`` (the last layer),
 ``forward(x) = classify(embed(x))`` and an ``embedding_dim`` attribute, and
@@ -18,6 +23,17 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 from torch import nn
+
+NORMS = ("batch", "group")
+
+
+def norm_layer(kind: str, channels: int, dims: int = 2) -> nn.Module:
+    """BatchNorm (``dims``-D) or GroupNorm with 8 groups (per sample) over ``channels`` channels."""
+    if kind == "batch":
+        return nn.BatchNorm2d(channels) if dims == 2 else nn.BatchNorm1d(channels)
+    if kind == "group":
+        return nn.GroupNorm(8, channels)
+    raise ValueError(f"norm must be one of {NORMS}, got {kind!r}")
 
 
 class SeedCNN(nn.Module):
@@ -32,17 +48,17 @@ class SeedCNN(nn.Module):
 
     embedding_dim = 192
 
-    def __init__(self, num_classes: int = 16):
+    def __init__(self, num_classes: int = 16, norm: str = "batch"):
         super().__init__()
         blocks = []
         channels = [1, 8, 16, 32, 64]
         for c_in, c_out in zip(channels[:-1], channels[1:], strict=True):
-            blocks += [nn.Conv2d(c_in, c_out, 3, padding=1), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True),
+            blocks += [nn.Conv2d(c_in, c_out, 3, padding=1), norm_layer(norm, c_out), nn.ReLU(inplace=True),
                        nn.MaxPool2d(2)]
-        blocks += [nn.Conv2d(64, 64, 2, stride=2), nn.BatchNorm2d(64), nn.ReLU(inplace=True)]
+        blocks += [nn.Conv2d(64, 64, 2, stride=2), norm_layer(norm, 64), nn.ReLU(inplace=True)]
         self.features = nn.Sequential(*blocks)
         self.classifier = nn.Sequential(
-            nn.Flatten(), nn.Linear(1024, 192), nn.BatchNorm1d(192), nn.ReLU(inplace=True),
+            nn.Flatten(), nn.Linear(1024, 192), norm_layer(norm, 192, dims=1), nn.ReLU(inplace=True),
             nn.Linear(192, num_classes),
         )
 
@@ -62,17 +78,17 @@ class SeedCNN(nn.Module):
 class ResidualBlock(nn.Module):
     """Two 3x3 conv + BatchNorm layers with a (projected when needed) shortcut."""
 
-    def __init__(self, c_in: int, c_out: int, stride: int):
+    def __init__(self, c_in: int, c_out: int, stride: int, norm: str = "batch"):
         super().__init__()
         self.body = nn.Sequential(
-            nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1, bias=False), nn.BatchNorm2d(c_out),
+            nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1, bias=False), norm_layer(norm, c_out),
             nn.ReLU(inplace=True),
-            nn.Conv2d(c_out, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out),
+            nn.Conv2d(c_out, c_out, 3, padding=1, bias=False), norm_layer(norm, c_out),
         )
         self.shortcut = nn.Identity()
         if stride != 1 or c_in != c_out:
             self.shortcut = nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride=stride, bias=False),
-                                          nn.BatchNorm2d(c_out))
+                                          norm_layer(norm, c_out))
         self.relu = nn.ReLU(inplace=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -90,14 +106,14 @@ class ResNetCNN(nn.Module):
     vector (B, 16 * width) is the embedding.
     """
 
-    def __init__(self, num_classes: int = 16, width: int = 32, dropout: float = 0.3):
+    def __init__(self, num_classes: int = 16, width: int = 32, dropout: float = 0.3, norm: str = "batch"):
         super().__init__()
         widths = [width, 2 * width, 4 * width, 8 * width]
-        self.stem = nn.Sequential(nn.Conv2d(1, width, 3, padding=1, bias=False), nn.BatchNorm2d(width),
+        self.stem = nn.Sequential(nn.Conv2d(1, width, 3, padding=1, bias=False), norm_layer(norm, width),
                                   nn.ReLU(inplace=True), nn.MaxPool2d(2))
         stages, c_in = [], width
         for i, c_out in enumerate(widths):
-            stages.append(ResidualBlock(c_in, c_out, stride=1 if i == 0 else 2))
+            stages.append(ResidualBlock(c_in, c_out, stride=1 if i == 0 else 2, norm=norm))
             c_in = c_out
         self.stages = nn.Sequential(*stages)
         self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(2 * c_in, num_classes))

@@ -84,3 +84,86 @@ class EpochBatchSampler:
         full, rest = divmod(self.num_samples, self.batch_size)
         count = full + (1 if rest and not self.drop_last else 0)
         return min(count, self.max_batches) if self.max_batches > 0 else count
+
+
+def rank_part(batch: np.ndarray, rank: int, world_size: int) -> np.ndarray:
+    """The part of one global batch that ``rank`` of ``world_size`` trains on.
+
+    The batch is cut into ``world_size`` contiguous, equal parts and rank ``r`` takes
+    part ``r``. When ``len(batch)`` is not a multiple of ``world_size`` (only the last
+    batch of an epoch can be, and only when the split is smaller than one batch), its
+    last ``len(batch) % world_size`` indices are left out, so every rank holds the same
+    number of samples and DistributedDataParallel's gradient average equals the
+    gradient of the whole (trimmed) batch.
+
+    Parameters
+    ----------
+    batch : np.ndarray, shape (B,)
+        One global batch of sample indices (as :func:`batch_indices` cuts them).
+    rank, world_size : int
+        ``0 <= rank < world_size``.
+
+    Returns
+    -------
+    np.ndarray, shape (B // world_size,), int64
+    """
+    if world_size < 1 or not 0 <= rank < world_size:
+        raise ValueError(f"need 0 <= rank < world_size, got rank {rank}, world_size {world_size}")
+    per_rank = len(batch) // world_size
+    return np.asarray(batch[rank * per_rank:(rank + 1) * per_rank], dtype=np.int64)
+
+
+def rank_range(num_samples: int, rank: int, world_size: int) -> tuple[int, int]:
+    """The contiguous slice ``[start, stop)`` of ``range(num_samples)`` that ``rank`` evaluates.
+
+    The parts cover every sample exactly once, in order, and differ in size by at most one
+    (the first ``num_samples % world_size`` ranks hold one more), so concatenating the
+    parts in rank order gives back dataset order.
+    """
+    if world_size < 1 or not 0 <= rank < world_size:
+        raise ValueError(f"need 0 <= rank < world_size, got rank {rank}, world_size {world_size}")
+    base, extra = divmod(num_samples, world_size)
+    start = rank * base + min(rank, extra)
+    return start, start + base + (1 if rank < extra else 0)
+
+
+class RankBatchSampler:
+    """This rank's part (:func:`rank_part`) of every global batch of another batch sampler.
+
+    Every rank wraps the same seeded sampler, so all ranks walk the same sequence of
+    global batches, whatever the world size, and together cover each of them once.
+    """
+
+    def __init__(self, sampler, rank: int, world_size: int):
+        rank_part(np.zeros(0, np.int64), rank, world_size)  # validates rank and world_size
+        if getattr(sampler, "batch_size", world_size) < world_size:
+            raise ValueError(f"a global batch of {sampler.batch_size} samples cannot be shared by "
+                             f"{world_size} ranks: use --batch-size >= {world_size}")
+        self.sampler, self.rank, self.world_size = sampler, rank, world_size
+
+    def set_epoch(self, epoch: int) -> None:
+        self.sampler.set_epoch(epoch)
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        for batch in self.sampler:
+            yield rank_part(batch, self.rank, self.world_size)
+
+    def __len__(self) -> int:
+        return len(self.sampler)
+
+
+class IndexBatchSampler:
+    """Fixed batches of ``batch_size`` over the given indices, in order (a rank's validation part)."""
+
+    def __init__(self, indices: np.ndarray, batch_size: int):
+        self.batch_size = batch_size
+        self._batches = batch_indices(np.asarray(indices, dtype=np.int64), batch_size, sort=False)
+
+    def set_epoch(self, epoch: int) -> None:
+        """The batches are the same every epoch."""
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        return iter(self._batches)
+
+    def __len__(self) -> int:
+        return len(self._batches)
