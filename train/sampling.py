@@ -1,7 +1,9 @@
 """Seeded per-epoch shuffling and batching, as pure functions of (n, seed, epoch).
 
 Because each epoch's order depends only on ``(seed, epoch)``, a run resumed at
-epoch k visits exactly the batches an uninterrupted run would.
+epoch k visits exactly the batches an uninterrupted run would. :func:`balanced_order`
+is the class-balanced alternative to :func:`epoch_order` (same length, every class
+drawn equally often), a pure function of (labels, seed, epoch) too.
 """
 
 from __future__ import annotations
@@ -25,6 +27,48 @@ def epoch_order(num_samples: int, seed: int, epoch: int, shuffle: bool = True) -
         return np.arange(num_samples, dtype=np.int64)
     rng = np.random.default_rng([int(seed), int(epoch)])
     return rng.permutation(num_samples).astype(np.int64)
+
+
+def balanced_order(labels: np.ndarray, seed: int, epoch: int) -> np.ndarray:
+    """One epoch of class-balanced sampling: N draws, each present class ``N // K`` or ``N // K + 1`` times.
+
+    Each class is walked through its own seeded permutations, one after another (a class
+    smaller than its share repeats, only after all its samples were drawn; a larger one is
+    covered over several epochs: its position carries over from epoch to epoch). The draws are
+    then shuffled together.
+
+    Parameters
+    ----------
+    labels : np.ndarray, shape (N,), int
+        Class of every sample of the split.
+    seed, epoch : int
+
+    Returns
+    -------
+    np.ndarray, shape (N,), int64
+        Sample indices (with repeats for small classes).
+    """
+    labels = np.asarray(labels)
+    if labels.ndim != 1 or epoch < 0:
+        raise ValueError(f"need 1-d labels and epoch >= 0, got shape {labels.shape}, epoch {epoch}")
+    n = len(labels)
+    classes = np.unique(labels)
+    if n == 0:
+        return np.zeros(0, dtype=np.int64)
+    share, extra = divmod(n, len(classes))
+    rng = np.random.default_rng([int(seed), int(epoch), 1])
+    lucky = set(rng.choice(len(classes), extra, replace=False).tolist())  # who gets the remainder
+    draws = []
+    for i, c in enumerate(classes):
+        members = np.flatnonzero(labels == c)
+        want = share + (i in lucky)
+        start = epoch * share  # where this epoch starts in the class's endless sequence of permutations
+        first, last = start // len(members), (start + want - 1) // len(members)
+        cycles = [np.random.default_rng([int(seed), int(c), cycle, 2]).permutation(members)
+                  for cycle in range(first, last + 1)]
+        offset = start - first * len(members)
+        draws.append(np.concatenate(cycles)[offset:offset + want])
+    return rng.permutation(np.concatenate(draws)).astype(np.int64)
 
 
 def batch_indices(order: np.ndarray, batch_size: int, drop_last: bool = False,
@@ -57,10 +101,16 @@ class EpochBatchSampler:
 
     Used with ``DataLoader(dataset, batch_size=None, sampler=...)`` so that each
     fetch is one ``dataset[index_array]`` gather.
+
+    With ``balance_labels`` (the split's labels, shape (N,)), each epoch is
+    :func:`balanced_order` instead of a permutation.
     """
 
     def __init__(self, num_samples: int, batch_size: int, *, shuffle: bool, seed: int = 0,
-                 drop_last: bool = False, max_batches: int = 0):
+                 drop_last: bool = False, max_batches: int = 0, balance_labels: np.ndarray | None = None):
+        if balance_labels is not None and len(balance_labels) != num_samples:
+            raise ValueError(f"balance_labels has {len(balance_labels)} entries for {num_samples} samples")
+        self.balance_labels = balance_labels
         self.num_samples = num_samples
         self.batch_size = batch_size
         self.shuffle = shuffle
@@ -73,7 +123,10 @@ class EpochBatchSampler:
         self.epoch = epoch
 
     def batches(self) -> list[np.ndarray]:
-        order = epoch_order(self.num_samples, self.seed, self.epoch, self.shuffle)
+        if self.balance_labels is not None:
+            order = balanced_order(self.balance_labels, self.seed, self.epoch)
+        else:
+            order = epoch_order(self.num_samples, self.seed, self.epoch, self.shuffle)
         batches = batch_indices(order, self.batch_size, self.drop_last)
         return batches[: self.max_batches] if self.max_batches > 0 else batches
 
