@@ -2,7 +2,7 @@
 
 One run: writes ~50k random 128x128 images as shards (fma_large size, 1,000 per
 shard), then trains the chosen model for a fixed number of steps with bf16
-autocast and channels_last, exactly as ``train fit`` does (``train.loop.BatchSource``),
+autocast and channels_last, exactly as ``train fit`` does (``train.inference``),
 fed by
   (a) the shard Dataset through a DataLoader (pinned memory, non-blocking copies,
       ``train``'s default worker count),
@@ -31,7 +31,14 @@ sys.path.insert(0, str(REPO))
 
 from bench.dataset import write_shard_set  # noqa: E402
 from train.dataset import ShardDataset  # noqa: E402
-from train.loop import BatchSource, _autocast, _prepare, resolve_device, resolve_workers  # noqa: E402
+from train.inference import (  # noqa: E402
+    BatchSource,
+    autocast,
+    place_model,
+    prepare_input,
+    resolve_device,
+    resolve_workers,
+)
 from train.models import ModelConfig, build_model  # noqa: E402
 from train.sampling import EpochBatchSampler  # noqa: E402
 
@@ -45,8 +52,8 @@ def run_steps(model, optimizer, batches, steps: int, warmup: int, device) -> flo
             if device.type == "cuda":
                 torch.cuda.synchronize()
             start, seen = time.perf_counter(), 0
-        with _autocast(device):
-            loss = criterion(model(_prepare(x, device)).float(), y)
+        with autocast(device):
+            loss = criterion(model(prepare_input(x, device)).float(), y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -90,9 +97,7 @@ def main(argv: list[str] | None = None) -> int:
         for label, preload in (("(a) shard Dataset + DataLoader", "none"), ("(b) --preload gpu", "gpu"),
                                ("(c) random tensors on the GPU", None)):
             torch.manual_seed(0)
-            model = build_model(ModelConfig(args.model, 16)).to(device)
-            if device.type == "cuda":
-                model = model.to(memory_format=torch.channels_last)
+            model = place_model(build_model(ModelConfig(args.model, 16)), device)
             optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
             if preload is None:
                 x = torch.randn(args.batch, 1, 128, 128, device=device)

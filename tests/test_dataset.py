@@ -13,6 +13,7 @@ import torch
 import shards
 from tests._shardset import make_shard_set
 from train.dataset import ShardDataset
+from train.normalization import band_statistics, standardize, to_device
 from train.sampling import EpochBatchSampler, batch_indices, epoch_order
 
 COUNTS = {"train": [30, 25, 1], "validation": [12], "test": [10]}
@@ -60,7 +61,7 @@ def test_batch_gather_equals_per_item_access(which, request):
         singles = [ds[int(i)] for i in indices]
         torch.testing.assert_close(x, torch.stack([s[0] for s in singles]), rtol=0, atol=0)
         torch.testing.assert_close(y, torch.stack([s[1] for s in singles]), rtol=0, atol=0)
-    x, y = ds.__getitems__([3, 1])
+    x, y = ds.gather([3, 1])
     np.testing.assert_array_equal(x[:, 0].numpy(), made["data"]["train"][0][[3, 1]])
     with pytest.raises(IndexError):
         ds[np.array([len(ds)])]
@@ -112,13 +113,18 @@ def test_band_statistics_and_normalization(shard_set):
     folder, made = shard_set
     mel = made["data"]["train"][0].astype(np.float64)
     ds = ShardDataset(folder, "train")
-    mean, std = ds.band_statistics()
+    stats = band_statistics(ds)
+    mean, std = stats["mean"].numpy(), stats["std"].numpy()
     assert mean.shape == std.shape == (128,)
     np.testing.assert_allclose(mean, mel.mean(axis=(0, 2)), rtol=1e-5)
     np.testing.assert_allclose(std, mel.std(axis=(0, 2)), rtol=1e-4)
-    ds.set_normalization(mean, std)
     x, _ = ds[np.arange(len(ds))]
-    np.testing.assert_allclose(x[:, 0].numpy(), (mel - mean[:, None]) / std[:, None], atol=1e-4)
+    expected = (mel - mean[:, None]) / std[:, None]
+    np.testing.assert_allclose(standardize(x, stats)[:, 0].numpy(), expected, atol=1e-4)
+    np.testing.assert_allclose(standardize(x[0, 0], stats).numpy(), expected[0], atol=1e-4)  # one image
+    assert standardize(x, None) is x
+    standardize(x, to_device(stats, torch.device("cpu")), inplace=True)  # as a preloaded split
+    np.testing.assert_allclose(x[:, 0].numpy(), expected, atol=1e-4)
 
 
 def test_preload_ram_gives_the_same_batches(shard_set):
@@ -181,6 +187,7 @@ def test_train_imports_without_librosa(python, subprocess_env):
         "import sys; sys.modules['librosa'] = None; sys.modules['preprocess.audio'] = None\n"
         "import train, train.dataset, train.sampling, train.models, train.config, train.loop\n"
         "import train.checkpoint, train.evaluate, train.metrics, train.predict, train.__main__\n"
+        "import train.inference, train.normalization, train.plots\n"
         "assert 'librosa' not in [m for m, v in sys.modules.items() if v is not None]\n"
         "print('ok')\n"
     )

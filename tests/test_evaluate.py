@@ -16,7 +16,9 @@ from train import metrics
 from train.__main__ import main
 from train.checkpoint import load_checkpoint
 from train.dataset import ShardDataset
-from train.evaluate import build_report, load_model
+from train.evaluate import build_report
+from train.inference import load_model
+from train.normalization import standardize
 
 
 @pytest.mark.filterwarnings("ignore:y_pred contains classes not in y_true")
@@ -138,9 +140,8 @@ def test_predict_names_the_genre_of_a_clearly_separable_generated_clip(mini_fma,
     checkpoint = load_checkpoint(run / "best.pt")
     model = load_model(checkpoint, torch.device("cpu"))
     test_set = ShardDataset(shards_dir, "test")
-    test_set.set_normalization(checkpoint["normalization"]["mean"].numpy(),
-                               checkpoint["normalization"]["std"].numpy())
     x, y = test_set[np.arange(len(test_set))]
+    x = standardize(x, checkpoint["normalization"])
     with torch.no_grad():
         stored = torch.softmax(model(x), 1).numpy()
     genre = test_set.class_names.index(best_genre)

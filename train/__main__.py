@@ -11,6 +11,11 @@ Commands:
   export   write the model as ONNX (normalisation folded in, class names and recipe
            in its metadata)
 
+Every command takes -q/--quiet (warnings, errors and results only, no progress
+bars) and -v/--verbose. Exit status: 0 done, 1 some input files failed
+(predict), 2 bad input, data or settings (one line "error: ..."), 130
+interrupted (fit: add --resume to the same command to continue).
+
 Examples:
   python -m train fit --shards shards/fma_large --run runs/seed --model seed --epochs 20
   python -m train fit --config train/configs/reference.yaml --shards S --run R --lr 0.02
@@ -26,6 +31,9 @@ import argparse
 import sys
 from pathlib import Path
 
+from shards.cli import add_logging_arguments, run_command
+from train.config import ConfigError
+
 
 def _fit_parser(sub) -> None:
     from train.config import add_config_arguments
@@ -39,6 +47,7 @@ def _fit_parser(sub) -> None:
     p.add_argument("--resume", action="store_true",
                    help="continue RUN from RUN/last.pt (weights, optimiser, epoch, RNG state)")
     add_config_arguments(p)
+    add_logging_arguments(p)
 
 
 def _test_parser(sub) -> None:
@@ -53,6 +62,7 @@ def _test_parser(sub) -> None:
     p.add_argument("--checkpoint", default="best.pt", help="checkpoint in RUN (default: best.pt)")
     p.add_argument("--split", default="test", choices=("train", "validation", "test"),
                    help="split to evaluate (default: test)")
+    add_logging_arguments(p)
 
 
 def _predict_parser(sub) -> None:
@@ -71,6 +81,7 @@ def _export_parser(sub) -> None:
     p.add_argument("--run", required=True, help="run folder holding the checkpoint")
     p.add_argument("--onnx", required=True, metavar="FILE", help="the .onnx file to write")
     p.add_argument("--checkpoint", default="best.pt", help="checkpoint in RUN (default: best.pt)")
+    add_logging_arguments(p)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -92,7 +103,7 @@ def run_fit(args: argparse.Namespace) -> int:
     overrides = overrides_from_args(args)
     if args.resume:
         if not args.run:
-            raise ValueError("--resume needs --run RUN (the run folder to continue)")
+            raise ConfigError("--resume needs --run RUN (the run folder to continue)")
         saved = load_checkpoint(Path(args.run) / LAST)["config"]
         config = config_from_dict(saved, source=f"{Path(args.run) / LAST} config")
     else:
@@ -104,27 +115,33 @@ def run_fit(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_test(args: argparse.Namespace) -> int:
+    from train.evaluate import test
+
+    test(args.shards, args.run, args.device, checkpoint_name=args.checkpoint, split=args.split)
+    return 0
+
+
+def run_predict(args: argparse.Namespace) -> int:
+    from train import predict
+
+    return predict.main(args)
+
+
+def run_export_command(args: argparse.Namespace) -> int:
+    from train.export import run_export
+
+    run_export(args.run, args.onnx, args.checkpoint)
+    return 0
+
+
+COMMANDS = {"fit": run_fit, "test": run_test, "predict": run_predict, "export": run_export_command}
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Parse ``argv`` and run the command; the exit status (see the module doc)."""
     args = build_parser().parse_args(argv)
-    try:
-        if args.command == "fit":
-            return run_fit(args)
-        if args.command == "test":
-            from train.evaluate import test
-
-            test(args.shards, args.run, args.device, checkpoint_name=args.checkpoint, split=args.split)
-            return 0
-        if args.command == "export":
-            from train.export import run_export
-
-            run_export(args.run, args.onnx, args.checkpoint)
-            return 0
-        from train import predict
-
-        return predict.main(args)
-    except ValueError as exc:  # ShardError, CheckpointError and bad settings: a clear message, no traceback
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    return run_command(COMMANDS[args.command], args)
 
 
 if __name__ == "__main__":

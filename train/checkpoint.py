@@ -20,14 +20,15 @@ from pathlib import Path
 import torch
 
 from shards import atomic_path
+from shards.errors import FmaGenreError
 
 FORMAT_VERSION = 1
 BEST = "best.pt"
 LAST = "last.pt"
 
 
-class CheckpointError(ValueError):
-    """A checkpoint is missing, truncated, corrupt or not one of ours."""
+class CheckpointError(FmaGenreError, ValueError):
+    """A checkpoint is missing, truncated, corrupt or not one of ours (a user error: exit 2)."""
 
 
 def save_checkpoint(path: str | os.PathLike, checkpoint: dict) -> Path:

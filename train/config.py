@@ -19,6 +19,7 @@ from pathlib import Path
 import yaml
 
 from shards import atomic_write_text
+from shards.errors import FmaGenreError
 
 MODEL_CHOICES = ("seed", "resnet")
 OPTIMIZERS = ("sgd", "adamw")
@@ -26,6 +27,13 @@ METRICS = ("macro_f1", "accuracy")
 PRELOAD = ("none", "ram", "gpu")
 DEVICES = ("auto", "cuda", "cpu")
 CLASS_WEIGHTS = ("none", "balanced")
+
+
+class ConfigError(FmaGenreError, ValueError):
+    """A setting is unknown or out of range, or settings and inputs do not fit together
+    (a run folder that exists without ``--resume``, shards of another class list
+    than the checkpoint's, ``--device cuda`` without a GPU). The message names the
+    setting or file and what to change. (Also a ``ValueError``, as before.)"""
 
 
 def _f(default, help: str, choices=None):
@@ -65,21 +73,21 @@ class TrainConfig:
     max_steps_per_epoch: int = _f(0, "stop each epoch after this many batches (0: whole split; for tests)")
 
     def validate(self) -> None:
-        """Raise ValueError naming the setting if a value is out of range."""
+        """Raise :class:`ConfigError` naming the setting if a value is out of range."""
         for f in dataclasses.fields(self):
             choices = f.metadata.get("choices")
             value = getattr(self, f.name)
             if choices and value not in choices:
-                raise ValueError(f"config {f.name}={value!r}: must be one of {choices}")
+                raise ConfigError(f"config {f.name}={value!r}: must be one of {choices}")
         for name in ("epochs", "batch_size"):
             if getattr(self, name) < 1:
-                raise ValueError(f"config {name}={getattr(self, name)}: must be >= 1")
+                raise ConfigError(f"config {name}={getattr(self, name)}: must be >= 1")
         if self.lr <= 0 or self.weight_decay < 0 or self.warmup_epochs < 0 or not 0 < self.gamma <= 1:
-            raise ValueError(f"config: need lr > 0, weight_decay >= 0, warmup_epochs >= 0, "
+            raise ConfigError(f"config: need lr > 0, weight_decay >= 0, warmup_epochs >= 0, "
                              f"0 < gamma <= 1; got lr={self.lr}, weight_decay={self.weight_decay}, "
                              f"warmup_epochs={self.warmup_epochs}, gamma={self.gamma}")
         if any(int(m) != m or m < 1 for m in self.milestones):
-            raise ValueError(f"config milestones={self.milestones}: must be positive whole epochs")
+            raise ConfigError(f"config milestones={self.milestones}: must be positive whole epochs")
 
     def resolved_milestones(self) -> list[int]:
         """The milestones, defaulting to 50% and 75% of the epochs."""
@@ -100,7 +108,7 @@ def config_from_dict(values: dict, base: TrainConfig | None = None, source: str 
     known = {f.name: f for f in dataclasses.fields(TrainConfig)}
     unknown = sorted(set(values) - set(known))
     if unknown:
-        raise ValueError(f"{source}: unknown settings {unknown}; known: {sorted(known)}")
+        raise ConfigError(f"{source}: unknown settings {unknown}; known: {sorted(known)}")
     updates = {}
     for name, value in values.items():
         default = getattr(TrainConfig(), name)
@@ -115,7 +123,7 @@ def config_from_dict(values: dict, base: TrainConfig | None = None, source: str 
             else:
                 value = str(value)
         except (TypeError, ValueError) as exc:
-            raise ValueError(f"{source}: setting {name}={value!r}: {exc}") from exc
+            raise ConfigError(f"{source}: setting {name}={value!r}: {exc}") from exc
         updates[name] = value
     config = dataclasses.replace(base, **updates)
     config.validate()
@@ -128,9 +136,9 @@ def load_yaml(path: str | os.PathLike) -> dict:
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except (OSError, yaml.YAMLError) as exc:
-        raise ValueError(f"{path}: cannot read the YAML config ({exc})") from exc
+        raise ConfigError(f"{path}: cannot read the YAML config ({exc})") from exc
     if not isinstance(data, dict):
-        raise ValueError(f"{path}: a config file must be a YAML mapping of setting: value")
+        raise ConfigError(f"{path}: a config file must be a YAML mapping of setting: value")
     return data
 
 

@@ -26,8 +26,6 @@ import torch
 import shards
 from shards import ShardError
 
-_STATS_BLOCK = 256
-
 
 @dataclass(frozen=True)
 class ShardInfo:
@@ -81,8 +79,9 @@ class ShardDataset(torch.utils.data.Dataset):
     track_ids : np.ndarray, shape (N,), int64
     class_names : list of str
     recipe : dict
-    mean, std : np.ndarray, shape (128,), float32, or None
-        Per-mel-band standardisation applied by :meth:`gather` when set.
+
+    Images come out raw (log-mel dB); standardisation is :mod:`train.normalization`'s,
+    applied on the device by :class:`train.inference.BatchSource`.
     """
 
     def __init__(self, folder: str | os.PathLike, split: str, *, verify: bool = True):
@@ -105,8 +104,6 @@ class ShardDataset(torch.utils.data.Dataset):
         self.labels = np.concatenate(labels) if labels else np.zeros(0, np.int64)
         self.track_ids = np.concatenate(track_ids) if track_ids else np.zeros(0, np.int64)
         self._starts = np.array([s.start for s in infos], dtype=np.int64)
-        self.mean: np.ndarray | None = None
-        self.std: np.ndarray | None = None
         self._ram: np.ndarray | None = None
         self._open_pid: int | None = None
         self._readers: dict[int, object] = {}
@@ -190,7 +187,7 @@ class ShardDataset(torch.utils.data.Dataset):
 
         Returns
         -------
-        x : torch.Tensor, shape (B, 1, 128, 128), float32 (standardised if set)
+        x : torch.Tensor, shape (B, 1, 128, 128), float32 (raw log-mel)
         y : torch.Tensor, shape (B,), int64
         """
         indices = np.asarray(indices, dtype=np.int64).reshape(-1)
@@ -207,9 +204,6 @@ class ShardDataset(torch.utils.data.Dataset):
             images[order] = self._read(indices[order])
         else:
             images = self._read(indices)
-        if self.mean is not None:
-            images -= self.mean[None, :, None]
-            images /= self.std[None, :, None]
         return torch.from_numpy(images).unsqueeze(1), torch.from_numpy(self.labels[indices])
 
     def __getitem__(self, index):
@@ -219,10 +213,6 @@ class ShardDataset(torch.utils.data.Dataset):
             x, y = self.gather([int(index)])
             return x[0], y[0]
         return self.gather(index)
-
-    def __getitems__(self, indices: list) -> tuple[torch.Tensor, torch.Tensor]:
-        """Batch fetch for ``DataLoader(batch_size=B, collate_fn=train.dataset.keep_batch)``."""
-        return self.gather(indices)
 
     # -- whole-split operations ----------------------------------------------
 
@@ -235,39 +225,7 @@ class ShardDataset(torch.utils.data.Dataset):
         """All images, not standardised: shape (N, 128, 128) float32 (a copy)."""
         return self._read(np.arange(len(self), dtype=np.int64))
 
-    def band_statistics(self) -> tuple[np.ndarray, np.ndarray]:
-        """Mean and standard deviation of each mel band over the whole split.
-
-        Returns
-        -------
-        mean, std : np.ndarray, shape (128,), float32 (std at least 1e-3)
-        """
-        if len(self) == 0:
-            raise ValueError(f"{self.folder}: split {self.split!r} is empty; cannot compute statistics")
-        total = np.zeros(128, np.float64)
-        total_sq = np.zeros(128, np.float64)
-        for start in range(0, len(self), _STATS_BLOCK):
-            block = self._read(np.arange(start, min(start + _STATS_BLOCK, len(self)))).astype(np.float64)
-            total += block.sum(axis=(0, 2))
-            total_sq += (block ** 2).sum(axis=(0, 2))
-        count = len(self) * 128
-        mean = total / count
-        std = np.sqrt(np.maximum(total_sq / count - mean ** 2, 0.0))
-        return mean.astype(np.float32), np.maximum(std, 1e-3).astype(np.float32)
-
-    def set_normalization(self, mean, std) -> None:
-        """Standardise every gathered image per band: (x - mean[band]) / std[band]."""
-        if mean is None:
-            self.mean = self.std = None
-            return
-        self.mean = np.asarray(mean, dtype=np.float32).reshape(128)
-        self.std = np.asarray(std, dtype=np.float32).reshape(128)
-
     def class_counts(self) -> np.ndarray:
         """Samples per class, shape (num_classes,), int64."""
         return np.bincount(self.labels, minlength=self.num_classes).astype(np.int64)
 
-
-def keep_batch(batch):
-    """collate_fn for batches that :meth:`ShardDataset.__getitems__` already built."""
-    return batch

@@ -7,26 +7,17 @@ import os
 from pathlib import Path
 
 import numpy as np
-import torch
 
-from shards import atomic_path, atomic_write_text
+from shards import atomic_write_text
 from train import metrics
 from train.checkpoint import BEST, load_checkpoint
+from train.config import ConfigError
 from train.dataset import ShardDataset
-from train.models import ModelConfig, build_model
+from train.inference import evaluation_source, load_model, predict_scores, resolve_device
+from train.plots import save_confusion_png
 
 REPORT_NAME = "test_report.json"
 PLOT_NAME = "confusion.png"
-
-
-def load_model(checkpoint: dict, device: torch.device) -> torch.nn.Module:
-    """The checkpoint's model with its weights, in eval mode on ``device``."""
-    model = build_model(ModelConfig(**checkpoint["model"]))
-    model.load_state_dict(checkpoint["state_dict"])
-    model = model.to(device).eval()
-    if device.type == "cuda":
-        model = model.to(memory_format=torch.channels_last)
-    return model
 
 
 def build_report(labels: np.ndarray, scores: np.ndarray, class_names: list[str]) -> dict:
@@ -71,54 +62,6 @@ def format_table(report: dict) -> str:
     return "\n".join(lines)
 
 
-def confusion_figure(confusion: np.ndarray, class_names: list[str], title: str):
-    """A row-normalised confusion matrix figure (matplotlib, Agg).
-
-    Parameters
-    ----------
-    confusion : np.ndarray, shape (K, K), counts; rows are true classes
-    """
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    confusion = np.asarray(confusion, dtype=np.float64)
-    rows = confusion.sum(axis=1, keepdims=True)
-    normalized = np.divide(confusion, rows, out=np.zeros_like(confusion), where=rows > 0)
-    k = len(class_names)
-    size = max(5.0, 0.55 * k + 2.5)
-    fig, ax = plt.subplots(figsize=(size + 1.0, size), dpi=100)
-    image = ax.imshow(normalized, cmap="Blues", vmin=0.0, vmax=1.0)
-    ax.set_xticks(range(k))
-    ax.set_yticks(range(k))
-    ax.set_xticklabels(class_names, rotation=45, ha="right", fontsize=9)
-    ax.set_yticklabels([f"{n} ({int(r)})" for n, r in zip(class_names, rows[:, 0], strict=True)], fontsize=9)
-    ax.set_xlabel("predicted genre")
-    ax.set_ylabel("true genre (test samples)")
-    ax.set_title(title)
-    for i in range(k):
-        for j in range(k):
-            if normalized[i, j] >= 0.005:
-                ax.text(j, i, f"{100 * normalized[i, j]:.0f}", ha="center", va="center", fontsize=7,
-                        color="white" if normalized[i, j] > 0.5 else "black")
-    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="fraction of the true genre's samples")
-    fig.tight_layout()
-    return fig
-
-
-def save_confusion_png(path: str | os.PathLike, confusion: np.ndarray, class_names: list[str],
-                       title: str) -> Path:
-    """Write the row-normalised confusion plot to ``path`` atomically."""
-    import matplotlib.pyplot as plt
-
-    path = Path(path)
-    fig = confusion_figure(confusion, class_names, title)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png")
-    plt.close(fig)
-    return path
-
-
 def test(shards_dir: str | os.PathLike, run_dir: str | os.PathLike, device_name: str = "auto",
          checkpoint_name: str = BEST, split: str = "test", batch_size: int = 256) -> dict:
     """Evaluate ``run_dir/checkpoint_name`` on ``split``; write the report and the plot.
@@ -128,24 +71,13 @@ def test(shards_dir: str | os.PathLike, run_dir: str | os.PathLike, device_name:
     dict
         The report (also written to ``run_dir/test_report.json``).
     """
-    from train.loop import BatchSource, predict_scores, resolve_device, resolve_workers
-    from train.sampling import EpochBatchSampler
-
     run_dir = Path(run_dir)
     device = resolve_device(device_name)
     checkpoint = load_checkpoint(run_dir / checkpoint_name)
     dataset = ShardDataset(shards_dir, split)
-    if dataset.class_names != checkpoint["class_names"]:
-        raise ValueError(f"{shards_dir}: class names {dataset.class_names} differ from the checkpoint's "
-                         f"{checkpoint['class_names']}")
-    if dataset.recipe != checkpoint["recipe"]:
-        raise ValueError(f"{shards_dir}: made with feature recipe {dataset.recipe}, the model was "
-                         f"trained on {checkpoint['recipe']}; evaluate on shards of the same recipe")
-    if len(dataset) == 0:
-        raise ValueError(f"{shards_dir}: the {split} split is empty")
+    _check_compatible(dataset, checkpoint, shards_dir)
     model = load_model(checkpoint, device)
-    source = BatchSource(dataset, EpochBatchSampler(len(dataset), batch_size, shuffle=False), device,
-                         "none", resolve_workers(-1, device, "none"), 0, checkpoint["normalization"])
+    source = evaluation_source(dataset, batch_size, device, checkpoint["normalization"])
     scores, labels = predict_scores(model, source, device, desc=split)
     report = build_report(labels, scores, dataset.class_names)
     report.update({"split": split, "checkpoint": str(run_dir / checkpoint_name),
@@ -159,3 +91,15 @@ def test(shards_dir: str | os.PathLike, run_dir: str | os.PathLike, device_name:
     print(format_table(report))
     print(f"report: {run_dir / REPORT_NAME}\nconfusion plot: {run_dir / PLOT_NAME}")
     return report
+
+
+def _check_compatible(dataset: ShardDataset, checkpoint: dict, shards_dir) -> None:
+    """The split must have the checkpoint's classes and feature recipe, and not be empty."""
+    if dataset.class_names != checkpoint["class_names"]:
+        raise ConfigError(f"{shards_dir}: class names {dataset.class_names} differ from the checkpoint's "
+                          f"{checkpoint['class_names']}; evaluate on shards of the same class list")
+    if dataset.recipe != checkpoint["recipe"]:
+        raise ConfigError(f"{shards_dir}: made with feature recipe {dataset.recipe}, the model was "
+                          f"trained on {checkpoint['recipe']}; evaluate on shards of the same recipe")
+    if len(dataset) == 0:
+        raise ConfigError(f"{shards_dir}: the {dataset.split} split is empty")

@@ -8,6 +8,7 @@ only, so that the rest of ``train`` never needs librosa).
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 from pathlib import Path
@@ -15,7 +16,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from shards.cli import EXIT_FAILURES, EXIT_OK, add_logging_arguments, run_command
 from train.checkpoint import BEST, load_checkpoint
+from train.inference import load_model, resolve_device, score_batch
+from train.normalization import standardize, to_device
+
+log = logging.getLogger(__name__)
 
 
 def predict_files(run_dir: str | os.PathLike, files: list[str | os.PathLike], *, device_name: str = "cpu",
@@ -30,14 +36,12 @@ def predict_files(run_dir: str | os.PathLike, files: list[str | os.PathLike], *,
     list of (path, probabilities (K,) float32 or None, error message or None)
     """
     from preprocess.audio import mel_from_file  # lazy: librosa only where audio is decoded
-    from train.evaluate import load_model
-    from train.loop import resolve_device
 
     device = resolve_device(device_name)
     if checkpoint is None:
         checkpoint = load_checkpoint(Path(run_dir) / checkpoint_name)
     model = load_model(checkpoint, device)
-    norm = checkpoint["normalization"]
+    normalization = to_device(checkpoint["normalization"], device)
     results = []
     for file in files:
         path = Path(file)
@@ -50,12 +54,8 @@ def predict_files(run_dir: str | os.PathLike, files: list[str | os.PathLike], *,
         if mel.shape != (128, 128):
             results.append((path, None, f"{path}: features have shape {mel.shape}, expected (128, 128)"))
             continue
-        if norm is not None:
-            mel = (mel - norm["mean"].numpy()[:, None]) / norm["std"].numpy()[:, None]
-        x = torch.from_numpy(mel[None, None]).to(device)
-        with torch.no_grad():
-            probabilities = torch.softmax(model(x).float(), dim=1)[0].cpu().numpy()
-        results.append((path, probabilities, None))
+        x = standardize(torch.from_numpy(mel[None, None]).to(device), normalization)
+        results.append((path, score_batch(model, x, device)[0].cpu().numpy(), None))
     return results
 
 
@@ -68,6 +68,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--top", type=int, default=3, help="genres to print per file (default: 3)")
     parser.add_argument("--device", default="cpu", choices=("auto", "cuda", "cpu"),
                         help="where the model runs (default: cpu)")
+    add_logging_arguments(parser)
 
 
 def main(args: argparse.Namespace) -> int:
@@ -77,17 +78,19 @@ def main(args: argparse.Namespace) -> int:
     for path, probabilities, error in predict_files(args.run, args.files, device_name=args.device,
                                                     checkpoint=checkpoint):
         if error is not None:
-            print(f"error: cannot compute features: {error}", file=sys.stderr)
+            log.error("cannot compute features: %s", error)
             failures += 1
             continue
         top = np.argsort(probabilities)[::-1][: max(1, args.top)]
         ranked = ", ".join(f"{names[i]} {probabilities[i]:.3f}" for i in top)
         print(f"{path}: {ranked}")
-    return 1 if failures else 0
+    if failures:
+        log.warning("%d of %d files could not be read", failures, len(args.files))
+    return EXIT_FAILURES if failures else EXIT_OK
 
 
 if __name__ == "__main__":
     _parser = argparse.ArgumentParser(prog="python -m train.predict", description=__doc__,
                                       formatter_class=argparse.RawDescriptionHelpFormatter)
     add_arguments(_parser)
-    sys.exit(main(_parser.parse_args()))
+    sys.exit(run_command(main, _parser.parse_args()))

@@ -1,0 +1,175 @@
+"""Running a model: device and worker choice, batches on the device, loading, scoring.
+
+Shared by training (:mod:`train.loop`), evaluation (:mod:`train.evaluate`),
+prediction (:mod:`train.predict`) and the benchmarks, so that every path runs a
+model the same way: images standardised with the checkpoint's statistics
+(:mod:`train.normalization`), channels-last memory and bfloat16 autocast on
+CUDA, float32 on CPU.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from shards.cli import progress_disabled
+from train.config import ConfigError
+from train.dataset import ShardDataset
+from train.models import ModelConfig, build_model
+from train.normalization import standardize, to_device
+from train.sampling import EpochBatchSampler
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` -> CUDA when available, else CPU; ``cuda`` without a GPU is an error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device cuda: no CUDA device is available to this torch "
+                          f"({torch.__version__}); use --device cpu or auto")
+    if name not in ("cuda", "cpu"):
+        raise ConfigError(f"device must be auto, cuda or cpu, got {name!r}")
+    return torch.device(name)
+
+
+def resolve_workers(requested: int, device: torch.device, preload: str) -> int:
+    """DataLoader workers: -1 picks 0 on CPU training or machines with <= 4 cores, else 4.
+
+    On a 2-core machine two workers cost more in inter-process copies than they
+    gain (bench/dataset.py); on CPU the model, not the loader, is the bottleneck.
+    """
+    if preload != "none":
+        return 0
+    if requested >= 0:
+        return requested
+    if device.type == "cpu" or (os.cpu_count() or 1) <= 4:
+        return 0
+    return 4
+
+
+def prepare_input(x: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A batch (B, 1, 128, 128) in the memory format the model runs fastest with (channels-last on CUDA)."""
+    return x.contiguous(memory_format=torch.channels_last) if device.type == "cuda" else x
+
+
+def autocast(device: torch.device):
+    """bfloat16 autocast on CUDA; a no-op context on CPU."""
+    return torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
+
+
+def place_model(model: nn.Module, device: torch.device) -> nn.Module:
+    """``model`` on ``device`` (channels-last on CUDA, matching :func:`prepare_input`)."""
+    model = model.to(device)
+    if device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    return model
+
+
+def load_model(checkpoint: dict, device: torch.device) -> nn.Module:
+    """The checkpoint's model with its weights, in eval mode on ``device``."""
+    model = build_model(ModelConfig(**checkpoint["model"]))
+    model.load_state_dict(checkpoint["state_dict"])
+    return place_model(model, device).eval()
+
+
+def model_num_classes(model: nn.Module) -> int:
+    """Output classes of a model (its last linear layer's width)."""
+    last = [m for m in model.modules() if isinstance(m, nn.Linear)][-1]
+    return last.out_features
+
+
+class BatchSource:
+    """Batches of one split on the device, standardised: a DataLoader over the shard
+    Dataset, or (``preload="gpu"``) index gathers from the whole split already on the GPU.
+
+    Parameters
+    ----------
+    dataset : ShardDataset
+    sampler : EpochBatchSampler
+        Which indices form each batch of each epoch.
+    device : torch.device
+    preload : {"none", "ram", "gpu"}
+    num_workers : int
+        DataLoader workers (see :func:`resolve_workers`).
+    seed : int
+        Seeds the DataLoader's generator (with the epoch).
+    normalization : dict or None
+        As stored in checkpoints (:mod:`train.normalization`).
+    """
+
+    def __init__(self, dataset: ShardDataset, sampler: EpochBatchSampler, device: torch.device,
+                 preload: str, num_workers: int, seed: int, normalization: dict | None = None):
+        self.dataset, self.sampler, self.device, self.seed = dataset, sampler, device, seed
+        self.preload = preload
+        self.num_workers = num_workers
+        self.images = self.targets = None
+        # Standardisation runs on the device after the copy (cheap there, and the
+        # loader workers only move raw bytes).
+        self.normalization = to_device(normalization, device)
+        if preload == "gpu":
+            images = torch.from_numpy(dataset.raw_array()).to(device).unsqueeze(1)
+            self.images = standardize(images, self.normalization, inplace=True)
+            self.targets = torch.from_numpy(dataset.labels).to(device)
+        elif preload == "ram":
+            dataset.preload()
+
+    def __len__(self) -> int:
+        return len(self.sampler)
+
+    def epoch(self, epoch: int):
+        """Iterate ``(x (B, 1, 128, 128), y (B,))`` on the device for one epoch."""
+        self.sampler.set_epoch(epoch)
+        if self.images is not None:
+            for indices in self.sampler:
+                idx = torch.from_numpy(indices).to(self.device, non_blocking=True)
+                yield self.images.index_select(0, idx), self.targets.index_select(0, idx)
+            return
+        loader = torch.utils.data.DataLoader(
+            self.dataset, batch_size=None, sampler=self.sampler, num_workers=self.num_workers,
+            pin_memory=self.device.type == "cuda",
+            generator=torch.Generator().manual_seed(self.seed * 1000003 + epoch),
+            prefetch_factor=4 if self.num_workers else None,
+        )
+        for x, y in loader:
+            x = standardize(x.to(self.device, non_blocking=True), self.normalization)
+            yield x, y.to(self.device, non_blocking=True)
+
+
+def evaluation_source(dataset: ShardDataset, batch_size: int, device: torch.device,
+                      normalization: dict | None, preload: str = "none", num_workers: int = -1,
+                      seed: int = 0) -> BatchSource:
+    """A :class:`BatchSource` over the whole split in dataset order (no shuffling)."""
+    sampler = EpochBatchSampler(len(dataset), batch_size, shuffle=False)
+    return BatchSource(dataset, sampler, device, preload, resolve_workers(num_workers, device, preload),
+                       seed, normalization)
+
+
+def score_batch(model: nn.Module, x: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Softmax probabilities (B, K) float32 of a standardised batch (B, 1, 128, 128) on ``device``."""
+    with torch.no_grad(), autocast(device):
+        logits = model(prepare_input(x, device))
+    return torch.softmax(logits.float(), dim=1)
+
+
+def predict_scores(model: nn.Module, source: BatchSource, device: torch.device,
+                   desc: str = "eval") -> tuple[np.ndarray, np.ndarray]:
+    """Softmax probabilities over a split, in the source's order (eval mode).
+
+    Returns
+    -------
+    scores : np.ndarray, shape (N, K), float32
+    labels : np.ndarray, shape (N,), int64
+    """
+    model.eval()
+    scores, labels = [], []
+    for x, y in tqdm(source.epoch(0), total=len(source), desc=desc, leave=False, mininterval=1,
+                     disable=progress_disabled()):
+        scores.append(score_batch(model, x, device).cpu().numpy())
+        labels.append(y.cpu().numpy())
+    k = model_num_classes(model)
+    return (np.concatenate(scores) if scores else np.zeros((0, k), np.float32),
+            np.concatenate(labels) if labels else np.zeros(0, np.int64))
