@@ -35,6 +35,8 @@ from torch import nn
 from shards import atomic_path
 from shards.errors import FmaGenreError
 from train.checkpoint import BEST, load_checkpoint
+from train.inference import load_model
+from train.normalization import standardize
 
 METADATA_PREFIX = "fma_genre."
 INPUT_NAME = "mel"
@@ -73,12 +75,12 @@ class NormalizedModel(nn.Module):
         self.model = model
         mean = torch.zeros(n_mels) if normalization is None else normalization["mean"].float()
         std = torch.ones(n_mels) if normalization is None else normalization["std"].float()
-        self.register_buffer("mean", mean.reshape(1, 1, -1, 1).clone())
-        self.register_buffer("std", std.reshape(1, 1, -1, 1).clone())
+        self.register_buffer("mean", mean.reshape(-1).clone())
+        self.register_buffer("std", std.reshape(-1).clone())
 
     def forward(self, mel: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, 1, n_mels, n_frames) dB -> logits (B, K), embedding (B, D)."""
-        embedding = self.model.embed((mel - self.mean) / self.std)
+        embedding = self.model.embed(standardize(mel, {"mean": self.mean, "std": self.std}))
         return self.model.classify(embedding), embedding
 
 
@@ -111,8 +113,6 @@ def export_onnx(checkpoint: dict, out: str | os.PathLike, source: str = "") -> P
     """
     onnx = require_onnx("onnx")
     require_onnx("onnxscript")  # torch's exporter needs it
-    from train.evaluate import load_model
-
     out = Path(out)
     recipe = checkpoint["recipe"]
     n_mels, n_frames = int(recipe.get("n_mels", 128)), int(recipe.get("n_frames", 128))

@@ -54,7 +54,7 @@ def to_device(normalization: dict | None, device: torch.device) -> dict | None:
     """The statistics as float32 tensors on ``device`` (None stays None)."""
     if normalization is None:
         return None
-    return {key: torch.as_tensor(normalization[key]).to(device, torch.float32).reshape(N_MELS)
+    return {key: torch.as_tensor(normalization[key]).to(device, torch.float32).reshape(-1)
             for key in ("mean", "std")}
 
 
