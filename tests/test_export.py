@@ -10,7 +10,7 @@ from torch import nn
 from preprocess.recipe import Recipe
 from train.__main__ import main
 from train.checkpoint import load_checkpoint, save_checkpoint
-from train.evaluate import load_model
+from train.inference import load_model
 from train.models import ModelConfig, build_model
 
 ort = pytest.importorskip("onnxruntime", reason="the onnx extra is part of the dev install")
