@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import threading
 import time
@@ -115,3 +116,29 @@ def test_truncated_last_checkpoint_is_named_on_resume(cut, straight, tmp_path, c
     assert err.startswith("error: ") and str(last) in err and "truncated or corrupt" in err, err
     assert "best.pt" in err  # says what to do: the other checkpoint
     assert (run / "best.pt").read_bytes() == best_before  # nothing else touched
+
+
+def test_ctrl_c_mid_epoch_exits_130_saying_how_to_resume(shard_set, tmp_path, python, subprocess_env):
+    """SIGINT to the command's process group (what Ctrl-C in a terminal does) in epoch 2."""
+    run = tmp_path / "run"
+    proc = start(fit_cmd(python, shard_set, run), subprocess_env, stdout=subprocess.PIPE,
+                 stderr=subprocess.PIPE)
+    reader = OutputReader(proc.stderr)
+    reader.start()
+    try:
+        deadline = time.monotonic() + 300
+        while not any(part.startswith(f"epoch 2/{EPOCHS}".encode()) and b"loss=" in part
+                      for part in reader.data.split(b"\r")):
+            assert proc.poll() is None and time.monotonic() < deadline, reader.data.decode()[-2000:]
+            time.sleep(0.002)
+        os.killpg(proc.pid, signal.SIGINT)
+        proc.wait(timeout=120)
+    finally:
+        kill_group(proc)
+        reader.join(timeout=10)
+    err = reader.data.decode()
+    assert proc.returncode == 130, err[-2000:]
+    assert "Traceback" not in err
+    assert f"interrupted in epoch 2/{EPOCHS}" in err and "--resume" in err, err[-2000:]
+    assert err.rstrip().endswith("interrupted")
+    assert load_checkpoint(run / "last.pt")["epoch"] == 1  # epoch 1 kept, loadable

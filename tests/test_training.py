@@ -144,3 +144,24 @@ def test_cli_help(python, subprocess_env, repo_root):
     assert out.returncode == 0
     for flag in ("--resume", "--preload", "--optimizer", "--class-weights", "--select-metric"):
         assert flag in out.stdout
+
+
+@pytest.mark.parametrize("flag", [None, "--quiet", "--verbose"])
+def test_logging_options_of_fit_and_test(shard_set, tmp_path, capsys, flag):
+    """Progress on stderr (through logging, hidden by --quiet), results on stdout whatever the level."""
+    run = tmp_path / "run"
+    flags = [flag] if flag else []
+    _fit(shard_set, run, "--epochs", "1", "--max-steps-per-epoch", "2", *flags)
+    out, err = capsys.readouterr()
+    assert out.startswith(f"checkpoints: {run / 'best.pt'}")
+    assert main(["test", "--shards", str(shard_set), "--run", str(run), "--device", "cpu", *flags]) == 0
+    test_out, test_err = capsys.readouterr()
+    assert "macro_f1" in test_out and f"report: {run / 'test_report.json'}" in test_out
+    if flag == "--quiet":
+        assert err == "" and test_err == ""  # no progress lines, no progress bars
+    elif flag == "--verbose":
+        assert "info train.loop: train: 96 samples, validation: 32, 4 classes" in err
+        assert "info train.loop: epoch 1/1: train loss" in err
+    else:
+        assert "\ntrain: 96 samples, validation: 32, 4 classes" in "\n" + err
+        assert "epoch 1/1: train loss" in err and "train.loop" not in err
