@@ -140,12 +140,11 @@ class BatchSource:
 
 
 def evaluation_source(dataset: ShardDataset, batch_size: int, device: torch.device,
-                      normalization: dict | None, preload: str = "none", num_workers: int = -1,
-                      seed: int = 0) -> BatchSource:
-    """A :class:`BatchSource` over the whole split in dataset order (no shuffling)."""
+                      normalization: dict | None) -> BatchSource:
+    """A :class:`BatchSource` over the whole split in dataset order (no shuffling, default workers)."""
     sampler = EpochBatchSampler(len(dataset), batch_size, shuffle=False)
-    return BatchSource(dataset, sampler, device, preload, resolve_workers(num_workers, device, preload),
-                       seed, normalization)
+    return BatchSource(dataset, sampler, device, "none", resolve_workers(-1, device, "none"), 0,
+                       normalization)
 
 
 def score_batch(model: nn.Module, x: torch.Tensor, device: torch.device) -> torch.Tensor:
