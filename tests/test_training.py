@@ -165,3 +165,15 @@ def test_logging_options_of_fit_and_test(shard_set, tmp_path, capsys, flag):
     else:
         assert "\ntrain: 96 samples, validation: 32, 4 classes" in "\n" + err
         assert "epoch 1/1: train loss" in err and "train.loop" not in err
+
+
+def test_a_plain_value_error_inside_a_command_is_a_bug_with_its_traceback(shard_set, tmp_path, monkeypatch):
+    """Only FmaGenreError is reported in one line; `python -m train` no longer hides a ValueError."""
+    import train.loop
+
+    def broken_fit(config, resume=False):
+        raise ValueError("a programming error")
+
+    monkeypatch.setattr(train.loop, "fit", broken_fit)
+    with pytest.raises(ValueError, match="a programming error"):
+        main(["fit", "--shards", str(shard_set), "--run", str(tmp_path / "run")])
