@@ -2,7 +2,7 @@
 
 The features stage (``preprocess``) writes shards with :func:`write_shard` and a
 ``manifest.json`` with :func:`write_manifest`; the training side (``train``) reads
-them with :func:`open_shard` / :func:`read_manifest` and memory-maps the images
+them with :func:`read_shard` / :func:`read_manifest` and memory-maps the images
 with :func:`mel_memmap`. This package depends on numpy and h5py only.
 
 It also holds what every command shares: the user-facing error root
@@ -44,7 +44,6 @@ from shards.format import (
     data_layout,
     mel_memmap,
     memmap,
-    open_shard,
     parse_shard_name,
     read_shard,
     shard_name,
@@ -66,7 +65,6 @@ __all__ = [
     "data_layout",
     "mel_memmap",
     "memmap",
-    "open_shard",
     "parse_shard_name",
     "read_manifest",
     "read_shard",

@@ -328,11 +328,6 @@ def _verify_data(path: Path, contents: ShardContents, mel: h5py.Dataset) -> None
         raise _fail(path, f"content checksum {actual} differs from the stored {contents.checksum}")
 
 
-def open_shard(path: str | os.PathLike) -> ShardContents:
-    """Alias of :func:`read_shard` without verification (cheap: no image is read)."""
-    return read_shard(path, verify=False)
-
-
 @dataclass(frozen=True)
 class Layout:
     """Where a dataset's bytes lie in the file, for ``np.memmap``."""
