@@ -209,8 +209,10 @@ def start_run(config: TrainConfig, resume: bool = False) -> TrainingRun:
     weights = class_weight_tensor(train_set.class_counts(), config.class_weights)
     criterion = nn.CrossEntropyLoss(weight=None if weights is None else weights.to(device))
     train_source, val_source, workers = _batch_sources(config, train_set, val_set, device, normalization)
-    run = TrainingRun(config, run_dir, device, model_config, model, optimizer, criterion, train_source,
-                      val_source, train_set.class_names, train_set.recipe, normalization)
+    run = TrainingRun(config=config, run_dir=run_dir, device=device, model_config=model_config, model=model,
+                      optimizer=optimizer, criterion=criterion, train_source=train_source,
+                      val_source=val_source, class_names=train_set.class_names, recipe=train_set.recipe,
+                      normalization=normalization)
     if checkpoint is not None:
         model.load_state_dict(checkpoint["state_dict"])
         optimizer.load_state_dict(checkpoint["optimizer"])
