@@ -94,10 +94,11 @@ download: $(STAMP) ## fetch and unpack FMA's zips for SUBSET (+ metadata) into F
 	$(PY) -m preprocess download --fma-dir "$(FMA_DIR)" --subset $(SUBSET) --jobs $(JOBS) \
 	  $(if $(filter 0,$(UNPACK)),--no-unpack)
 
-bench: $(STAMP) ## speed benchmarks (features, dataset, unpacking): ratios against baselines
+bench: $(STAMP) ## speed benchmarks (features, dataset, unpacking, predict): ratios against baselines
 	$(PY) bench/features.py
 	$(PY) bench/dataset.py
 	$(PY) bench/unpack.py
+	$(PY) bench/predict.py
 
 clean: ## remove the venv, caches and demo outputs (not data/ or your shard sets)
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info shards/demo runs/demo "$(DEMO_DIR)"

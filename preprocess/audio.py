@@ -49,6 +49,8 @@ Source = Union[str, os.PathLike, BinaryIO]
 # after its first SILENCE_SKIP_S (decoders may ring for a frame or two at the start).
 SILENCE_PEAK = 2.0 ** -15
 SILENCE_SKIP_S = 0.1
+#: The failure reason of a clip that is digital silence.
+SILENCE = "digital silence"
 # Decoder messages kept in a failure reason (the rest is cut).
 MAX_MESSAGE_CHARS = 300
 
@@ -249,7 +251,7 @@ def captured_stderr() -> Iterator[_Captured]:
             os.close(saved)
 
 
-def _with_messages(reason: str, messages: str) -> str:
+def with_decoder_messages(reason: str, messages: str) -> str:
     """``reason`` followed by the decoder's own messages on one line (cut to a few hundred chars)."""
     lines = [line.strip() for line in messages.splitlines() if line.strip()]
     if not lines:
@@ -333,7 +335,7 @@ def image_of(waveform: np.ndarray, rate: int, recipe: Recipe, keep_silence: bool
         n = min(waveform.shape[-1], int(recipe.duration_s * rate))
         mono, out_rate = prepare_waveform(waveform, rate, recipe)
         if not keep_silence and is_digital_silence(mono, out_rate):
-            raise TrackFailure("digital silence")
+            raise TrackFailure(SILENCE)
         image = mel_from_mono(mono, out_rate, recipe)
     except TooShortError as exc:
         raise TrackFailure(str(exc)) from None
@@ -371,7 +373,7 @@ def track_image(source: Source, recipe: Recipe, timeout_s: float | None = None,
                 waveform, rate = decode(source, max_seconds=recipe.duration_s)
                 return image_of(waveform, rate, recipe, keep_silence)
         except TrackFailure as exc:
-            failure = type(exc)(_with_messages(str(exc), said.text()))
+            failure = type(exc)(with_decoder_messages(str(exc), said.text()))
     raise failure from None
 
 

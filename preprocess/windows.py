@@ -27,10 +27,22 @@ is placed when the stream ends. Its windows are exactly
 
 from __future__ import annotations
 
+import os
+import time
+from dataclasses import dataclass
 from typing import Iterable, Iterator
 
 import numpy as np
 
+from preprocess.audio import (
+    SILENCE,
+    AudioReader,
+    Source,
+    TrackFailure,
+    captured_stderr,
+    image_of,
+    with_decoder_messages,
+)
 from preprocess.recipe import Recipe
 
 
@@ -130,3 +142,114 @@ def cut_windows(blocks: Iterable[np.ndarray], window: int, hop: int,
         yield 0, take(0, end)
     elif last_end < end:
         yield end - window, take(end - window, end)
+
+
+@dataclass
+class WindowImages:
+    """The images of one file's windows, and where the time went.
+
+    Attributes
+    ----------
+    starts_s : np.ndarray, shape (W,), float64
+        Start of each imaged window in seconds (silent windows left out).
+    images : np.ndarray, shape (W, n_mels, n_frames), float32
+        The features stage's image of each window's excerpt.
+    silent : int
+        Windows left out as digital silence.
+    seconds : float
+        Length of the decoded audio.
+    decode_s, image_s : float
+        Wall time spent decoding and making images.
+    cpu_s : float
+        CPU time of the process over the whole call.
+    """
+
+    starts_s: np.ndarray
+    images: np.ndarray
+    silent: int
+    seconds: float
+    decode_s: float
+    image_s: float
+    cpu_s: float
+
+
+def _timed(blocks: Iterator[np.ndarray], clock: list[float]) -> Iterator[np.ndarray]:
+    """``blocks``, adding the time spent producing each to ``clock[0]``."""
+    while True:
+        start = time.perf_counter()
+        block = next(blocks, None)
+        clock[0] += time.perf_counter() - start
+        if block is None:
+            return
+        yield block
+
+
+def window_images(source: Source, recipe: Recipe, hop_s: float | None = None,
+                  first_only: bool = False) -> WindowImages:
+    """Decode a file window by window and make each window's image (streamed: memory bounded).
+
+    Parameters
+    ----------
+    source : path or binary file object
+    recipe : Recipe
+    hop_s : float, optional
+        Seconds between window starts; default half of ``recipe.duration_s``.
+    first_only : bool
+        Only the first window (what the features stage stores for a track).
+
+    Returns
+    -------
+    WindowImages
+
+    Raises
+    ------
+    TrackFailure
+        The file cannot be decoded, is too short for the recipe, or every window is
+        digital silence; the reason includes what the decoder said about the file.
+    """
+    hop_s = recipe.duration_s / 2 if hop_s is None else hop_s
+    cpu_start = time.process_time()
+    starts, images, silent = [], [], 0
+    clock, image_s, end = [0.0], 0.0, 0
+    with captured_stderr() as said:
+        try:
+            with AudioReader(source) as reader:
+                rate = reader.rate
+                window, hop = window_length(recipe, rate), hop_length(hop_s, rate)
+                blocks = _timed(reader.blocks(min(hop, window)), clock)
+                for start, excerpt in cut_windows(blocks, window, hop, first_only=first_only):
+                    t0 = time.perf_counter()
+                    try:
+                        images.append(image_of(excerpt, rate, recipe).image)
+                        starts.append(start / rate)
+                    except TrackFailure as exc:
+                        if str(exc) != SILENCE:
+                            raise
+                        silent += 1
+                    image_s += time.perf_counter() - t0
+                    end = max(end, start + excerpt.shape[1])
+            if end == 0:
+                raise TrackFailure("cannot decode: no audio frames")
+            if not images:
+                raise TrackFailure(SILENCE)
+        except TrackFailure as exc:
+            failure = type(exc)(with_decoder_messages(str(exc), said.text()))
+        else:
+            failure = None
+    if failure is not None:
+        raise failure from None
+    return WindowImages(starts_s=np.asarray(starts, dtype=np.float64), images=np.stack(images),
+                        silent=silent, seconds=end / rate, decode_s=clock[0], image_s=image_s,
+                        cpu_s=time.process_time() - cpu_start)
+
+
+def file_window_images(path: str | os.PathLike, recipe: dict, hop_s: float | None = None,
+                       first_only: bool = False) -> tuple[WindowImages | None, str | None]:
+    """:func:`window_images` for a process pool: ``(images, None)`` or ``(None, reason)``.
+
+    ``recipe`` is the plain dict stored in checkpoints and ONNX metadata.
+    """
+    try:
+        return window_images(path, Recipe.from_dict(recipe), hop_s, first_only), None
+    except TrackFailure as exc:
+        return None, str(exc)

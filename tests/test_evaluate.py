@@ -151,12 +151,14 @@ def test_predict_names_the_genre_of_a_clearly_separable_generated_clip(mini_fma,
     assert truth["tracks"][str(track_id)]["genre_top"] == best_genre
     clip = fma_dir / truth["tracks"][str(track_id)]["path"]
 
-    # ...is named by predict from the MP3 itself, with the probabilities of the stored image.
-    line = cli("train", "predict", "--run", str(run), str(clip)).strip().splitlines()[-1]
+    # ...is named by predict from the MP3 itself; its first window has the probabilities of the
+    # stored image.
+    line = cli("train", "predict", "--run", str(run), str(clip), "--first-window").strip().splitlines()[-1]
     top_genre = line.split(": ", 1)[1].split(", ")[0].rsplit(" ", 1)[0]
     assert top_genre == best_genre, line
-    from train.predict import predict_files
+    from train.predict import PredictOptions, predict_tracks
+    from train.scorers import TorchScorer
 
-    [(_, probabilities, error)] = predict_files(run, [clip])
-    assert error is None
-    np.testing.assert_allclose(probabilities, stored[hits[0]], atol=1e-3)
+    [result] = predict_tracks([clip], TorchScorer(checkpoint), PredictOptions(first_only=True))
+    assert result.error is None and result.windows == 1
+    np.testing.assert_allclose(result.probabilities, stored[hits[0]], atol=1e-3)

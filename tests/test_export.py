@@ -5,39 +5,13 @@ import json
 import numpy as np
 import pytest
 import torch
-from torch import nn
 
 from preprocess.recipe import Recipe
+from tests._inference import make_checkpoint
 from train.__main__ import main
-from train.checkpoint import load_checkpoint, save_checkpoint
 from train.inference import load_model
-from train.models import ModelConfig, build_model
 
 ort = pytest.importorskip("onnxruntime", reason="the onnx extra is part of the dev install")
-
-
-def make_checkpoint(path, name: str, num_classes: int = 6, seed: int = 0) -> dict:
-    """A checkpoint of a randomly initialised model with non-trivial BatchNorm statistics."""
-    torch.manual_seed(seed)
-    model = build_model(ModelConfig(name, num_classes))
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
-                m.running_mean.uniform_(-0.5, 0.5)
-                m.running_var.uniform_(0.5, 2.0)
-                m.weight.uniform_(0.5, 1.5)
-                m.bias.uniform_(-0.2, 0.2)
-    rng = np.random.default_rng(seed)
-    state = {
-        "model": ModelConfig(name, num_classes).to_dict(),
-        "state_dict": {k: v.detach().clone() for k, v in model.state_dict().items()},
-        "epoch": 3, "best_metric": 0.5, "metric_name": "macro_f1", "history": [], "config": {},
-        "class_names": [f"genre{i}" for i in range(num_classes)], "recipe": Recipe().to_dict(),
-        "normalization": {"mean": torch.from_numpy(rng.normal(-40, 5, 128).astype(np.float32)),
-                          "std": torch.from_numpy(rng.uniform(5, 15, 128).astype(np.float32))},
-    }
-    save_checkpoint(path, state)
-    return load_checkpoint(path)
 
 
 def torch_outputs(checkpoint: dict, mel: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -78,7 +52,7 @@ def test_onnx_logits_match_pytorch(name, tmp_path, capsys):
 
 
 def test_onnx_metadata_holds_class_names_and_recipe(tmp_path):
-    from train.export import read_onnx_metadata
+    from train.scorers import read_onnx_metadata
 
     run = tmp_path / "run"
     run.mkdir()

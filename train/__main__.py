@@ -8,6 +8,8 @@ Commands:
            RUN/test_report.json and RUN/confusion.png
   predict  top genres with probabilities for audio files, using the recipe and
            normalisation stored in the checkpoint
+  embed    penultimate-layer vectors of a shard split's tracks or of audio files,
+           written to an HDF5 file
   export   write the model as ONNX (normalisation folded in, class names and recipe
            in its metadata)
 
@@ -22,6 +24,8 @@ Examples:
   python -m train fit --run runs/seed --resume --epochs 30     # continue / extend a run
   python -m train test --shards shards/fma_large --run runs/seed
   python -m train predict --run runs/seed song.mp3
+  python -m train predict --run runs/seed music/ --output results.csv
+  python -m train embed --run runs/seed --shards shards/fma_large --split test --out emb.h5
   python -m train export --run runs/seed --onnx model.onnx
 """
 
@@ -73,6 +77,14 @@ def _predict_parser(sub) -> None:
     predict.add_arguments(p)
 
 
+def _embed_parser(sub) -> None:
+    from train import embed
+
+    p = sub.add_parser("embed", help="penultimate-layer vectors to an HDF5 file",
+                       description=embed.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    embed.add_arguments(p)
+
+
 def _export_parser(sub) -> None:
     p = sub.add_parser("export", help="write the model as ONNX", description=(
         "Write RUN's checkpoint as an ONNX model: input `mel` (batch, 1, 128, 128) raw log-mel dB, "
@@ -87,10 +99,11 @@ def _export_parser(sub) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m train", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{fit,test,predict,export}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{fit,test,predict,embed,export}")
     _fit_parser(sub)
     _test_parser(sub)
     _predict_parser(sub)
+    _embed_parser(sub)
     _export_parser(sub)
     return parser
 
@@ -128,6 +141,12 @@ def run_predict(args: argparse.Namespace) -> int:
     return predict.main(args)
 
 
+def run_embed(args: argparse.Namespace) -> int:
+    from train import embed
+
+    return embed.main(args)
+
+
 def run_export_command(args: argparse.Namespace) -> int:
     from train.export import run_export
 
@@ -135,7 +154,8 @@ def run_export_command(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"fit": run_fit, "test": run_test, "predict": run_predict, "export": run_export_command}
+COMMANDS = {"fit": run_fit, "test": run_test, "predict": run_predict, "embed": run_embed,
+            "export": run_export_command}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -26,6 +26,7 @@ torch's exporter, onnxruntime to run the result).
 from __future__ import annotations
 
 import json
+import logging
 import os
 from pathlib import Path
 
@@ -33,30 +34,15 @@ import torch
 from torch import nn
 
 from shards import atomic_path
-from shards.errors import FmaGenreError
 from train.checkpoint import BEST, load_checkpoint
 from train.inference import load_model
 from train.normalization import standardize
+from train.scorers import ONNX_INPUT as INPUT_NAME
+from train.scorers import ONNX_METADATA_PREFIX as METADATA_PREFIX
+from train.scorers import ONNX_OUTPUTS as OUTPUT_NAMES
+from train.scorers import require_onnx
 
-METADATA_PREFIX = "fma_genre."
-INPUT_NAME = "mel"
-OUTPUT_NAMES = ("logits", "embedding")
 OPSET = 18
-
-
-class OnnxError(FmaGenreError, ValueError):
-    """The ONNX packages are missing, or a file is not a model written by :func:`export_onnx`."""
-
-
-def require_onnx(what: str = "onnx"):
-    """Import and return the module ``what`` (onnx, onnxruntime), or say how to install it."""
-    import importlib
-
-    try:
-        return importlib.import_module(what)
-    except ImportError:
-        raise OnnxError(f"{what} is not installed: `pip install -e '.[onnx]'` (or `pip install onnx "
-                        f"onnxscript onnxruntime`) to export and run ONNX models") from None
 
 
 class NormalizedModel(nn.Module):
@@ -119,6 +105,8 @@ def export_onnx(checkpoint: dict, out: str | os.PathLike, source: str = "") -> P
     wrapped = NormalizedModel(load_model(checkpoint, torch.device("cpu")), checkpoint.get("normalization"),
                               n_mels).eval()
     example = torch.zeros(2, 1, n_mels, n_frames)
+    # The exporter warns that torchvision's operators are not registered: not ours to care about.
+    logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
     with atomic_path(out) as tmp:
         program = torch.onnx.export(
             wrapped, (example,), input_names=[INPUT_NAME], output_names=list(OUTPUT_NAMES),
@@ -132,27 +120,6 @@ def export_onnx(checkpoint: dict, out: str | os.PathLike, source: str = "") -> P
         onnx.checker.check_model(proto)
         onnx.save_model(proto, str(tmp))
     return out
-
-
-def read_onnx_metadata(session, path: str | os.PathLike) -> dict:
-    """Class names, recipe and model description of an exported model, from an onnxruntime session.
-
-    Raises
-    ------
-    OnnxError
-        If the file was not written by :func:`export_onnx`.
-    """
-    props = session.get_modelmeta().custom_metadata_map
-    missing = [k for k in ("class_names", "recipe") if METADATA_PREFIX + k not in props]
-    if missing:
-        raise OnnxError(f"{path}: the ONNX model lacks the metadata {missing}; export it with "
-                         f"`python -m train export --run RUN --onnx FILE`")
-    return {
-        "class_names": json.loads(props[METADATA_PREFIX + "class_names"]),
-        "recipe": json.loads(props[METADATA_PREFIX + "recipe"]),
-        "model": json.loads(props.get(METADATA_PREFIX + "model", "{}")),
-        "normalization": props.get(METADATA_PREFIX + "normalization", "none"),
-    }
 
 
 def run_export(run: str, onnx_path: str, checkpoint_name: str = BEST) -> Path:

@@ -154,6 +154,15 @@ def score_batch(model: nn.Module, x: torch.Tensor, device: torch.device) -> torc
     return torch.softmax(logits.float(), dim=1)
 
 
+def embed_batch(model: nn.Module, x: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Softmax probabilities (B, K) and penultimate-layer embeddings (B, D), float32, of a
+    standardised batch (B, 1, 128, 128) on ``device``, from one forward pass."""
+    with torch.no_grad(), autocast(device):
+        embedding = model.embed(prepare_input(x, device))
+        logits = model.classify(embedding)
+    return torch.softmax(logits.float(), dim=1), embedding.float()
+
+
 def predict_scores(model: nn.Module, source: BatchSource, device: torch.device,
                    desc: str = "eval") -> tuple[np.ndarray, np.ndarray]:
     """Softmax probabilities over a split, in the source's order (eval mode).

@@ -1,8 +1,27 @@
-"""Top genres for audio files: ``python -m train predict --run RUN FILE.mp3 [...]``.
+"""Genres of whole audio files: ``python -m train predict --run RUN FILES/FOLDERS [...]``.
 
-Features are computed with the exact recipe stored in the checkpoint, by the
-features stage's own function ``preprocess.audio.mel_from_file`` (imported here
-only, so that the rest of ``train`` never needs librosa).
+Each file is decoded window by window (29.5 s windows of the recipe stored with
+the model, every ``--hop`` seconds, default half a window; see
+:mod:`preprocess.windows` for the plan and the short-file policy); each window
+becomes an image by the features stage's own function, the windows of a file go
+through the model in batches, and the file's probabilities are the mean of its
+windows' softmax probabilities. Windows of digital silence are left out (a file
+that is all silence fails). ``--first-window`` scores only the first window (what
+the features stage stores for a training track).
+
+Folders are searched recursively for audio files (by extension); files named on
+the command line are used whatever their extension. Decoding and images run in a
+process pool (``--jobs``), the model in this process. A file that cannot be read
+is one row with its error and the run goes on; the exit status is 1 if any file
+failed, 0 otherwise (2 for bad arguments or a bad model).
+
+Results go to ``--output FILE.csv`` or ``FILE.jsonl`` (columns in
+:mod:`train.outputs`), or else one line per file on stdout.
+
+Examples:
+  python -m train predict --run runs/seed song.mp3
+  python -m train predict --run runs/seed music/ --output results.csv --jobs 4
+  python -m train predict --onnx model.onnx song.mp3 --per-window --output song.jsonl
 """
 
 from __future__ import annotations
@@ -10,87 +29,258 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import sys
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
-import torch
 
-from shards.cli import EXIT_FAILURES, EXIT_OK, add_logging_arguments, run_command
-from train.checkpoint import BEST, load_checkpoint
-from train.inference import load_model, resolve_device, score_batch
-from train.normalization import standardize, to_device
+from shards.cli import EXIT_FAILURES, EXIT_OK, add_logging_arguments, progress_disabled, run_command
+from shards.errors import FmaGenreError
+from train.outputs import TrackPrediction, check_result_path, format_line, write_results
+from train.scorers import Scorer
 
 log = logging.getLogger(__name__)
 
+#: Extensions searched for in folders (what libsndfile with mpg123 decodes).
+AUDIO_EXTENSIONS = frozenset({".mp3", ".wav", ".flac", ".ogg", ".oga", ".opus", ".aif", ".aiff", ".au"})
 
-def predict_files(run_dir: str | os.PathLike, files: list[str | os.PathLike], *, device_name: str = "cpu",
-                  checkpoint_name: str = BEST, checkpoint: dict | None = None,
-                  ) -> list[tuple[Path, np.ndarray | None, str | None]]:
-    """Class probabilities for each file.
 
-    ``checkpoint`` (already loaded from ``run_dir/checkpoint_name``) saves reading it again.
+class PredictError(FmaGenreError, ValueError):
+    """Bad inputs or options for ``predict`` / ``embed``."""
 
-    Returns
-    -------
-    list of (path, probabilities (K,) float32 or None, error message or None)
+
+@dataclass(frozen=True)
+class PredictOptions:
+    """How files are cut and scored.
+
+    Attributes
+    ----------
+    hop_s : float or None
+        Seconds between window starts (None: half the recipe's window).
+    first_only : bool
+        Score only the first window of each file.
+    batch_size : int
+        Windows per model call.
+    jobs : int
+        Processes decoding and making images (1: in this process).
     """
-    from preprocess.audio import mel_from_file  # lazy: librosa only where audio is decoded
 
-    device = resolve_device(device_name)
-    if checkpoint is None:
-        checkpoint = load_checkpoint(Path(run_dir) / checkpoint_name)
-    model = load_model(checkpoint, device)
-    normalization = to_device(checkpoint["normalization"], device)
-    results = []
-    for file in files:
-        path = Path(file)
-        try:
-            mel = np.asarray(mel_from_file(path, checkpoint["recipe"]), dtype=np.float32)
-        except Exception as exc:  # any decoding failure is reported per file, never stops the others
-            message = str(exc) or type(exc).__name__
-            results.append((path, None, message if str(path) in message else f"{path}: {message}"))
-            continue
-        if mel.shape != (128, 128):
-            results.append((path, None, f"{path}: features have shape {mel.shape}, expected (128, 128)"))
-            continue
-        x = standardize(torch.from_numpy(mel[None, None]).to(device), normalization)
-        results.append((path, score_batch(model, x, device)[0].cpu().numpy(), None))
-    return results
+    hop_s: float | None = None
+    first_only: bool = False
+    batch_size: int = 16
+    jobs: int = 1
+
+    def validate(self) -> None:
+        if self.hop_s is not None and not self.hop_s > 0:
+            raise PredictError(f"--hop must be a positive number of seconds, got {self.hop_s}")
+        if self.batch_size < 1:
+            raise PredictError(f"--batch-size must be >= 1, got {self.batch_size}")
+        if self.jobs < 1:
+            raise PredictError(f"--jobs must be >= 1, got {self.jobs}")
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("files", nargs="+", metavar="FILE", help="audio files (MP3 or anything the "
-                        "features stage decodes)")
-    parser.add_argument("--run", required=True, help="run folder holding best.pt")
-    parser.add_argument("--checkpoint", default=BEST, help="checkpoint file name in the run folder "
+@dataclass
+class Timings:
+    """Where a run's time went (decode, image and CPU times are summed over the pool's processes;
+    ``cpu_s`` is the pool's CPU time plus the model's)."""
+
+    files: int = 0
+    audio_s: float = 0.0
+    windows: int = 0
+    decode_s: float = 0.0
+    image_s: float = 0.0
+    model_s: float = 0.0
+    cpu_s: float = 0.0
+    wall_s: float = 0.0
+    failed: list = field(default_factory=list)
+
+
+def find_audio_files(inputs: list[str | os.PathLike]) -> list[Path]:
+    """The files to score: files as given, folders searched recursively (sorted) by extension.
+
+    Raises
+    ------
+    PredictError
+        If an input does not exist or nothing is found.
+    """
+    files: list[Path] = []
+    for item in inputs:
+        path = Path(item)
+        if path.is_dir():
+            found = sorted(p for p in path.rglob("*") if p.suffix.lower() in AUDIO_EXTENSIONS and p.is_file())
+            if not found:
+                log.warning("%s: no audio files (%s) in this folder", path,
+                            ", ".join(sorted(AUDIO_EXTENSIONS)))
+            files += found
+        elif path.exists():
+            files.append(path)
+        else:
+            raise PredictError(f"{path}: no such file or folder")
+    if not files:
+        raise PredictError(f"no audio files found in {', '.join(map(str, inputs))}")
+    return files
+
+
+def score_windows(scorer: Scorer, images: np.ndarray, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Probabilities (W, K) and embeddings (W, D) of one file's window images (W, n_mels, n_frames)."""
+    probabilities, embeddings = [], []
+    for start in range(0, len(images), batch_size):
+        p, e = scorer(images[start:start + batch_size])
+        probabilities.append(p)
+        embeddings.append(e)
+    return np.concatenate(probabilities), np.concatenate(embeddings)
+
+
+def _window_images_in_order(files: list[Path], recipe: dict, options: PredictOptions) -> Iterator:
+    """``(WindowImages or None, error or None)`` per file, in order, from a pool when jobs > 1."""
+    from preprocess.windows import file_window_images
+
+    args = (recipe, options.hop_s, options.first_only)
+    if options.jobs == 1 or len(files) == 1:
+        for path in files:
+            yield file_window_images(path, *args)
+        return
+    from joblib import Parallel, delayed
+
+    # Loky processes (fresh interpreters: no torch state inherited), results in input order,
+    # at most 2 files per process in flight so memory stays bounded.
+    pool = Parallel(n_jobs=min(options.jobs, len(files)), return_as="generator", batch_size=1,
+                    pre_dispatch="2*n_jobs")
+    yield from pool(delayed(file_window_images)(str(path), *args) for path in files)
+
+
+def predict_tracks(files: list[Path], scorer: Scorer, options: PredictOptions = PredictOptions(),
+                   timings: Timings | None = None) -> Iterator[TrackPrediction]:
+    """Score each file (see the module doc), in input order, with a progress bar on stderr.
+
+    Parameters
+    ----------
+    files : list of Path
+    scorer : Scorer
+    options : PredictOptions
+    timings : Timings, optional
+        Filled in with where the time went.
+
+    Yields
+    ------
+    TrackPrediction
+        With ``probabilities`` (K,) and ``embedding`` (D,) the means over the used windows,
+        or ``error`` set.
+    """
+    from tqdm import tqdm
+
+    options.validate()
+    timings = timings if timings is not None else Timings()
+    start = time.perf_counter()
+    stream = _window_images_in_order(files, scorer.recipe, options)
+    with tqdm(total=len(files), desc="predict", unit="file", disable=progress_disabled(), leave=False,
+              mininterval=1) as bar:
+        for path, (windows, error) in zip(files, stream, strict=True):
+            timings.files += 1
+            bar.update(1)
+            if windows is None:
+                timings.failed.append(str(path))
+                yield TrackPrediction(path=str(path), error=error)
+                continue
+            t0, c0 = time.perf_counter(), time.process_time()
+            probabilities, embeddings = score_windows(scorer, windows.images, options.batch_size)
+            timings.model_s += time.perf_counter() - t0
+            timings.cpu_s += windows.cpu_s + time.process_time() - c0
+            timings.decode_s += windows.decode_s
+            timings.image_s += windows.image_s
+            timings.audio_s += windows.seconds
+            timings.windows += len(windows.starts_s)
+            yield TrackPrediction(path=str(path), probabilities=probabilities.mean(axis=0),
+                                  window_starts_s=windows.starts_s, window_probabilities=probabilities,
+                                  embedding=embeddings.mean(axis=0))
+    timings.wall_s = time.perf_counter() - start
+
+
+def load_scorer(args: argparse.Namespace) -> Scorer:
+    """The model named by ``--run`` (with ``--checkpoint``, ``--device``) or ``--onnx``."""
+    from train.scorers import OnnxScorer, TorchScorer
+
+    if (args.run is None) == (args.onnx is None):
+        raise PredictError("give exactly one of --run RUN (a checkpoint) or --onnx FILE (an exported model)")
+    if args.model_threads < 1:
+        raise PredictError(f"--model-threads must be >= 1, got {args.model_threads}")
+    if args.onnx is not None:
+        return OnnxScorer(args.onnx, threads=args.model_threads)
+    from train.checkpoint import load_checkpoint
+
+    source = Path(args.run) / args.checkpoint
+    return TorchScorer(load_checkpoint(source), args.device, source=str(source), threads=args.model_threads)
+
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--run/--checkpoint/--device`` or ``--onnx``, and how files are cut (shared with ``embed``)."""
+    parser.add_argument("--run", help="run folder holding the checkpoint")
+    parser.add_argument("--checkpoint", default="best.pt", help="checkpoint file name in the run folder "
                         "(default: best.pt)")
-    parser.add_argument("--top", type=int, default=3, help="genres to print per file (default: 3)")
+    parser.add_argument("--onnx", metavar="FILE", help="an exported model (python -m train export) "
+                        "instead of --run; runs with onnxruntime")
     parser.add_argument("--device", default="cpu", choices=("auto", "cuda", "cpu"),
-                        help="where the model runs (default: cpu)")
+                        help="where a --run model runs (default: cpu)")
+    parser.add_argument("--hop", type=float, default=None, metavar="SECONDS",
+                        help="seconds between window starts (default: half a window, 14.75 s)")
+    parser.add_argument("--first-window", action="store_true",
+                        help="score only the first window of each file (the old behaviour)")
+    parser.add_argument("--jobs", type=int, default=min(os.cpu_count() or 1, 8),
+                        help="processes decoding files (default: the number of cores, at most 8)")
+    parser.add_argument("--batch-size", type=int, default=16, help="windows per model call (default: 16)")
+    parser.add_argument("--model-threads", type=int, default=1,
+                        help="CPU threads of the model in this process (default: 1; the pool decodes)")
     add_logging_arguments(parser)
 
 
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("inputs", nargs="+", metavar="FILE_OR_FOLDER",
+                        help="audio files, and folders searched recursively for audio files")
+    add_model_arguments(parser)
+    parser.add_argument("--output", metavar="FILE", help="write results to FILE.csv or FILE.jsonl "
+                        "(default: one line per file on stdout)")
+    parser.add_argument("--top", type=int, default=3, help="genres per file (default: 3)")
+    parser.add_argument("--per-window", action="store_true",
+                        help="also give each window's probabilities (in --output)")
+
+
+def options_from_args(args: argparse.Namespace) -> PredictOptions:
+    options = PredictOptions(hop_s=args.hop, first_only=args.first_window, batch_size=args.batch_size,
+                             jobs=args.jobs)
+    options.validate()
+    return options
+
+
 def main(args: argparse.Namespace) -> int:
-    checkpoint = load_checkpoint(Path(args.run) / args.checkpoint)
-    names = checkpoint["class_names"]
-    failures = 0
-    for path, probabilities, error in predict_files(args.run, args.files, device_name=args.device,
-                                                    checkpoint=checkpoint):
-        if error is not None:
-            log.error("cannot compute features: %s", error)
-            failures += 1
-            continue
-        top = np.argsort(probabilities)[::-1][: max(1, args.top)]
-        ranked = ", ".join(f"{names[i]} {probabilities[i]:.3f}" for i in top)
-        print(f"{path}: {ranked}")
-    if failures:
-        log.warning("%d of %d files could not be read", failures, len(args.files))
-    return EXIT_FAILURES if failures else EXIT_OK
+    """The ``predict`` command; exit status 1 if any file failed."""
+    if args.top < 1:
+        raise PredictError(f"--top must be >= 1, got {args.top}")
+    output = check_result_path(args.output) if args.output else None
+    options = options_from_args(args)
+    files = find_audio_files(args.inputs)
+    scorer = load_scorer(args)
+    log.info("%d files, %s, %s", len(files), scorer.description,
+             "first window only" if options.first_only else f"hop {options.hop_s or 'half a window'} s")
+    timings = Timings()
+    results = []
+    for result in predict_tracks(files, scorer, options, timings):
+        if result.error is not None:
+            log.error("%s: %s", result.path, result.error)
+        if output is None:
+            print(format_line(result, scorer.class_names, args.top), flush=True)
+        results.append(result)
+    if output is not None:
+        write_results(output, results, scorer.class_names, args.top, args.per_window)
+        print(f"{output}: {len(results)} files, {len(timings.failed)} failed")
+    if timings.failed:
+        log.warning("%d of %d files could not be scored", len(timings.failed), len(files))
+    return EXIT_FAILURES if timings.failed else EXIT_OK
 
 
 if __name__ == "__main__":
     _parser = argparse.ArgumentParser(prog="python -m train.predict", description=__doc__,
                                       formatter_class=argparse.RawDescriptionHelpFormatter)
     add_arguments(_parser)
-    sys.exit(run_command(main, _parser.parse_args()))
+    raise SystemExit(run_command(main, _parser.parse_args()))

@@ -1,0 +1,70 @@
+"""Helpers of the inference tests (predict, embed, export): untrained checkpoints, generated MP3s."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from preprocess.recipe import Recipe
+from preprocess.synth_audio import encode_mp3
+from train.checkpoint import load_checkpoint, save_checkpoint
+from train.inference import load_model
+from train.models import ModelConfig, build_model
+
+
+def make_checkpoint(path, name: str, num_classes: int = 6, seed: int = 0,
+                    class_names: list | None = None) -> dict:
+    """A checkpoint of a random model (non-trivial BatchNorm statistics, confident logits)."""
+    torch.manual_seed(seed)
+    model = build_model(ModelConfig(name, num_classes))
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
+                m.running_mean.uniform_(-0.5, 0.5)
+                m.running_var.uniform_(0.5, 2.0)
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.uniform_(-0.2, 0.2)
+        # Larger logits than at initialisation, so different inputs get clearly different scores.
+        last = [m for m in model.modules() if isinstance(m, nn.Linear)][-1]
+        last.weight.mul_(20.0)
+    rng = np.random.default_rng(seed)
+    state = {
+        "model": ModelConfig(name, num_classes).to_dict(),
+        "state_dict": {k: v.detach().clone() for k, v in model.state_dict().items()},
+        "epoch": 3, "best_metric": 0.5, "metric_name": "macro_f1", "history": [], "config": {},
+        "class_names": class_names or [f"genre{i}" for i in range(num_classes)], "recipe": Recipe().to_dict(),
+        "normalization": {"mean": torch.from_numpy(rng.normal(-40, 5, 128).astype(np.float32)),
+                          "std": torch.from_numpy(rng.uniform(5, 15, 128).astype(np.float32))},
+    }
+    save_checkpoint(path, state)
+    return load_checkpoint(path)
+
+
+SR = 44100
+
+
+def tones(seconds: float, seed: int, sr: int = SR) -> np.ndarray:
+    """Stereo (n, 2) float32: a tone rising an octave every 20 s, pulsing, over noise: windows differ."""
+    rng = np.random.default_rng(seed)
+    n = int(seconds * sr)
+    t = np.arange(n) / sr
+    pitch = (150 + 50 * seed) * 2.0 ** ((t % 80) / 20)
+    y = 0.3 * np.sin(2 * np.pi * np.cumsum(pitch) / sr) * (0.6 + 0.4 * np.sin(2 * np.pi * t / 7.0))
+    y = y + 0.02 * rng.standard_normal(n)
+    return np.stack([y, 0.8 * y], axis=1).astype(np.float32)
+
+
+def write_mp3(path, seconds: float, seed: int = 0, sr: int = SR):
+    path.write_bytes(encode_mp3(tones(seconds, seed, sr), sr, 128, vbr=False))
+    return path
+
+
+def direct_scores(checkpoint: dict, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Softmax probabilities and embeddings of images (W, 128, 128), computed here by hand."""
+    model = load_model(checkpoint, torch.device("cpu"))
+    mean = checkpoint["normalization"]["mean"][:, None]
+    std = checkpoint["normalization"]["std"][:, None]
+    x = ((torch.from_numpy(images) - mean) / std)[:, None]
+    with torch.no_grad():
+        return torch.softmax(model(x), 1).numpy(), model.embed(x).numpy()

@@ -1,0 +1,144 @@
+"""A model as ``predict`` and ``embed`` use it: raw log-mel images in, probabilities and embeddings out.
+
+Two kinds, the same interface (:class:`Scorer`):
+
+``TorchScorer``  a run's checkpoint, run by PyTorch (``--run RUN``) through
+                 :mod:`train.inference`, standardised with the checkpoint's statistics;
+``OnnxScorer``   a model written by ``python -m train export`` (``--onnx FILE``), run by
+                 onnxruntime; the normalisation is inside the graph. This module imports
+                 torch only for ``TorchScorer``, so ONNX prediction works where
+                 torch is not installed.
+
+Both know the class names and the feature recipe the model was trained with.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+from shards.errors import FmaGenreError
+
+ONNX_METADATA_PREFIX = "fma_genre."
+ONNX_INPUT = "mel"
+ONNX_OUTPUTS = ("logits", "embedding")
+
+
+class OnnxError(FmaGenreError, ValueError):
+    """The ONNX packages are missing, or a file is not a model written by ``train export``."""
+
+
+def require_onnx(what: str = "onnx"):
+    """Import and return the module ``what`` (onnx, onnxscript, onnxruntime), or say how to install it."""
+    import importlib
+
+    try:
+        return importlib.import_module(what)
+    except ImportError:
+        raise OnnxError(f"{what} is not installed: `pip install -e '.[onnx]'` (or `pip install onnx "
+                        f"onnxscript onnxruntime`) to export and run ONNX models") from None
+
+
+class Scorer(Protocol):
+    """What the prediction driver needs from a model."""
+
+    class_names: list[str]
+    recipe: dict
+    description: str
+
+    def __call__(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Raw images (N, n_mels, n_frames) float32 -> probabilities (N, K), embeddings (N, D), float32."""
+
+
+class TorchScorer:
+    """A checkpoint's model on ``device_name`` (auto | cuda | cpu).
+
+    ``threads``: torch's CPU threads for this process (``torch.set_num_threads``), or None to
+    leave them. One is the right number for these small CNNs next to a decoding pool: with more,
+    OpenMP threads wait on each other and a busy machine makes one image take 15x longer
+    (bench/predict.py).
+    """
+
+    def __init__(self, checkpoint: dict, device_name: str = "cpu", source: str = "checkpoint",
+                 threads: int | None = None):
+        import torch
+
+        if threads is not None:
+            torch.set_num_threads(threads)
+
+        from train.inference import load_model, resolve_device
+        from train.normalization import to_device
+
+        self._torch = torch
+        self.device = resolve_device(device_name)
+        self.model = load_model(checkpoint, self.device)
+        self.normalization = to_device(checkpoint.get("normalization"), self.device)
+        self.class_names = list(checkpoint["class_names"])
+        self.recipe = dict(checkpoint["recipe"])
+        self.description = f"{source} ({checkpoint['model']['name']} model on {self.device})"
+
+    def __call__(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        from train.inference import embed_batch
+        from train.normalization import standardize
+
+        x = self._torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32)[:, None]).to(self.device)
+        probabilities, embedding = embed_batch(self.model, standardize(x, self.normalization), self.device)
+        return probabilities.cpu().numpy(), embedding.cpu().numpy()
+
+
+def read_onnx_metadata(session, path: str | os.PathLike) -> dict:
+    """Class names, recipe and model description stored by ``train export``, from an onnxruntime session.
+
+    Raises
+    ------
+    OnnxError
+        If the file was not written by ``train export``.
+    """
+    props = session.get_modelmeta().custom_metadata_map
+    missing = [k for k in ("class_names", "recipe") if ONNX_METADATA_PREFIX + k not in props]
+    if missing:
+        raise OnnxError(f"{path}: the ONNX model lacks the metadata {missing}; export it with "
+                        f"`python -m train export --run RUN --onnx FILE`")
+    return {
+        "class_names": json.loads(props[ONNX_METADATA_PREFIX + "class_names"]),
+        "recipe": json.loads(props[ONNX_METADATA_PREFIX + "recipe"]),
+        "model": json.loads(props.get(ONNX_METADATA_PREFIX + "model", "{}")),
+        "normalization": props.get(ONNX_METADATA_PREFIX + "normalization", "none"),
+    }
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Row-wise softmax of (N, K) logits, float32."""
+    z = logits.astype(np.float64) - logits.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return (e / e.sum(axis=1, keepdims=True)).astype(np.float32)
+
+
+class OnnxScorer:
+    """An exported model run by onnxruntime on the CPU with ``threads`` threads (0: onnxruntime's choice)."""
+
+    def __init__(self, path: str | os.PathLike, threads: int = 1):
+        ort = require_onnx("onnxruntime")
+        path = Path(path)
+        if not path.is_file():
+            raise OnnxError(f"{path}: no such ONNX file; write one with "
+                            f"`python -m train export --run RUN --onnx {path}`")
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        try:
+            self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        except Exception as exc:  # onnxruntime raises its own Fail/InvalidProtobuf types
+            raise OnnxError(f"{path}: onnxruntime cannot load it ({str(exc).splitlines()[0][:200]}); "
+                            f"export it again with `python -m train export`") from None
+        meta = read_onnx_metadata(self.session, path)
+        self.class_names, self.recipe = meta["class_names"], meta["recipe"]
+        self.description = f"{path} ({meta['model'].get('name', '?')} model on onnxruntime)"
+
+    def __call__(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        mel = np.ascontiguousarray(images, dtype=np.float32)[:, None]
+        logits, embedding = self.session.run(list(ONNX_OUTPUTS), {ONNX_INPUT: mel})
+        return softmax(logits), embedding.astype(np.float32, copy=False)
