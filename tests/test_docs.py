@@ -19,7 +19,7 @@ _CODE_SPAN = re.compile(r"(`+)(?:(?!\1).)+?\1")
 _SCHEME = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*:")
 # Notes that live beside the repository, not in it. Built from pieces so this file does not match.
 _OUTSIDE_NOTES = re.compile("|".join([r"\bshared" + "/", "fma" + "-facts", "cluster" + "-notes",
-                                      r"\bseed" + r"\.md\b", "/work" + "/"]))
+                                      r"\bseed" + r"\.md\b"]))
 
 
 def doc_files(root: Path = ROOT) -> list[Path]:
