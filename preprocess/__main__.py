@@ -2,6 +2,9 @@
 
 Each command lives in its own module, which defines
 ``add_arguments(parser)`` and ``main(args) -> int`` and is imported only when used.
+Every command takes ``--quiet``/``--verbose`` and exits as :mod:`shards.cli` says:
+0 done, 1 it ran but found failures (verify: damaged shards; finalize or a whole
+features run: shards missing), 2 a user error (one line ``error: ...``), 130 Ctrl-C.
 """
 
 from __future__ import annotations
@@ -9,6 +12,8 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+
+from shards.cli import add_logging_arguments, run_command
 
 COMMANDS = {
     "features": ("preprocess.driver", "decode tracks into HDF5 shards (resumable, parallel)"),
@@ -33,11 +38,12 @@ def main(argv: list[str] | None = None) -> int:
             p = sub.add_parser(name, help=help_text, description=(module.__doc__ or help_text).strip(),
                                formatter_class=argparse.RawDescriptionHelpFormatter)
             module.add_arguments(p)
+            add_logging_arguments(p)
             p.set_defaults(_main=module.main)
         else:
             sub.add_parser(name, help=help_text)
     args = parser.parse_args(argv)
-    return int(args._main(args) or 0)
+    return run_command(args._main, args)
 
 
 if __name__ == "__main__":

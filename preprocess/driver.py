@@ -16,8 +16,13 @@ shard exists, manifest.json.
 Rerunning is safe and cheap: complete shards made with the same recipe are
 skipped (a finished run does no decoding and rewrites nothing); a killed run
 resumes where it stopped. A different recipe or selection into the same --out
-is refused unless --force. --shard-index I --num-shards N computes only shards
-k with k % N == I (SLURM array tasks); finalize then writes the manifest.
+is refused unless --force. --task-index I --num-tasks N computes only this array
+task's share, the shards at positions k with k % N == I (SLURM array tasks; the
+old names --shard-index/--num-shards still work, with a warning); finalize then
+writes the manifest.
+
+Ctrl-C stops the workers, says how many shards are complete and exits 130;
+rerunning the same command resumes.
 
 Per-track problems (missing, empty, undecodable, too short, hung) never stop
 the run: they are recorded in the shard with their reason and summarized at
@@ -27,7 +32,8 @@ the end. A run where most tracks fail stops early with an error.
 from __future__ import annotations
 
 import argparse
-import json
+import contextlib
+import logging
 import os
 import platform
 import socket
@@ -37,20 +43,24 @@ from collections import Counter
 from pathlib import Path
 
 from preprocess import fma
-from preprocess.assign import DEFAULT_SHARD_SIZE, ShardSpec, assign_shards, select_for_task
-from preprocess.metadata import DEFAULT_MIN_DURATION, MetadataError, load_selection, tracks_csv_path
-from preprocess.recipe import RECIPES, Recipe
-from shards import ShardError
+from preprocess.assign import ShardSpec, select_for_task
+from preprocess.errors import FeaturesError
+from preprocess.options import FeatureOptions, add_plan_arguments, add_run_arguments, worker_count
+from preprocess.plan import (
+    ShardPlan,
+    build_plan,
+    changed_plan_error,
+    plan_changes,
+    remove_unplanned,
+    shard_status,
+    write_plan,
+)
+from preprocess.recipe import Recipe
 
-PLAN_NAME = "plan.json"
-PLAN_VERSION = 1
-DEFAULT_TRACK_TIMEOUT = 120.0
 # Stop early when, after at least this many tracks, more than max_failure_fraction failed.
 EARLY_STOP_MIN_TRACKS = 20
 
-
-class FeaturesError(RuntimeError):
-    """The run cannot go on (missing dataset, conflicting output, most tracks failing)."""
+log = logging.getLogger(__name__)
 
 
 # --------------------------------------------------------------------------- the shard task
@@ -126,117 +136,6 @@ def compute_shard(task: dict) -> dict:
             "seconds": time.perf_counter() - start, "pid": os.getpid(), "host": socket.gethostname()}
 
 
-# --------------------------------------------------------------------------- plan and state on disk
-
-def make_plan(selection, specs: list[ShardSpec], *, recipe: Recipe, subset: str, shard_size: int,
-              skip_known_bad: bool, min_duration: float | None) -> dict:
-    """plan.json's content: plain data, deterministic for the same inputs."""
-    return {
-        "plan_version": PLAN_VERSION,
-        "subset": subset,
-        "recipe": recipe.to_dict(),
-        "class_names": list(fma.CLASS_NAMES),
-        "shard_size": shard_size,
-        "selection": {"skip_known_bad": skip_known_bad, "min_duration": min_duration},
-        "shards": [s.to_dict() for s in specs],
-        "skipped": selection.skipped,
-    }
-
-
-def read_plan(out: Path) -> dict | None:
-    """The plan in ``out``, None if there is none; FeaturesError if unreadable."""
-    path = out / PLAN_NAME
-    if not path.exists():
-        return None
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise FeaturesError(f"{path}: unreadable plan ({exc}). Delete it and rerun, or use --force.") from exc
-
-
-def plan_differences(old: dict, new: dict) -> list[str]:
-    """Human-readable keys in which two plans differ."""
-    diffs = []
-    for key in ("subset", "class_names", "shard_size", "selection"):
-        if old.get(key) != new.get(key):
-            diffs.append(f"{key}: {old.get(key)!r} -> {new.get(key)!r}")
-    if old.get("recipe") != new.get("recipe"):
-        a, b = old.get("recipe") or {}, new.get("recipe") or {}
-        changed = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
-        diffs.append("recipe: " + ", ".join(f"{k} {a.get(k)!r} -> {b.get(k)!r}" for k in changed))
-    if not diffs and old.get("shards") != new.get("shards"):
-        diffs.append("shard assignment (tracks.csv changed?)")
-    return diffs
-
-
-def complete_shard(path: Path, spec: ShardSpec, recipe: dict):
-    """The shard's contents if ``path`` is a readable shard of ``spec``'s tracks made with
-    ``recipe``, else None.
-
-    Cheap: reads attributes and ids, not the images (the checksum was verified
-    when the shard was written; ``verify`` re-checks the data).
-    """
-    from shards import ShardError, read_shard
-
-    if not path.exists():
-        return None
-    try:
-        contents = read_shard(path)
-    except ShardError:
-        return None
-    done = set(contents.track_id.tolist()) | {t for t, _ in contents.failed}
-    complete = contents.recipe == recipe and done == set(spec.track_ids) and len(done) == len(spec.track_ids)
-    return contents if complete else None
-
-
-def shard_is_complete(path: Path, spec: ShardSpec, recipe: dict) -> bool:
-    """True if ``path`` is a readable shard of ``spec``'s tracks made with ``recipe``."""
-    return complete_shard(path, spec, recipe) is not None
-
-
-# --------------------------------------------------------------------------- the run
-
-def check_dataset(fma_dir: Path, subset: str) -> Path:
-    """The subset's audio folder; FeaturesError naming where it looked if the dataset is absent."""
-    csv = tracks_csv_path(fma_dir)
-    if not csv.is_file():
-        raise FeaturesError(
-            f"no dataset at FMA_DIR={fma_dir}: looked for {csv} (and {fma_dir}/fma_{subset}/). "
-            f"Run `make download FMA_DIR={fma_dir} SUBSET={subset}` for the real FMA, or `make demo` "
-            f"for a generated mini-FMA (or pass --fma-dir where fma_metadata/ lives)."
-        )
-    audio = fma.audio_dir(fma_dir, subset)
-    if not audio.is_dir():
-        raise FeaturesError(
-            f"{csv} exists but no audio folder: looked for {audio} (or a larger subset's folder). "
-            f"Unpack fma_{subset}.zip into {fma_dir} (`make download SUBSET={subset}`)."
-        )
-    return audio
-
-
-def build_plan(fma_dir: str | os.PathLike, subset: str, *, recipe: Recipe, shard_size: int,
-               skip_known_bad: bool, min_duration: float | None):
-    """Select the tracks and cut them into shards: a pure function of tracks.csv and the options.
-
-    Every process (a local run, an array task, the SLURM submitter) computes the same plan.
-
-    Returns
-    -------
-    (Path, Selection, list[ShardSpec], dict)
-        The audio folder, the selection, the shard specs and the plan (as written to plan.json).
-    """
-    fma_dir = Path(fma_dir)
-    audio = check_dataset(fma_dir, subset)
-    selection = load_selection(fma_dir, subset, skip_known_bad=skip_known_bad, min_duration=min_duration)
-    specs = assign_shards(selection.tracks, shard_size)
-    if not specs:
-        raise FeaturesError(f"no track of subset {subset!r} in {tracks_csv_path(fma_dir)} survives the "
-                            f"selection (skipped: { {k: len(v) for k, v in selection.skipped.items()} })")
-    plan = make_plan(selection, specs, recipe=recipe, subset=subset, shard_size=shard_size,
-                     skip_known_bad=skip_known_bad, min_duration=min_duration)
-    return audio, selection, specs, plan
-
-
 def _spot_check_files(audio: Path, specs: list[ShardSpec], max_failure_fraction: float) -> None:
     """Fail fast when most sampled tracks have no file (e.g. the wrong FMA_DIR or SUBSET)."""
     ids = [t for s in specs for t in s.track_ids]
@@ -252,18 +151,8 @@ def _spot_check_files(audio: Path, specs: list[ShardSpec], max_failure_fraction:
         )
 
 
-def _open_backend(backend: str, scheduler: str | None):
-    """A context manager configuring joblib for ``backend``; the dask client if any."""
-    import contextlib
-
-    import joblib
-
-    if backend == "local":
-        return contextlib.nullcontext(), None
-    if backend != "dask":
-        raise FeaturesError(f"--backend must be local or dask, got {backend!r}")
-    if not scheduler:
-        raise FeaturesError("--backend dask needs --scheduler tcp://host:port or a scheduler-file path")
+def connect_dask(scheduler: str):
+    """A ``distributed.Client`` of the running scheduler at ``scheduler`` (an address or a scheduler file)."""
     try:
         from distributed import Client
     except ImportError as exc:
@@ -274,174 +163,178 @@ def _open_backend(backend: str, scheduler: str | None):
                             f"nor an existing scheduler file")
     try:
         if "://" in scheduler:
-            client = Client(scheduler, timeout="30s")
-        else:
-            client = Client(scheduler_file=scheduler, timeout="30s")
+            return Client(scheduler, timeout="30s")
+        return Client(scheduler_file=scheduler, timeout="30s")
     except (OSError, TimeoutError, ValueError) as exc:
         raise FeaturesError(f"cannot connect to the dask scheduler {scheduler} ({type(exc).__name__}: "
                             f"{exc}). Is it running? Start one with `dask scheduler` or dask-jobqueue."
                             ) from exc
-    return joblib.parallel_config(backend="dask"), client
 
 
-def run_features(
-    fma_dir: str | os.PathLike,
-    out: str | os.PathLike,
-    *,
-    subset: str = "large",
-    jobs: int = -1,
-    recipe: Recipe | None = None,
-    shard_size: int = DEFAULT_SHARD_SIZE,
-    skip_known_bad: bool = True,
-    min_duration: float | None = DEFAULT_MIN_DURATION,
-    track_timeout: float | None = DEFAULT_TRACK_TIMEOUT,
-    shard_index: int = 0,
-    num_shards: int = 1,
-    force: bool = False,
-    backend: str = "local",
-    scheduler: str | None = None,
-    compression: str | None = None,
-    max_failure_fraction: float = 0.5,
-    finalize: bool = True,
-    progress: bool = True,
-    log=print,
-) -> dict:
-    """The features stage; see the module docstring. Returns a summary dict.
+@contextlib.contextmanager
+def parallel_backend(options: FeatureOptions, n_tasks: int):
+    """Configure joblib for ``options.backend``; yields ``n_jobs`` for ``joblib.Parallel``.
 
-    Returns
-    -------
-    dict
-        ``computed`` (per-shard results of :func:`compute_shard`), ``already_complete``
-        (shard names), ``planned`` (count), ``skipped`` {reason: count}, ``failed``
-        {reason: count}, ``written`` (tracks in computed shards), ``seconds``,
-        ``manifest`` (path or None), ``missing`` (shards still absent).
+    local: a process pool of --jobs workers (at most one per task). dask: the running
+    cluster at --scheduler, connected here and disconnected after.
+    """
+    import joblib
 
-    Raises
-    ------
-    FeaturesError, MetadataError
+    if options.backend == "local":
+        yield worker_count(options, n_tasks)
+        return
+    client = connect_dask(options.scheduler)
+    try:
+        with joblib.parallel_config(backend="dask"):
+            yield -1
+    finally:
+        client.close()
+
+
+# --------------------------------------------------------------------------- the run
+
+def prepare_out(options: FeatureOptions, plan: ShardPlan) -> None:
+    """Check --out against the plan (other settings are refused unless --force); write plan.json."""
+    options.out.mkdir(parents=True, exist_ok=True)
+    changes = plan_changes(options.out, plan)
+    if changes and not options.force:
+        raise changed_plan_error(options.out, changes,
+                                 "Use another --out, or --force to recompute every shard here.")
+    if changes:
+        log.warning("--force: replacing the shard set in %s (%s)", options.out, "; ".join(changes))
+    if options.force:
+        remove_unplanned(options.out, plan)
+    write_plan(options.out, plan)
+
+
+def sort_shards(options: FeatureOptions, plan: ShardPlan, mine: list[ShardSpec]
+                ) -> tuple[list[ShardSpec], list[ShardSpec], Counter]:
+    """This task's shards to compute, those already complete, and the failure reasons recorded in those."""
+    todo, complete = [], []
+    failed_reasons: Counter = Counter()
+    for spec in mine:
+        if options.force:
+            todo.append(spec)
+            continue
+        contents, problem = shard_status(options.out / spec.name, spec, plan.recipe)
+        if problem is None:
+            complete.append(spec)
+            failed_reasons.update(reason_key(r) for _, r in contents.failed)
+            continue
+        if contents is not None and contents.recipe != plan.recipe:
+            raise FeaturesError(f"{options.out / spec.name} was made with another recipe; "
+                                f"use --force to replace it")
+        todo.append(spec)  # missing, unreadable or incomplete: computed again
+    return todo, complete, failed_reasons
+
+
+def shard_task(options: FeatureOptions, plan: ShardPlan, spec: ShardSpec) -> dict:
+    """The argument of :func:`compute_shard` for ``spec``: plain data, sent to a worker."""
+    return {"spec": spec.to_dict(), "audio_dir": str(plan.audio.resolve()), "out": str(options.out.resolve()),
+            "recipe": plan.recipe, "subset": options.subset, "class_names": list(fma.CLASS_NAMES),
+            "timeout_s": options.track_timeout, "compression": options.compression}
+
+
+def compute_shards(options: FeatureOptions, plan: ShardPlan, todo: list[ShardSpec], results: list[dict],
+                   failed_reasons: Counter) -> None:
+    """Compute ``todo``'s shards in parallel, with a progress bar on stderr.
+
+    Appends each shard's result to ``results`` as it arrives (so that the caller knows how
+    far the run got if it is interrupted) and counts failure reasons into ``failed_reasons``.
+    Stops early (FeaturesError) when more than --max-failure-fraction of the tracks fail.
+    On any exception, Ctrl-C included, the workers are stopped before it propagates.
     """
     import joblib
     from tqdm import tqdm
 
-    start = time.perf_counter()
-    fma_dir, out = Path(fma_dir), Path(out)
-    recipe = recipe or RECIPES["reference"]
-    audio, selection, specs, plan = build_plan(
-        fma_dir, subset, recipe=recipe, shard_size=shard_size, skip_known_bad=skip_known_bad,
-        min_duration=min_duration)
+    from shards.cli import progress_disabled
 
-    from shards import MANIFEST_NAME, atomic_write_text, parse_shard_name, read_shard
-
-    out.mkdir(parents=True, exist_ok=True)
-    old = read_plan(out)
-    if old is not None and old != plan:
-        diffs = plan_differences(old, plan)
-        if not force:
-            raise FeaturesError(
-                f"{out / PLAN_NAME} was made with different settings ({'; '.join(diffs)}). Its shards would "
-                f"mix with these. Use another --out, or --force to recompute every shard here."
-            )
-        log(f"--force: replacing the shard set in {out} ({'; '.join(diffs)})")
-    if force:
-        planned = {s.name for s in specs}
-        for path in out.glob("*.h5"):
-            try:
-                parse_shard_name(path.name)
-            except ValueError:
-                continue
-            if path.name not in planned:
-                path.unlink()
-        (out / MANIFEST_NAME).unlink(missing_ok=True)
-    plan_text = json.dumps(plan, indent=1, sort_keys=True) + "\n"
-    plan_path = out / PLAN_NAME
-    if not plan_path.exists() or plan_path.read_text(encoding="utf-8") != plan_text:
-        atomic_write_text(plan_path, plan_text)
-
-    mine = select_for_task(specs, shard_index, num_shards)
-    recipe_dict = recipe.to_dict()
-    todo, complete = [], []
-    failed_reasons: Counter = Counter()
-    for spec in mine:
-        path = out / spec.name
-        contents = None if force else complete_shard(path, spec, recipe_dict)
-        if contents is not None:
-            complete.append(spec)
-            failed_reasons.update(_reason_key(r) for _, r in contents.failed)
-        else:
-            if path.exists() and not force:
-                try:
-                    other = read_shard(path).recipe
-                except ValueError:
-                    other = recipe_dict  # unreadable: recomputed below
-                if other != recipe_dict:
-                    raise FeaturesError(f"{path} was made with another recipe; use --force to replace it")
-            todo.append(spec)
-    _spot_check_files(audio, todo, max_failure_fraction)
-
-    n_todo = sum(len(s.track_ids) for s in todo)
-    log(f"features: {len(specs)} shards planned ({selection.num_tracks()} tracks, "
-        f"{sum(len(v) for v in selection.skipped.values())} skipped); {len(complete)} of this task's "
-        f"{len(mine)} already complete; computing {len(todo)} ({n_todo} tracks) with {backend} backend")
-
-    results: list[dict] = []
-    if todo:
-        tasks = [{"spec": s.to_dict(), "audio_dir": str(audio.resolve()), "out": str(out.resolve()),
-                  "recipe": recipe_dict, "subset": subset, "class_names": list(fma.CLASS_NAMES),
-                  "timeout_s": track_timeout, "compression": compression} for s in todo]
-        config, client = _open_backend(backend, scheduler)
+    tasks = [shard_task(options, plan, spec) for spec in todo]
+    bar = tqdm(total=sum(len(s.track_ids) for s in todo), unit="track", desc="features", file=sys.stderr,
+               dynamic_ncols=True, disable=not options.progress or progress_disabled())
+    done = failed = 0
+    with bar, parallel_backend(options, len(tasks)) as n_jobs:
+        parallel = joblib.Parallel(n_jobs=n_jobs, return_as="generator_unordered", batch_size=1,
+                                   pre_dispatch="n_jobs")
+        outputs = parallel(joblib.delayed(compute_shard)(t) for t in tasks)
         try:
-            with config:
-                n_jobs = -1
-                if backend == "local":
-                    n_jobs = min(jobs if jobs > 0 else (os.cpu_count() or 1), len(tasks))
-                parallel = joblib.Parallel(n_jobs=n_jobs, return_as="generator_unordered", batch_size=1,
-                                           pre_dispatch="n_jobs")
-                bar = tqdm(total=n_todo, unit="track", disable=not progress, dynamic_ncols=True,
-                           desc="features", file=sys.stderr)
-                done = failed = 0
-                try:
-                    for result in parallel(joblib.delayed(compute_shard)(t) for t in tasks):
-                        results.append(result)
-                        done += result["written"] + len(result["failed"])
-                        failed += len(result["failed"])
-                        failed_reasons.update(_reason_key(r) for _, r in result["failed"])
-                        bar.update(result["written"] + len(result["failed"]))
-                        bar.set_postfix(failed=failed, shards=f"{len(results)}/{len(tasks)}")
-                        if done >= EARLY_STOP_MIN_TRACKS and failed / done > max_failure_fraction:
-                            common = ", ".join(f"{r!r} x{c}" for r, c in failed_reasons.most_common(3))
-                            raise FeaturesError(
-                                f"stopping early: {failed} of {done} tracks failed ({common}). Is --fma-dir "
-                                f"right (audio read from {audio})? Finished shards are kept."
-                            )
-                finally:
-                    bar.close()
+            for result in outputs:
+                results.append(result)
+                done += result["written"] + len(result["failed"])
+                failed += len(result["failed"])
+                failed_reasons.update(reason_key(r) for _, r in result["failed"])
+                bar.update(result["written"] + len(result["failed"]))
+                bar.set_postfix(failed=failed, shards=f"{len(results)}/{len(tasks)}")
+                if done >= EARLY_STOP_MIN_TRACKS and failed / done > options.max_failure_fraction:
+                    common = ", ".join(f"{r!r} x{c}" for r, c in failed_reasons.most_common(3))
+                    raise FeaturesError(
+                        f"stopping early: {failed} of {done} tracks failed ({common}). Is --fma-dir "
+                        f"right (audio read from {plan.audio})? Finished shards are kept.")
         finally:
-            if client is not None:
-                client.close()
+            outputs.close()  # joblib aborts the tasks still running and stops the workers
 
+
+def run_features(options: FeatureOptions) -> dict:
+    """The features stage; see the module docstring.
+
+    Returns
+    -------
+    dict
+        ``planned`` (shards in the plan), ``mine`` (this task's share), ``already_complete``
+        (shard names), ``computed`` (per-shard results of :func:`compute_shard`), ``written``
+        (tracks in computed shards), ``skipped`` {reason: count}, ``failed`` {reason: count},
+        ``manifest`` (path or None), ``missing`` (shards still absent), ``seconds``.
+
+    Raises
+    ------
+    FmaGenreError
+        The run cannot start or go on (FeaturesError, MetadataError, ShardError).
+    KeyboardInterrupt
+        After the workers stopped and a warning said how far the run got.
+    """
+    start = time.perf_counter()
+    plan = build_plan(options)
+    prepare_out(options, plan)
+    mine = select_for_task(plan.specs, options.task_index, options.num_tasks)
+    todo, complete, failed_reasons = sort_shards(options, plan, mine)
+    _spot_check_files(plan.audio, todo, options.max_failure_fraction)
+    log.info("features: %d shards planned (%d tracks, %d skipped); %d of this task's %d already complete; "
+             "computing %d (%d tracks) with %s backend", len(plan.specs), plan.selection.num_tracks(),
+             sum(len(v) for v in plan.selection.skipped.values()), len(complete), len(mine), len(todo),
+             sum(len(s.track_ids) for s in todo), options.backend)
+    results: list[dict] = []
+    try:
+        if todo:
+            compute_shards(options, plan, todo, results, failed_reasons)
+    except KeyboardInterrupt:
+        # The workers are stopped: count what is on disk (a shard may have been renamed into place
+        # after its result last reached this process).
+        now = sum(shard_status(options.out / s.name, s, plan.recipe)[1] is None for s in todo)
+        log.warning("interrupted: %d of %d shards are complete (%d computed in this run); finished shards "
+                    "are kept: rerun the same command to resume", len(complete) + now, len(mine), now)
+        raise
     summary = {
-        "planned": len(specs), "already_complete": [s.name for s in complete], "computed": results,
-        "written": sum(r["written"] for r in results),
-        "skipped": {k: len(v) for k, v in selection.skipped.items()},
+        "planned": len(plan.specs), "mine": len(mine), "already_complete": [s.name for s in complete],
+        "computed": results, "written": sum(r["written"] for r in results),
+        "skipped": {k: len(v) for k, v in plan.selection.skipped.items()},
         "failed": dict(failed_reasons), "manifest": None, "missing": [],
     }
-    if finalize:
+    if options.finalize:
         from preprocess.finalize import finalize_shards
 
-        manifest_path, missing = finalize_shards(out, log=lambda *_: None)
-        summary["manifest"], summary["missing"] = manifest_path, missing
+        summary["manifest"], summary["missing"] = finalize_shards(options.out)
     summary["seconds"] = time.perf_counter() - start
-    _print_summary(summary, out, log)
     return summary
 
 
-def _reason_key(reason: str) -> str:
+def reason_key(reason: str) -> str:
     """Group failure reasons for counting: 'too short: 1.2 s < 5 s' -> 'too short'."""
     head = reason.split(":", 1)[0]
     return head if head in ("too short", "cannot decode", "bad audio", "error") else reason
 
 
-def _print_summary(summary: dict, out: Path, log) -> None:
+def format_summary(summary: dict, out: Path) -> str:
+    """The run's result in a few lines, for stdout."""
     lines = [f"features: done in {summary['seconds']:.1f} s: {len(summary['computed'])} shards computed "
              f"({summary['written']} tracks written), {len(summary['already_complete'])} already complete"]
     if summary["skipped"]:
@@ -456,61 +349,24 @@ def _print_summary(summary: dict, out: Path, log) -> None:
         lines.append(f"  {len(summary['missing'])} shards of the plan are not done or incomplete (other "
                      f"array tasks?), e.g. {summary['missing'][0]}; `python -m preprocess finalize {out}` "
                      f"writes the manifest once they are")
-    log("\n".join(lines))
+    return "\n".join(lines)
 
 
 # --------------------------------------------------------------------------- CLI
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--fma-dir", default="data", help="folder holding fma_metadata/ and fma_<subset>/")
-    parser.add_argument("--subset", default="large", choices=fma.SUBSETS,
-                        help="FMA subset (nested: medium = small + medium tracks)")
-    parser.add_argument("--out", required=True, help="shard folder (created)")
-    parser.add_argument("--jobs", type=int, default=-1, help="worker processes (default: all cores)")
-    parser.add_argument("--recipe", default="reference", choices=sorted(RECIPES),
-                        help="feature recipe (reference = the reference project's)")
-    parser.add_argument("--shard-size", type=int, default=DEFAULT_SHARD_SIZE,
-                        help="tracks per shard (one shard = one task)")
-    parser.add_argument("--min-duration", type=float, default=DEFAULT_MIN_DURATION,
-                        help="skip tracks whose tracks.csv duration is <= this many seconds "
-                             "(negative: keep all)")
-    parser.add_argument("--no-skip-known-bad", dest="skip_known_bad", action="store_false",
-                        help="also try FMA's known-bad ids (skipped by default)")
-    parser.add_argument("--track-timeout", type=float, default=DEFAULT_TRACK_TIMEOUT,
-                        help="seconds one track may take before it is recorded as failed (0: no limit)")
-    parser.add_argument("--shard-index", type=int, default=0, help="this task computes shards k with "
-                        "k %% NUM_SHARDS == SHARD_INDEX (array jobs)")
-    parser.add_argument("--num-shards", type=int, default=1, help="number of array tasks sharing the work")
-    parser.add_argument("--force", action="store_true",
-                        help="recompute every shard, replacing a shard set made with other settings")
-    parser.add_argument("--backend", default="local", choices=("local", "dask"),
-                        help="local process pool, or an existing dask cluster")
-    parser.add_argument("--scheduler", default=None,
-                        help="dask scheduler: tcp://host:port or a scheduler-file path")
-    parser.add_argument("--compression", default=None, choices=("gzip", "lzf"),
-                        help="compress images (the training side can then not memory-map them)")
-    parser.add_argument("--max-failure-fraction", type=float, default=0.5,
-                        help="stop early when more than this fraction of tracks fails")
-    parser.add_argument("--no-finalize", dest="finalize", action="store_false",
-                        help="do not write manifest.json at the end")
-    parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    add_plan_arguments(parser)
+    add_run_arguments(parser)
 
 
 def main(args: argparse.Namespace) -> int:
-    try:
-        summary = run_features(
-            args.fma_dir, args.out, subset=args.subset, jobs=args.jobs, recipe=RECIPES[args.recipe],
-            shard_size=args.shard_size, skip_known_bad=args.skip_known_bad,
-            min_duration=None if args.min_duration < 0 else args.min_duration,
-            track_timeout=args.track_timeout or None, shard_index=args.shard_index,
-            num_shards=args.num_shards, force=args.force, backend=args.backend, scheduler=args.scheduler,
-            compression=args.compression, max_failure_fraction=args.max_failure_fraction,
-            finalize=args.finalize, progress=args.progress,
-        )
-    except (FeaturesError, MetadataError, ShardError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    if not args.finalize or summary["manifest"]:
-        return 0
+    """``python -m preprocess features``: 0 done, 1 a whole run left shards missing (see shards.cli)."""
+    from shards.cli import EXIT_FAILURES, EXIT_OK
+
+    options = FeatureOptions.from_args(args)
+    summary = run_features(options)
+    print(format_summary(summary, options.out))
+    if not options.finalize or summary["manifest"]:
+        return EXIT_OK
     # An array task leaves other tasks' shards missing: fine. A whole run must end complete.
-    return 0 if args.num_shards > 1 else 1
+    return EXIT_OK if options.num_tasks > 1 else EXIT_FAILURES

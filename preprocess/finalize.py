@@ -16,15 +16,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
+import logging
 from pathlib import Path
 
 import numpy as np
 
 from preprocess.assign import ShardSpec
-from shards import FORMAT_VERSION, MANIFEST_NAME, ShardError, read_shard, write_manifest
+from preprocess.errors import FeaturesError
+from preprocess.plan import PLAN_NAME, read_plan, shard_status
+from shards import FORMAT_VERSION, MANIFEST_NAME, write_manifest
 
-PLAN_NAME = "plan.json"
+log = logging.getLogger(__name__)
 
 
 def build_manifest(folder: Path, plan: dict) -> tuple[dict | None, list[str]]:
@@ -33,21 +35,9 @@ def build_manifest(folder: Path, plan: dict) -> tuple[dict | None, list[str]]:
     entries, failed, problems = [], [], []
     versions: dict = {}
     for spec in (ShardSpec.from_dict(d) for d in plan["shards"]):
-        path = folder / spec.name
-        if not path.exists():
-            problems.append(f"{spec.name}: missing")
-            continue
-        try:
-            contents = read_shard(path)
-        except ShardError as exc:
-            problems.append(f"{spec.name}: unreadable ({exc})")
-            continue
-        done = set(contents.track_id.tolist()) | {t for t, _ in contents.failed}
-        if contents.recipe != plan["recipe"]:
-            problems.append(f"{spec.name}: made with another recipe")
-            continue
-        if done != set(spec.track_ids):
-            problems.append(f"{spec.name}: holds other tracks than planned")
+        contents, problem = shard_status(folder / spec.name, spec, plan["recipe"])
+        if problem is not None:
+            problems.append(f"{spec.name}: {problem}")
             continue
         counts = np.bincount(contents.label, minlength=len(class_names)).tolist()
         entries.append({
@@ -73,7 +63,7 @@ def build_manifest(folder: Path, plan: dict) -> tuple[dict | None, list[str]]:
     return manifest, []
 
 
-def finalize_shards(folder: str | Path, log=print) -> tuple[Path | None, list[str]]:
+def finalize_shards(folder: str | Path) -> tuple[Path | None, list[str]]:
     """Write ``folder/manifest.json`` if every planned shard is complete.
 
     An identical existing manifest is left untouched (a rerun rewrites nothing).
@@ -84,17 +74,11 @@ def finalize_shards(folder: str | Path, log=print) -> tuple[Path | None, list[st
         The manifest path (None if not written) and the problems found.
     """
     folder = Path(folder)
-    plan_path = folder / PLAN_NAME
-    if not plan_path.is_file():
-        raise ShardError(f"{plan_path}: no plan. Run the features stage first (`make features`).")
-    try:
-        plan = json.loads(plan_path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ShardError(f"{plan_path}: unreadable plan ({exc}). Rerun the features stage.") from exc
+    plan = read_plan(folder)
+    if plan is None:
+        raise FeaturesError(f"{folder / PLAN_NAME}: no plan. Run the features stage first (`make features`).")
     manifest, problems = build_manifest(folder, plan)
     if manifest is None:
-        for p in problems:
-            log(f"  {p}")
         return None, problems
     path = folder / MANIFEST_NAME
     text = json.dumps(manifest, indent=1, sort_keys=True) + "\n"
@@ -108,15 +92,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    try:
-        path, problems = finalize_shards(args.folder, log=lambda m: print(m, file=sys.stderr))
-    except ShardError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    """``python -m preprocess finalize``: 0 written, 1 shards missing or incomplete (named on stderr)."""
+    from shards.cli import EXIT_FAILURES, EXIT_OK
+
+    path, problems = finalize_shards(args.folder)
     if path is None:
-        print(f"error: {len(problems)} shards of {args.folder} are missing or incomplete (listed above). "
-              f"Rerun `make features` (same settings) or the missing array tasks, then finalize again.",
-              file=sys.stderr)
-        return 1
+        for problem in problems:
+            log.error("  %s", problem)
+        log.error("%d shards of %s are missing or incomplete (listed above). Rerun `make features` (same "
+                  "settings) or the missing array tasks, then finalize again.", len(problems), args.folder)
+        return EXIT_FAILURES
     print(f"wrote {path}")
-    return 0
+    return EXIT_OK

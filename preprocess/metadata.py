@@ -22,14 +22,18 @@ from pathlib import Path
 import pandas as pd
 
 from preprocess.fma import CLASS_NAMES, KNOWN_BAD, SUBSETS
+from shards.errors import FmaGenreError
 
 REQUIRED_COLUMNS = (("set", "split"), ("set", "subset"), ("track", "genre_top"), ("track", "duration"))
 SPLIT_NAMES = {"training": "train", "validation": "validation", "test": "test"}
 DEFAULT_MIN_DURATION = 29.0
 
 
-class MetadataError(ValueError):
-    """tracks.csv is missing, empty or not shaped like FMA's; the message names file and column."""
+class MetadataError(FmaGenreError, ValueError):
+    """tracks.csv is missing, empty or not shaped like FMA's; the message names file and column.
+
+    (Also a ``ValueError``, as it was before :class:`FmaGenreError` existed.)
+    """
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,7 @@ Reads the metadata and computes the shard plan exactly as `python -m preprocess 
 finds which shards in OUT are missing or incomplete, and submits
 
   1. cluster/features-array.sbatch as an array job: with G = ceil(shards / --shards-per-task)
-     groups, array task g runs `preprocess features --shard-index g --num-shards G`, i.e. the
+     groups, array task g runs `preprocess features --task-index g --num-tasks G`, i.e. the
      shards at positions k with k % G == g, with --cpus-per-task joblib workers (one shard per
      worker at a time, so K >= C keeps every CPU busy); only the groups that contain a missing
      shard are submitted (complete shards inside them are skipped);
@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import math
 import os
 import re
@@ -41,8 +42,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from preprocess import fma
+from preprocess.assign import select_for_task
+from preprocess.options import FeatureOptions, add_plan_arguments
+from preprocess.plan import build_plan, changed_plan_error, plan_changes, shard_status
 from shards import MANIFEST_NAME, atomic_write_text
+from shards.errors import FmaGenreError
 
 REPO = Path(__file__).resolve().parents[1]
 FEATURES_SCRIPT = REPO / "cluster" / "features-array.sbatch"
@@ -52,8 +56,11 @@ ACTIVE_STATES = {"PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "SUSPENDED",
                  "REQUEUE_HOLD", "REQUEUE_FED", "RESIZING", "SIGNALING", "STAGE_OUT", "STOPPED"}
 
 
-class SlurmError(RuntimeError):
-    """sbatch/squeue failed or the queue holds unfinished jobs for this shard set."""
+log = logging.getLogger(__name__)
+
+
+class SlurmError(FmaGenreError):
+    """Bad submission options, sbatch/squeue failed, or the queue holds unfinished jobs for this shard set."""
 
 
 @dataclass(frozen=True)
@@ -63,7 +70,7 @@ class SubmitPlan:
     Attributes
     ----------
     num_tasks : int
-        G, the number of groups the shard list is cut into (``--num-shards`` of each task).
+        G, the number of groups the shard list is cut into (``--num-tasks`` of each task).
     tasks : dict
         array task index -> names of the missing shards it will compute.
     num_shards : int
@@ -82,15 +89,8 @@ class SubmitPlan:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from preprocess import driver
-    from preprocess.assign import DEFAULT_SHARD_SIZE
-    from preprocess.metadata import DEFAULT_MIN_DURATION
-    from preprocess.recipe import RECIPES
-
-    parser.add_argument("--fma-dir", required=True, type=Path,
-                        help="folder with fma_metadata/ and fma_<subset>/, as seen by the compute nodes")
-    parser.add_argument("--subset", required=True, choices=fma.SUBSETS, help="FMA subset (nested)")
-    parser.add_argument("--out", required=True, type=Path, help="the shard set folder (created if needed)")
+    add_plan_arguments(parser.add_argument_group(
+        "features options, passed on to every task (as in `preprocess features`)"))
     parser.add_argument("--cpus-per-task", type=int, default=4, metavar="C",
                         help="CPUs per array task = joblib workers inside the task (default 4)")
     parser.add_argument("--shards-per-task", type=int, default=None, metavar="K",
@@ -110,56 +110,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "(repeatable)")
     parser.add_argument("--dry-run", action="store_true",
                         help="print the plan and the sbatch commands, submit nothing, write nothing")
-    plan = parser.add_argument_group("features options passed on to every task (as in `preprocess features`)")
-    plan.add_argument("--recipe", default="reference", choices=sorted(RECIPES), help="feature recipe")
-    plan.add_argument("--shard-size", type=int, default=DEFAULT_SHARD_SIZE,
-                      help="tracks per shard (default %(default)s)")
-    plan.add_argument("--min-duration", type=float, default=DEFAULT_MIN_DURATION,
-                      help="skip tracks whose tracks.csv duration is <= this (negative: keep all)")
-    plan.add_argument("--no-skip-known-bad", dest="skip_known_bad", action="store_false",
-                      help="also try FMA's known-bad ids")
-    plan.add_argument("--track-timeout", type=float, default=driver.DEFAULT_TRACK_TIMEOUT,
-                      help="seconds one track may take before it is recorded as failed (0: no limit)")
-    plan.add_argument("--compression", default=None, choices=("gzip", "lzf"),
-                      help="compress images (the training side can then not memory-map them)")
 
 
 def main(args: argparse.Namespace) -> int:
-    try:
-        return submit(args)
-    except (SlurmError, ValueError, OSError, RuntimeError) as exc:
-        print(f"slurm: error: {exc}", file=sys.stderr)
-        return 1
-
-
-def submit(args: argparse.Namespace) -> int:
-    """Plan, check the queue, submit; print what was done. Returns the exit code."""
+    """``python -m preprocess slurm``: 0 when submitted (or nothing to do); errors raise SlurmError."""
+    options = FeatureOptions.from_args(args)
     _validate(args)
-    out = args.out.resolve()
-    fma_dir = args.fma_dir.resolve()
-    plan = plan_submission(args, out)
-    print(f"slurm: {plan.num_shards} shards planned in {out}: {plan.complete} complete, "
+    return submit(args, options.replace(fma_dir=options.fma_dir.resolve(), out=options.out.resolve()))
+
+
+def submit(args: argparse.Namespace, options: FeatureOptions) -> int:
+    """Plan, check the queue, submit; print what was done. Returns the exit code."""
+    plan = plan_submission(options, args.shards_per_task)
+    print(f"slurm: {plan.num_shards} shards planned in {options.out}: {plan.complete} complete, "
           f"{sum(len(v) for v in plan.tasks.values())} missing or incomplete")
     if not plan.tasks and not plan.needs_finalize:
         print("slurm: nothing to do: every shard is complete and manifest.json exists")
         return 0
-
-    logs = out / "slurm" / "logs"
-    common = [*_optional("--partition", args.partition), *args.sbatch_arg, f"--chdir={REPO}"]
-    array_cmd = None
-    if plan.tasks:
-        array = format_indices(sorted(plan.tasks))
-        if args.max_running:
-            array += f"%{args.max_running}"
-        array_cmd = ["sbatch", "--parsable", f"--array={array}", f"--cpus-per-task={args.cpus_per_task}",
-                     *_optional("--time", args.time), *_optional("--mem", args.mem), *common,
-                     f"--output={logs / 'features-%A_%a.out'}", str(FEATURES_SCRIPT),
-                     args.python, str(REPO), str(fma_dir), args.subset, str(out), str(plan.num_tasks),
-                     *driver_plan_argv(args)]
-    finalize_cmd = ["sbatch", "--parsable", *_optional("--time", args.time), *common,
-                    f"--output={logs / 'finalize-%j.out'}", str(FINALIZE_SCRIPT), args.python, str(REPO),
-                    str(out)]
-
+    array_cmd, finalize_cmd = sbatch_commands(args, options, plan)
     if args.dry_run:
         for task, names in sorted(plan.tasks.items()):
             print(f"  task {task}: {', '.join(names)}")
@@ -168,16 +136,44 @@ def submit(args: argparse.Namespace) -> int:
             finalize_cmd.insert(2, "--dependency=afterok:<array job id>")
         print("would run:", shlex.join(finalize_cmd))
         return 0
-
     missing = [tool for tool in ("sbatch", "squeue", "scancel") if shutil.which(tool) is None]
     if missing:
         raise SlurmError(f"{', '.join(missing)} not found: run this on a SLURM login node (or put SLURM's "
                          "commands on PATH); --dry-run shows what would be submitted")
-    records = _read_submissions(out)
+    records = _read_submissions(options.out)
     cancelled = check_queue(records)
     if cancelled:
         print(f"slurm: cancelled finalize job(s) {', '.join(cancelled)} of an earlier submission "
               "whose array job failed (their dependency could never be satisfied)")
+    _submit_jobs(options.out, plan, records, array_cmd, finalize_cmd, args.cpus_per_task)
+    return 0
+
+
+def sbatch_commands(args: argparse.Namespace, options: FeatureOptions, plan: SubmitPlan
+                    ) -> tuple[list[str] | None, list[str]]:
+    """The sbatch command lines of the array job (None if no shard is missing) and of the finalize job."""
+    logs = options.out / "slurm" / "logs"
+    common = [*_optional("--partition", args.partition), *args.sbatch_arg, f"--chdir={REPO}"]
+    array_cmd = None
+    if plan.tasks:
+        array = format_indices(sorted(plan.tasks))
+        if args.max_running:
+            array += f"%{args.max_running}"
+        array_cmd = ["sbatch", "--parsable", f"--array={array}", f"--cpus-per-task={args.cpus_per_task}",
+                     *_optional("--time", args.time), *_optional("--mem", args.mem), *common,
+                     f"--output={logs / 'features-%A_%a.out'}", str(FEATURES_SCRIPT), args.python, str(REPO),
+                     str(options.fma_dir), options.subset, str(options.out), str(plan.num_tasks),
+                     *options.plan_argv(), "--no-progress"]
+    finalize_cmd = ["sbatch", "--parsable", *_optional("--time", args.time), *common,
+                    f"--output={logs / 'finalize-%j.out'}", str(FINALIZE_SCRIPT), args.python, str(REPO),
+                    str(options.out)]
+    return array_cmd, finalize_cmd
+
+
+def _submit_jobs(out: Path, plan: SubmitPlan, records: list[dict], array_cmd: list[str] | None,
+                 finalize_cmd: list[str], cpus_per_task: int) -> None:
+    """Submit the array job (if any), then the finalize job depending on it; record both."""
+    logs = out / "slurm" / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     # Recorded as soon as each job is queued, so that a rerun knows about it even if the next
     # sbatch fails.
@@ -191,7 +187,7 @@ def submit(args: argparse.Namespace) -> int:
         array_id = record["array_job_id"] = _sbatch(array_cmd)
         _write_submissions(out, records)
         print(f"slurm: submitted array job {array_id}: {len(plan.tasks)} task(s) of {plan.num_tasks} "
-              f"({args.cpus_per_task} CPUs each); logs in {logs}")
+              f"({cpus_per_task} CPUs each); logs in {logs}")
         finalize_cmd.insert(2, f"--dependency=afterok:{array_id}")
     finalize_id = record["finalize_job_id"] = _sbatch(finalize_cmd)
     _write_submissions(out, records)
@@ -199,42 +195,29 @@ def submit(args: argparse.Namespace) -> int:
           + (f" (runs after every task of {array_id} succeeds)" if array_id else ""))
     print(f"slurm: watch with `squeue -j {','.join(i for i in (array_id, finalize_id) if i)}`; "
           "when it is done, rerun this command to resubmit anything that failed")
-    return 0
 
 
-def plan_submission(args: argparse.Namespace, out: Path) -> SubmitPlan:
+def plan_submission(options: FeatureOptions, shards_per_task: int) -> SubmitPlan:
     """Which array tasks to submit: the groups holding a shard that is missing or incomplete.
 
     Uses the features stage's own plan and completeness test, so a task never skips a shard
     this command counted as missing, nor recomputes one it counted as complete.
     """
-    from preprocess import driver
-    from preprocess.assign import select_for_task
-    from preprocess.recipe import RECIPES
-
-    recipe = RECIPES[args.recipe]
-    min_duration = None if args.min_duration < 0 else args.min_duration
-    _, _, specs, new_plan = driver.build_plan(
-        args.fma_dir, args.subset, recipe=recipe, shard_size=args.shard_size,
-        skip_known_bad=args.skip_known_bad, min_duration=min_duration)
-    old_plan = driver.read_plan(out) if out.is_dir() else None
-    if old_plan is not None and old_plan != new_plan:
-        raise ValueError(
-            f"{out / driver.PLAN_NAME} was made with different settings "
-            f"({'; '.join(driver.plan_differences(old_plan, new_plan))}): its shards would mix with these. "
-            "Use another --out, or the same settings as before.")
-    recipe_dict = recipe.to_dict()
-    num_tasks = max(1, math.ceil(len(specs) / args.shards_per_task))
+    plan = build_plan(options)
+    changes = plan_changes(options.out, plan) if options.out.is_dir() else []
+    if changes:
+        raise changed_plan_error(options.out, changes, "Use another --out, or the same settings as before.")
+    num_tasks = max(1, math.ceil(len(plan.specs) / shards_per_task))
     tasks: dict[int, list[str]] = {}
     complete = 0
     for task in range(num_tasks):
-        for spec in select_for_task(specs, task, num_tasks):
-            if driver.shard_is_complete(out / spec.name, spec, recipe_dict):
+        for spec in select_for_task(plan.specs, task, num_tasks):
+            if shard_status(options.out / spec.name, spec, plan.recipe)[1] is None:
                 complete += 1
             else:
                 tasks.setdefault(task, []).append(spec.name)
-    needs_finalize = bool(tasks) or not (out / MANIFEST_NAME).exists()
-    return SubmitPlan(num_tasks=num_tasks, tasks=tasks, num_shards=len(specs), complete=complete,
+    needs_finalize = bool(tasks) or not (options.out / MANIFEST_NAME).exists()
+    return SubmitPlan(num_tasks=num_tasks, tasks=tasks, num_shards=len(plan.specs), complete=complete,
                       needs_finalize=needs_finalize)
 
 
@@ -290,17 +273,6 @@ def check_queue(records: list[dict]) -> list[str]:
     return orphans
 
 
-def driver_plan_argv(args: argparse.Namespace) -> list[str]:
-    """The plan options (recipe, shard size, selection...) as `preprocess features` arguments."""
-    argv = ["--recipe", args.recipe, "--shard-size", str(args.shard_size), "--min-duration",
-            repr(args.min_duration), "--track-timeout", repr(args.track_timeout), "--no-progress"]
-    if not args.skip_known_bad:
-        argv.append("--no-skip-known-bad")
-    if args.compression:
-        argv += ["--compression", args.compression]
-    return argv
-
-
 def _sbatch(cmd: list[str]) -> str:
     try:
         done = subprocess.run(cmd, capture_output=True, text=True, check=False)
@@ -344,20 +316,20 @@ def _optional(flag: str, value) -> list[str]:
 def _validate(args: argparse.Namespace) -> None:
     if args.shards_per_task is None:
         args.shards_per_task = args.cpus_per_task
-    if args.shards_per_task < 1:
-        raise ValueError(f"--shards-per-task must be >= 1, got {args.shards_per_task}")
     if args.cpus_per_task < 1:
-        raise ValueError(f"--cpus-per-task must be >= 1, got {args.cpus_per_task}")
+        raise SlurmError(f"--cpus-per-task must be >= 1, got {args.cpus_per_task}")
+    if args.shards_per_task < 1:
+        raise SlurmError(f"--shards-per-task must be >= 1, got {args.shards_per_task}")
     if args.shards_per_task < args.cpus_per_task:
-        print(f"slurm: warning: --shards-per-task {args.shards_per_task} < --cpus-per-task "
-              f"{args.cpus_per_task}: each task can keep only {args.shards_per_task} CPU(s) busy "
-              "(one shard per worker)", file=sys.stderr)
+        log.warning("slurm: --shards-per-task %d < --cpus-per-task %d: each task can keep only %d CPU(s) "
+                    "busy (one shard per worker)", args.shards_per_task, args.cpus_per_task,
+                    args.shards_per_task)
     if args.max_running is not None and args.max_running < 1:
-        raise ValueError(f"--max-running must be >= 1, got {args.max_running}")
+        raise SlurmError(f"--max-running must be >= 1, got {args.max_running}")
     if not Path(args.python).exists():
-        raise ValueError(f"--python {args.python}: no such interpreter")
+        raise SlurmError(f"--python {args.python}: no such interpreter")
     if not os.access(args.python, os.X_OK):
-        raise ValueError(f"--python {args.python}: not executable")
+        raise SlurmError(f"--python {args.python}: not executable")
     for script in (FEATURES_SCRIPT, FINALIZE_SCRIPT):
         if not script.exists():
-            raise ValueError(f"{script}: batch script missing from the repository")
+            raise SlurmError(f"{script}: batch script missing from the repository")

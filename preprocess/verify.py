@@ -9,18 +9,21 @@ strictly increasing and no track is in two shards; the content checksum
 recomputed from the data equals the shard's own and the manifest's; the
 shard's recipe and class names equal the manifest's; an uncompressed shard's
 images can be memory-mapped (a truncated file fails here). Exits 1 naming
-each bad file, 0 when all is well.
+each bad file (or a missing manifest), 0 when all is well, 2 when the folder
+does not exist.
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
+import logging
 from pathlib import Path
 
 from tqdm import tqdm
 
 from shards import ShardError, data_layout, read_manifest, read_shard
+
+log = logging.getLogger(__name__)
 
 
 def verify_shards(folder: str | Path, progress: bool = False) -> list[str]:
@@ -74,12 +77,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    problems = verify_shards(args.folder, progress=args.progress)
+    """``python -m preprocess verify``: 0 all good, 1 problems (each named on stderr)."""
+    from shards.cli import EXIT_FAILURES, EXIT_OK, progress_disabled
+
+    if not Path(args.folder).is_dir():
+        raise ShardError(f"{args.folder}: no such folder; pass the shard set folder (it holds manifest.json)")
+    problems = verify_shards(args.folder, progress=args.progress and not progress_disabled())
     for p in problems:
-        print(f"error: {p}", file=sys.stderr)
+        log.error("%s", p)
     if problems:
-        print(f"verify: {len(problems)} problems in {args.folder}. Delete the named shards and rerun "
-              f"`make features` (it recomputes missing shards only), then `make finalize`.", file=sys.stderr)
-        return 1
+        log.warning("verify: %d problems in %s. Delete the named shards and rerun `make features` (it "
+                    "recomputes missing shards only), then `make finalize`.", len(problems), args.folder)
+        return EXIT_FAILURES
     print(f"verify: {args.folder} OK")
-    return 0
+    return EXIT_OK

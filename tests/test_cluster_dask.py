@@ -12,6 +12,7 @@ import subprocess
 import pytest
 
 from preprocess import driver
+from preprocess.options import FeatureOptions
 from tests._cluster_common import SHARD_SIZE, assert_same_shard_set, features_argv, run_local, shard_names
 from tests._dask_cluster import DaskCluster
 
@@ -38,16 +39,16 @@ def test_cli_with_dask_backend_equals_local_run(dask_cluster, local_shards, mini
                                         "--scheduler", dask_cluster.address),
                           env=subprocess_env, capture_output=True, text=True, timeout=600, check=False)
     assert done.returncode == 0, done.stdout + done.stderr + dask_cluster.log_tail()
-    assert "with dask backend" in done.stdout
+    assert "with dask backend" in done.stderr
     assert_same_shard_set(local_shards, out)
 
 
 def test_shards_are_computed_in_the_worker_processes(dask_cluster, local_shards, mini_fma, tmp_path):
     """The driver reports where each shard task ran; through a scheduler file this time."""
     out = tmp_path / "shards"
-    summary = driver.run_features(mini_fma[0], out, subset="large", shard_size=SHARD_SIZE, backend="dask",
-                                  scheduler=str(dask_cluster.scheduler_file), progress=False,
-                                  log=lambda *_: None)
+    summary = driver.run_features(FeatureOptions(
+        mini_fma[0], out, subset="large", shard_size=SHARD_SIZE, backend="dask",
+        scheduler=str(dask_cluster.scheduler_file), progress=False))
     ran = {r["name"]: r["pid"] for r in summary["computed"]}
     assert sorted(ran) == shard_names(local_shards), "every shard is computed once"
     assert os.getpid() not in ran.values(), "a shard was computed in the client process"

@@ -104,7 +104,7 @@ def test_slurm_array_equals_local_run_and_reruns_repair_only_what_is_missing(
     assert sorted(n for group in record["tasks"].values() for n in group) == names
     assert len(slurm.job_ids()) == num_tasks + 1
     busy = submit(slurm, python, subprocess_env, fma_dir, out)
-    assert busy.returncode == 1 and "still queued" in busy.stderr, busy.stdout + busy.stderr
+    assert busy.returncode == 2 and "still queued" in busy.stderr, busy.stdout + busy.stderr
     assert len(submissions(out)) == 1 and len(slurm.job_ids()) == num_tasks + 1
 
     # Task 0 is cancelled (as a preempted or failed task would be); the others run. The finalize

@@ -4,20 +4,22 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import time
-from argparse import Namespace
 
 import h5py
 import librosa
 import numpy as np
 import pytest
 
-from preprocess import driver, finalize
+from preprocess import driver
+from preprocess.__main__ import main
 from preprocess.audio import decode, mel_from_file
 from preprocess.fma import CLASS_NAMES, KNOWN_BAD
 from preprocess.metadata import load_tracks, tracks_csv_path
+from preprocess.options import FeatureOptions
 from shards import read_manifest, read_shard
 from tests._reference import plain_librosa
 
@@ -25,10 +27,6 @@ SHARD_SIZE = 16
 SPLIT = {"training": "train", "validation": "validation", "test": "test"}
 REASON = {"zero_byte": "empty file", "missing": "missing file", "random_bytes": "cannot decode: ",
           "short": "too short: ", "truncated": "too short: ", "silence": "digital silence"}
-
-
-def quiet(*_):
-    pass
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +42,8 @@ def expected(mini_fma):
 @pytest.fixture(scope="module")
 def run(mini_fma, tmp_path_factory):
     out = tmp_path_factory.mktemp("shards")
-    summary = driver.run_features(mini_fma[0], out, jobs=2, shard_size=SHARD_SIZE, progress=False, log=quiet)
+    summary = driver.run_features(
+        FeatureOptions(mini_fma[0], out, jobs=2, shard_size=SHARD_SIZE, progress=False))
     return out, summary
 
 
@@ -134,7 +133,8 @@ def _stats(folder):
 def test_rerun_does_nothing(run, mini_fma):
     out, _ = run
     before = _stats(out)
-    summary = driver.run_features(mini_fma[0], out, jobs=2, shard_size=SHARD_SIZE, progress=False, log=quiet)
+    summary = driver.run_features(
+        FeatureOptions(mini_fma[0], out, jobs=2, shard_size=SHARD_SIZE, progress=False))
     assert summary["computed"] == []  # no shard task ran: nothing decoded
     assert len(summary["already_complete"]) == summary["planned"]
     assert _stats(out) == before  # nothing rewritten, manifest and plan included
@@ -145,14 +145,11 @@ def test_other_recipe_is_refused_and_wrong_dataset_is_explained(run, mini_fma, t
     from preprocess.recipe import RECIPES
 
     with pytest.raises(driver.FeaturesError, match="different settings.*sample_rate.*--force"):
-        driver.run_features(mini_fma[0], out, shard_size=SHARD_SIZE, recipe=RECIPES["fixed22050"],
-                            progress=False, log=quiet)
-    args = Namespace(fma_dir=str(tmp_path / "nowhere"), out=str(tmp_path / "o"), subset="large", jobs=1,
-                     recipe="reference", shard_size=8, skip_known_bad=True, min_duration=29.0,
-                     track_timeout=10.0, shard_index=0, num_shards=1, force=False, backend="local",
-                     scheduler=None, compression=None, max_failure_fraction=0.5, finalize=True,
-                     progress=False)
-    assert driver.main(args) == 2
+        driver.run_features(FeatureOptions(mini_fma[0], out, shard_size=SHARD_SIZE,
+                                           recipe=RECIPES["fixed22050"], progress=False))
+    argv = ["features", "--fma-dir", str(tmp_path / "nowhere"), "--out", str(tmp_path / "o"), "--jobs", "1",
+            "--shard-size", "8", "--no-progress"]
+    assert main(argv) == 2
     err = capsys.readouterr().err
     assert str(tmp_path / "nowhere" / "fma_metadata" / "tracks.csv") in err
     assert "make download" in err and "make demo" in err
@@ -162,7 +159,7 @@ def test_other_recipe_is_refused_and_wrong_dataset_is_explained(run, mini_fma, t
     (wrong / "fma_large").mkdir()
     (wrong / "fma_metadata" / "tracks.csv").write_bytes(tracks_csv_path(mini_fma[0]).read_bytes())
     with pytest.raises(driver.FeaturesError, match="sampled tracks have no file"):
-        driver.run_features(wrong, tmp_path / "o2", shard_size=SHARD_SIZE, progress=False, log=quiet)
+        driver.run_features(FeatureOptions(wrong, tmp_path / "o2", shard_size=SHARD_SIZE, progress=False))
 
 
 def test_killed_run_restarts_to_identical_shards(run, mini_fma, tmp_path, python, subprocess_env):
@@ -182,14 +179,64 @@ def test_killed_run_restarts_to_identical_shards(run, mini_fma, tmp_path, python
     done_at_kill = len(list(killed.glob("*.h5")))
     total = len(read_manifest(out)["shards"])
     assert 2 <= done_at_kill < total and not (killed / "manifest.json").exists()
-    summary = driver.run_features(mini_fma[0], killed, jobs=2, shard_size=SHARD_SIZE, progress=False,
-                                  log=quiet)
+    summary = driver.run_features(FeatureOptions(mini_fma[0], killed, jobs=2, shard_size=SHARD_SIZE,
+                                                 progress=False))
     assert len(summary["already_complete"]) >= 2
     ours, reference = read_manifest(killed), read_manifest(out)
     assert [(e["name"], e["checksum"]) for e in ours["shards"]] == \
         [(e["name"], e["checksum"]) for e in reference["shards"]]
     assert ours["failed"] == reference["failed"]
     assert not list(killed.glob(".*tmp-*"))  # no temporary file left behind
+
+
+def _group_gone(pgid: int, within_s: float) -> bool:
+    """True once no process of the process group ``pgid`` is left (waiting up to ``within_s``)."""
+    deadline = time.monotonic() + within_s
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_ctrl_c_stops_the_workers_says_how_far_and_a_rerun_resumes(run, mini_fma, tmp_path, python,
+                                                                   subprocess_env):
+    """Ctrl-C in a terminal: SIGINT to the whole foreground group (the driver and its pool workers)."""
+    out, _ = run
+    total = len(read_manifest(out)["shards"])
+    stopped = tmp_path / "stopped"
+    cmd = [python, "-m", "preprocess", "features", "--fma-dir", str(mini_fma[0]), "--out", str(stopped),
+           "--jobs", "2", "--shard-size", str(SHARD_SIZE)]
+    proc = subprocess.Popen(cmd, env=subprocess_env, start_new_session=True, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while len(list(stopped.glob("*.h5"))) < 1 and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.05)
+        os.killpg(proc.pid, signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err, err
+    match = re.search(r"interrupted: (\d+) of (\d+) shards are complete.*rerun the same command to resume",
+                      err)
+    assert match and int(match.group(2)) == total, err
+    assert 1 <= int(match.group(1)) < total
+    assert _group_gone(proc.pid, within_s=10), "pool workers still running after Ctrl-C"
+    assert not (stopped / "manifest.json").exists()
+
+    rerun = subprocess.run([*cmd, "--no-progress"], env=subprocess_env, capture_output=True, text=True,
+                           timeout=600)
+    assert rerun.returncode == 0, rerun.stderr
+    resumed = re.search(rf"(\d+) of this task's {total} already complete", rerun.stderr)
+    assert resumed and resumed.group(1) == match.group(1), rerun.stderr
+    assert [(e["name"], e["checksum"]) for e in read_manifest(stopped)["shards"]] == \
+        [(e["name"], e["checksum"]) for e in read_manifest(out)["shards"]]
+    assert not list(stopped.glob(".*tmp-*"))
 
 
 def test_finalize_names_missing_shards(run, tmp_path, capsys):
@@ -201,9 +248,9 @@ def test_finalize_names_missing_shards(run, tmp_path, capsys):
             (partial / p.name).write_bytes(p.read_bytes())
     victim = sorted(partial.glob("validation-*.h5"))[0]
     victim.unlink()
-    assert finalize.main(Namespace(folder=str(partial))) == 1
+    assert main(["finalize", str(partial)]) == 1
     assert f"{victim.name}: missing" in capsys.readouterr().err
     assert not (partial / "manifest.json").exists()
     (partial / victim.name).write_bytes((out / victim.name).read_bytes())
-    assert finalize.main(Namespace(folder=str(partial))) == 0
+    assert main(["finalize", str(partial)]) == 0
     assert read_manifest(partial) == read_manifest(out)

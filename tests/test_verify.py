@@ -8,6 +8,7 @@ import subprocess
 import pytest
 
 from preprocess import driver
+from preprocess.options import FeatureOptions
 from preprocess.verify import verify_shards
 from shards import data_layout, read_manifest
 
@@ -16,8 +17,8 @@ from shards import data_layout, read_manifest
 def shard_set(mini_fma, tmp_path_factory):
     out = tmp_path_factory.mktemp("verify-shards")
     # A small shard set: the medium subset (fewer tracks), big shards.
-    driver.run_features(mini_fma[0], out, subset="medium", jobs=2, shard_size=64, progress=False,
-                        log=lambda *_: None)
+    driver.run_features(FeatureOptions(mini_fma[0], out, subset="medium", jobs=2, shard_size=64,
+                                       progress=False))
     return out
 
 
