@@ -39,10 +39,10 @@ import contextlib
 import hashlib
 import http.client
 import json
+import logging
 import os
 import re
 import shutil
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -56,6 +56,8 @@ import joblib
 from tqdm import tqdm
 
 from shards import atomic_write_text
+from shards.cli import progress_disabled
+from shards.errors import FmaGenreError
 
 DEFAULT_BASE_URL = "https://os.unil.cloud.switch.ch/fma/"
 BASE_URL_ENV = "FMA_BASE_URL"
@@ -113,7 +115,10 @@ ARCHIVES = {
 SUBSETS = ("small", "medium", "large")
 
 
-class DownloadError(Exception):
+log = logging.getLogger(__name__)
+
+
+class DownloadError(FmaGenreError):
     """Base class: a download, check or unpack that could not be completed."""
 
 
@@ -150,13 +155,13 @@ def archives_for(subset: str) -> list[Archive]:
 def read_sums(path: str | os.PathLike) -> dict[str, str]:
     """Read a ``sha1sum``-style file: lines ``<40 hex digits>  <zip name>`` (``#`` comments allowed).
 
-    Returns ``{zip name: sha1}``. Raises ValueError naming the file and line on a bad line.
+    Returns ``{zip name: sha1}``. Raises DownloadError naming the file and line on a bad line.
     """
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
-        raise ValueError(f"{path}: cannot read the sums file ({exc.strerror})") from exc
+        raise DownloadError(f"{path}: cannot read the sums file ({exc.strerror})") from exc
     sums = {}
     for number, line in enumerate(text.splitlines(), start=1):
         line = line.strip()
@@ -164,8 +169,8 @@ def read_sums(path: str | os.PathLike) -> dict[str, str]:
             continue
         match = re.fullmatch(r"([0-9a-fA-F]{40})\s+\*?(\S+)", line)
         if match is None:
-            raise ValueError(f"{path}:{number}: expected '<sha1>  <zip name>' (sha1sum format), "
-                             f"got {line!r}")
+            raise DownloadError(f"{path}:{number}: expected '<sha1>  <zip name>' (sha1sum format), "
+                                f"got {line!r}")
         sums[Path(match.group(2)).name] = match.group(1).lower()
     return sums
 
@@ -175,8 +180,8 @@ def with_sums(archives: Iterable[Archive], sums: dict[str, str], source: str) ->
     out = []
     for archive in archives:
         if archive.name not in sums:
-            raise ValueError(f"{source} has no SHA-1 for {archive.name}; add a line "
-                             f"'<sha1>  {archive.name}'")
+            raise DownloadError(f"{source} has no SHA-1 for {archive.name}; add a line "
+                                f"'<sha1>  {archive.name}'")
         out.append(replace(archive, sha1=sums[archive.name]))
     return out
 
@@ -298,8 +303,7 @@ def space_needed(fma_dir: Path, archives: Iterable[Archive], remove_zip: bool = 
 
 
 def check_space(fma_dir: Path, archives: list[Archive], *, reserve_bytes: int, remove_zip: bool,
-                unpack_audio: bool = True, free_bytes: Callable[[Path], int] = disk_free,
-                log: Callable[[str], None] = print) -> None:
+                unpack_audio: bool = True, free_bytes: Callable[[Path], int] = disk_free) -> None:
     """Say how much space is needed; raise DiskSpaceError if ``fma_dir``'s disk lacks it."""
     total, needs = space_needed(fma_dir, archives, remove_zip, unpack_audio)
     free = free_bytes(fma_dir)
@@ -308,7 +312,7 @@ def check_space(fma_dir: Path, archives: list[Archive], *, reserve_bytes: int, r
              for n in needs if n.fetch_bytes or n.unpack_bytes]
     if total == 0:
         return
-    log(f"disk: need ~{_human(total)} in {fma_dir} ({'; '.join(parts)}), "
+    log.info(f"disk: need ~{_human(total)} in {fma_dir} ({'; '.join(parts)}), "
         f"keep {_human(reserve_bytes)} spare; {_human(free)} free")
     if total + reserve_bytes > free:
         raise DiskSpaceError(
@@ -369,8 +373,7 @@ def _http_error_message(url: str, exc: urllib.error.HTTPError) -> str:
     return f"HTTP {exc.code} {exc.reason} from {url}"
 
 
-def _fetch_once(url: str, part: Path, hasher: _Hasher, *, timeout: float, progress: bool,
-                log: Callable[[str], None]) -> None:
+def _fetch_once(url: str, part: Path, hasher: _Hasher, *, timeout: float, progress: bool) -> None:
     """One GET of ``url`` into ``part``, resuming from its current size. Raises _Transient to retry."""
     offset = _size(part)
     hasher.catch_up(part, offset, progress)
@@ -386,7 +389,7 @@ def _fetch_once(url: str, part: Path, hasher: _Hasher, *, timeout: float, progre
                 _, total = _content_range(exc.headers.get("Content-Range"))
                 if total == offset:
                     return  # the .part already holds the whole file
-                log(f"{url}: the server has no bytes past {offset} of {part.name} "
+                log.info(f"{url}: the server has no bytes past {offset} of {part.name} "
                     f"(it reports {total} bytes in all); starting over")
                 part.unlink()
                 hasher.reset()
@@ -411,7 +414,7 @@ def _fetch_once(url: str, part: Path, hasher: _Hasher, *, timeout: float, progre
                                  f"{part} and rerun, or use another mirror")
         elif status == 200:
             if offset:
-                log(f"{url}: the server ignored the Range request (HTTP 200); starting over")
+                log.info(f"{url}: the server ignored the Range request (HTTP 200); starting over")
             offset = 0
             hasher.reset()
             length = response.headers.get("Content-Length")
@@ -446,7 +449,7 @@ def _fetch_once(url: str, part: Path, hasher: _Hasher, *, timeout: float, progre
 
 
 def fetch(url: str, part: Path, *, retries: int, retry_wait: float, timeout: float = 60.0,
-          progress: bool = True, log: Callable[[str], None] = print) -> str:
+          progress: bool = True) -> str:
     """Download ``url`` into ``part`` (resuming what it holds) and return the file's SHA-1.
 
     Transient failures are retried up to ``retries`` times in a row without progress,
@@ -458,7 +461,7 @@ def fetch(url: str, part: Path, *, retries: int, retry_wait: float, timeout: flo
     while True:
         size_before = _size(part)
         try:
-            _fetch_once(url, part, hasher, timeout=timeout, progress=progress, log=log)
+            _fetch_once(url, part, hasher, timeout=timeout, progress=progress)
         except _Transient as exc:
             failures = 1 if _size(part) > size_before else failures + 1
             if failures > retries:
@@ -467,7 +470,7 @@ def fetch(url: str, part: Path, *, retries: int, retry_wait: float, timeout: flo
                         else "; rerun when the server is reachable")
                 raise FetchError(f"{exc} (gave up after {retries} retries){hint}") from exc
             wait = min(retry_wait * 2 ** (failures - 1), 60.0)
-            log(f"{exc}; retry {failures}/{retries} in {wait:.1f} s")
+            log.info(f"{exc}; retry {failures}/{retries} in {wait:.1f} s")
             time.sleep(wait)
             continue
         hasher.catch_up(part, _size(part), progress)
@@ -491,15 +494,15 @@ def _checksum_error(fma_dir: Path, archive: Archive, url: str, got: str, bad: Pa
 
 
 def obtain_zip(fma_dir: Path, archive: Archive, base_url: str, *, retries: int, retry_wait: float,
-               timeout: float = 60.0, progress: bool = True, log: Callable[[str], None] = print) -> Path:
+               timeout: float = 60.0, progress: bool = True) -> Path:
     """Make sure ``fma_dir/<zip>`` exists and has the expected SHA-1; download it if needed."""
     final = zip_path(fma_dir, archive)
     url = archive_url(base_url, archive)
     if final.is_file():
         if _zip_is_marked_verified(fma_dir, archive):
-            log(f"{archive.name}: already downloaded and verified")
+            log.info(f"{archive.name}: already downloaded and verified")
             return final
-        log(f"{archive.name}: found, checking its SHA-1")
+        log.info(f"{archive.name}: found, checking its SHA-1")
         got = sha1_of_file(final, progress)
         if got != archive.sha1:
             bad = bad_path(fma_dir, archive)
@@ -511,18 +514,18 @@ def obtain_zip(fma_dir: Path, archive: Archive, base_url: str, *, retries: int, 
 
     part = part_path(fma_dir, archive)
     if _size(part):
-        log(f"{archive.name}: resuming {url} from byte {_size(part)}")
+        log.info(f"{archive.name}: resuming {url} from byte {_size(part)}")
     else:
-        log(f"{archive.name}: downloading {url}")
+        log.info(f"{archive.name}: downloading {url}")
     got = fetch(url, part, retries=retries, retry_wait=retry_wait, timeout=timeout,
-                progress=progress, log=log)
+                progress=progress)
     if got != archive.sha1:
         bad = bad_path(fma_dir, archive)
         os.replace(part, bad)
         raise _checksum_error(fma_dir, archive, url, got, bad)
     os.replace(part, final)
     _mark_verified(fma_dir, archive)
-    log(f"{archive.name}: SHA-1 ok ({archive.sha1})")
+    log.info(f"{archive.name}: SHA-1 ok ({archive.sha1})")
     return final
 
 
@@ -634,8 +637,8 @@ def _unpack_batch_task(source: str, fma_dir: str, names: list[str]) -> tuple[int
     return _unpack_batch(zf, Path(fma_dir), Path(source), names)
 
 
-def unpack(source: Path, fma_dir: Path, archive: Archive, *, jobs: int = 1, progress: bool = True,
-           log: Callable[[str], None] = print) -> Path:
+def unpack(source: Path, fma_dir: Path, archive: Archive, *, jobs: int = 1, progress: bool = True
+           ) -> Path:
     """Unpack the verified zip ``source`` into ``fma_dir``; return the completion marker.
 
     Every member name is checked (zip slip) before anything is written. Members go to
@@ -657,7 +660,7 @@ def unpack(source: Path, fma_dir: Path, archive: Archive, *, jobs: int = 1, prog
         total = sum(info.file_size for info, _ in members)
         batches = [[info.filename for info in batch] for batch in _batches(members)]
         n_jobs = min(joblib.cpu_count() if jobs == -1 else max(1, jobs), max(1, len(batches)))
-        log(f"{archive.name}: unpacking {len(members)} members ({_human(total)}) into {fma_dir}"
+        log.info(f"{archive.name}: unpacking {len(members)} members ({_human(total)}) into {fma_dir}"
             + (f" with {n_jobs} processes" if n_jobs > 1 else ""))
         with tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024,
                   desc=f"unpacking {archive.name}", disable=not progress) as bar:
@@ -672,7 +675,7 @@ def unpack(source: Path, fma_dir: Path, archive: Archive, *, jobs: int = 1, prog
                 kept += batch_kept
                 bar.update(done)
     if kept:
-        log(f"{archive.name}: {kept} members were already unpacked by an earlier run and were kept")
+        log.info(f"{archive.name}: {kept} members were already unpacked by an earlier run and were kept")
     os.sync()  # the marker must not outlive the data it vouches for
     marker.parent.mkdir(parents=True, exist_ok=True)
     record = {"zip": archive.name, "sha1": archive.sha1, "members": len(members), "bytes": total}
@@ -732,8 +735,7 @@ def download(fma_dir: str | os.PathLike, subset: str, *, base_url: str | None = 
              archives: list[Archive] | None = None, retries: int = 5, retry_wait: float = 2.0,
              timeout: float = 60.0, reserve_bytes: int = GiB, space_check: bool = True,
              free_bytes: Callable[[Path], int] = disk_free, remove_zip: bool = False,
-             unpack_audio: bool = True, jobs: int = 1, progress: bool = True,
-             log: Callable[[str], None] = print) -> list[Path]:
+             unpack_audio: bool = True, jobs: int = 1, progress: bool = True) -> list[Path]:
     """Fetch, verify and unpack FMA's metadata zip and the audio zip of ``subset`` into ``fma_dir``.
 
     Parameters
@@ -768,9 +770,9 @@ def download(fma_dir: str | os.PathLike, subset: str, *, base_url: str | None = 
     if subset not in SUBSETS:
         raise ValueError(f"unknown subset {subset!r}; choose one of {', '.join(SUBSETS)}")
     if retries < 0 or retry_wait < 0 or timeout <= 0 or reserve_bytes < 0:
-        raise ValueError("retries, retry_wait and reserve must be >= 0 and timeout > 0")
+        raise DownloadError("retries, retry_wait and reserve must be >= 0 and timeout > 0")
     if remove_zip and not unpack_audio:
-        raise ValueError("--remove-zip with --no-unpack would leave no audio: choose one")
+        raise DownloadError("--remove-zip with --no-unpack would leave no audio: choose one")
     fma_dir = Path(fma_dir)
     base_url = resolve_base_url(base_url)
     archives = list(archives) if archives is not None else archives_for(subset)
@@ -778,28 +780,28 @@ def download(fma_dir: str | os.PathLike, subset: str, *, base_url: str | None = 
         raise DownloadError(f"--fma-dir {fma_dir} exists and is not a folder")
     if space_check:
         check_space(fma_dir, archives, reserve_bytes=reserve_bytes, remove_zip=remove_zip,
-                    unpack_audio=unpack_audio, free_bytes=free_bytes, log=log)
+                    unpack_audio=unpack_audio, free_bytes=free_bytes)
     fma_dir.mkdir(parents=True, exist_ok=True)
     markers = []
     with _lock(fma_dir):
         for archive in archives:
             if is_unpacked(fma_dir, archive):
-                log(f"{archive.name}: already unpacked in {fma_dir / archive.folder}")
+                log.info(f"{archive.name}: already unpacked in {fma_dir / archive.folder}")
             elif archive.is_audio and not unpack_audio:
                 obtain_zip(fma_dir, archive, base_url, retries=retries, retry_wait=retry_wait,
-                           timeout=timeout, progress=progress, log=log)
-                log(f"{archive.name}: kept as a zip (--no-unpack); the features stage reads it directly")
+                           timeout=timeout, progress=progress)
+                log.info(f"{archive.name}: kept as a zip (--no-unpack); the features stage reads it directly")
                 markers.append(verified_marker(fma_dir, archive))
                 continue
             else:
                 source = obtain_zip(fma_dir, archive, base_url, retries=retries, retry_wait=retry_wait,
-                                    timeout=timeout, progress=progress, log=log)
-                unpack(source, fma_dir, archive, jobs=jobs, progress=progress, log=log)
-                log(f"{archive.name}: unpacked into {fma_dir / archive.folder}")
+                                    timeout=timeout, progress=progress)
+                unpack(source, fma_dir, archive, jobs=jobs, progress=progress)
+                log.info(f"{archive.name}: unpacked into {fma_dir / archive.folder}")
             if remove_zip and zip_path(fma_dir, archive).exists():
                 zip_path(fma_dir, archive).unlink()
                 verified_marker(fma_dir, archive).unlink(missing_ok=True)
-                log(f"{archive.name}: removed (--remove-zip)")
+                log.info(f"{archive.name}: removed (--remove-zip)")
             markers.append(unpacked_marker(fma_dir, archive))
     return markers
 
@@ -835,21 +837,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
+    """``python -m preprocess download``: 0 done; a DownloadError is a one-line error (exit 2)."""
+    archives = archives_for(args.subset)
+    if args.sums is not None:
+        archives = with_sums(archives, read_sums(args.sums), str(args.sums))
     try:
-        archives = archives_for(args.subset)
-        if args.sums is not None:
-            archives = with_sums(archives, read_sums(args.sums), str(args.sums))
         download(args.fma_dir, args.subset, base_url=args.base_url, archives=archives,
                  retries=args.retries, retry_wait=args.retry_wait, timeout=args.timeout,
                  reserve_bytes=int(args.reserve * GiB), space_check=not args.no_space_check,
                  remove_zip=args.remove_zip, unpack_audio=args.unpack_audio, jobs=args.jobs,
-                 log=lambda msg: print(msg, flush=True))
-    except (DownloadError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+                 progress=not progress_disabled())
     except KeyboardInterrupt:
-        print("\ninterrupted: rerun the same command to resume", file=sys.stderr)
-        return 130
+        log.warning("interrupted: what is downloaded and unpacked is kept; rerun the same command to resume")
+        raise
     audio = f"fma_{args.subset}/" if args.unpack_audio else f"fma_{args.subset}.zip"
     print(f"done: {args.fma_dir} holds fma_metadata/ and {audio}. Next: "
           f"make features FMA_DIR={args.fma_dir} SUBSET={args.subset}", flush=True)

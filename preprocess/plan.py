@@ -183,9 +183,3 @@ def shard_status(path: Path, spec: ShardSpec, recipe: dict) -> tuple[ShardConten
     if done != set(spec.track_ids):
         return contents, "holds other tracks than planned"
     return contents, None
-
-
-def complete_shard(path: Path, spec: ShardSpec, recipe: dict) -> ShardContents | None:
-    """The shard's contents if ``path`` is a complete shard of ``spec`` made with ``recipe``, else None."""
-    contents, problem = shard_status(path, spec, recipe)
-    return contents if problem is None else None

@@ -9,6 +9,7 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import io
+import logging
 import math
 import socket
 import subprocess
@@ -92,14 +93,31 @@ def server(zips):
 
 
 def _run(fma_dir: Path, server: FileServer, archives, **kwargs) -> list[str]:
-    """download() against the test server; returns the log lines."""
-    lines: list[str] = []
+    """download() against the test server; returns the lines it logged."""
     kwargs.setdefault("retries", 0)
     kwargs.setdefault("retry_wait", 0.01)
     kwargs.setdefault("timeout", 10)
-    dl.download(fma_dir, "small", base_url=server.url, archives=archives, progress=False,
-                log=lines.append, **kwargs)
-    return lines
+    lines = _Lines()
+    logger = logging.getLogger("preprocess.download")
+    logger.addHandler(lines)
+    level, logger.level = logger.level, logging.INFO
+    try:
+        dl.download(fma_dir, "small", base_url=server.url, archives=archives, progress=False, **kwargs)
+    finally:
+        logger.removeHandler(lines)
+        logger.setLevel(level)
+    return lines.messages
+
+
+class _Lines(logging.Handler):
+    """Keeps the messages of the log records it gets."""
+
+    def __init__(self):
+        super().__init__(logging.INFO)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
 
 
 def _tree(root: Path) -> dict[str, bytes]:
@@ -276,7 +294,7 @@ def test_connection_refused_names_the_url(tmp_path, zips):
     url = f"http://127.0.0.1:{port}/"
     with pytest.raises(dl.FetchError, match="cannot connect") as info:
         dl.download(tmp_path / "data", "small", base_url=url, archives=_table(zips), retries=1,
-                    retry_wait=0.01, progress=False, log=lambda line: None)
+                    retry_wait=0.01, progress=False)
     assert url + META in str(info.value)
 
 
@@ -367,10 +385,10 @@ def test_sums_file_is_parsed_and_bad_lines_are_named(tmp_path):
     assert dl.read_sums(sums) == {META: "a" * 40, SMALL: "b" * 40}
     archives = dl.with_sums(dl.archives_for("small"), dl.read_sums(sums), str(sums))
     assert [a.sha1 for a in archives] == ["a" * 40, "b" * 40]
-    with pytest.raises(ValueError, match="has no SHA-1 for fma_large.zip"):
+    with pytest.raises(dl.DownloadError, match="has no SHA-1 for fma_large.zip"):
         dl.with_sums(dl.archives_for("large"), dl.read_sums(sums), str(sums))
     sums.write_text(f"{'a' * 40}  fma_metadata.zip\nnot a sum\n")
-    with pytest.raises(ValueError, match=r"sums.txt:2: expected"):
+    with pytest.raises(dl.DownloadError, match=r"sums.txt:2: expected"):
         dl.read_sums(sums)
 
 
@@ -399,12 +417,12 @@ def test_cli_downloads_with_env_base_url_and_sums_file(tmp_path, server, zips, m
     assert "done:" in done.stdout
     _assert_unpacked(fma_dir, members, SMALL)
     _assert_unpacked(fma_dir, members, META)
-    # A refusal exits 1 with the reason on stderr; --reserve asks for more than any disk has.
+    # A refusal exits 2 with the reason on stderr; --reserve asks for more than any disk has.
     other = tmp_path / "other"
     refused = subprocess.run(cmd[:4] + ["--fma-dir", str(other), "--subset", "small", "--sums", str(sums),
                                         "--reserve", "1e9"],
                              env=env, cwd=repo_root, capture_output=True, text=True, timeout=60)
-    assert refused.returncode == 1
+    assert refused.returncode == 2
     assert "not enough free disk space" in refused.stderr and "--reserve" in refused.stderr
     assert not other.exists()
 
@@ -478,7 +496,7 @@ def test_no_unpack_keeps_the_verified_audio_zip_and_needs_only_its_size(tmp_path
 
 
 def test_no_unpack_with_remove_zip_is_refused(tmp_path, server, zips):
-    with pytest.raises(ValueError, match="--remove-zip with --no-unpack"):
+    with pytest.raises(dl.DownloadError, match="--remove-zip with --no-unpack"):
         _run(tmp_path / "data", server, _table(zips), unpack_audio=False, remove_zip=True)
     assert server.requests == [] and not (tmp_path / "data").exists()
 
