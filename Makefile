@@ -25,7 +25,7 @@ PYTEST_ARGS ?=
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.setup-stamp
 
-.PHONY: help setup demo check lint test-suite features finalize verify train test download \
+.PHONY: help setup demo check lint test-suite test-fast features finalize verify train test download \
         features-slurm bench clean
 
 help: ## this list
@@ -70,6 +70,9 @@ lint: $(STAMP) ## ruff
 
 test-suite: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-fast: $(STAMP) ## the tests for the edit-test loop: no slow or cluster test (make check runs all)
+	$(PY) -m pytest -m "not slow and not cluster" $(PYTEST_ARGS)
 
 features: $(STAMP) ## decode every top-genre track of SUBSET into HDF5 shards in SHARDS
 	$(PY) -m preprocess features --fma-dir "$(FMA_DIR)" --subset $(SUBSET) --out "$(SHARDS)" \

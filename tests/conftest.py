@@ -14,6 +14,17 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 
 
+def pytest_collection_modifyitems(config, items):
+    """A test that needs the generated mini-FMA is slow: building it takes minutes on 2 cores.
+
+    ``make test-fast`` (``pytest -m "not slow and not cluster"``) leaves such tests out;
+    ``make check`` runs everything.
+    """
+    for item in items:
+        if "mini_fma" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.slow)
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     random.seed(0)
