@@ -49,6 +49,8 @@ from preprocess.synth_meta import (
     track_row,
     tracks_frame,
 )
+from shards.cli import add_logging_arguments, run_command
+from shards.errors import FmaGenreError
 
 # Tracks with genre_top per genre in fma_medium (docs/fma.md): the imbalance we imitate.
 FMA_MEDIUM_COUNTS = {
@@ -69,6 +71,10 @@ MIN_TRACKS_ALL_KINDS = 60
 MAX_TRACKS = 100_000  # track ids are drawn from FMA's id range (2..155999) without repeats
 # Marks a folder this command is writing (so a run killed half-way can be regenerated over).
 IN_PROGRESS = ".synth-in-progress"
+
+
+class SynthError(FmaGenreError, ValueError):
+    """A bad --out (holds data this command did not make), --tracks or --seed."""
 
 
 # --------------------------------------------------------------------------- planning (pure)
@@ -349,7 +355,7 @@ def _prepare_out_dir(out: Path) -> None:
         folder = out / name
         if folder.exists() and any(folder.iterdir()):
             if not ours:
-                raise ValueError(
+                raise SynthError(
                     f"{folder} exists and was not made by preprocess.synth (no synth_truth.json in {out}). "
                     "It may be real FMA data: choose another --out, or remove it yourself.")
             shutil.rmtree(folder)
@@ -391,9 +397,9 @@ def generate(out_dir: str | os.PathLike, n_tracks: int, seed: int, jobs: int = -
 
     if isinstance(n_tracks, bool) or not isinstance(n_tracks, (int, np.integer)) or not (
             1 <= n_tracks <= MAX_TRACKS):
-        raise ValueError(f"n_tracks must be an integer from 1 to {MAX_TRACKS}, got {n_tracks!r}")
+        raise SynthError(f"n_tracks (--tracks) must be an integer from 1 to {MAX_TRACKS}, got {n_tracks!r}")
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+        raise SynthError(f"seed (--seed) must be a non-negative integer, got {seed!r}")
     out = Path(out_dir)
     _prepare_out_dir(out)
     specs = plan(int(n_tracks), int(seed))
@@ -459,13 +465,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    """``python -m preprocess.synth``: 0 written; a bad --out, --tracks or --seed is one line, exit 2."""
+    parser = build_parser()
+    add_logging_arguments(parser)
+    return run_command(_generate_command, parser.parse_args(argv))
+
+
+def _generate_command(args: argparse.Namespace) -> int:
+    from shards.cli import progress_disabled
+
     start = time.perf_counter()
-    try:
-        truth = generate(args.out, args.tracks, args.seed, jobs=args.jobs, progress=True)
-    except ValueError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    truth = generate(args.out, args.tracks, args.seed, jobs=args.jobs, progress=not progress_disabled())
     print(f"wrote {args.out} in {time.perf_counter() - start:.1f} s")
     print(summary(truth))
     return 0
