@@ -377,20 +377,35 @@ def _fetch_once(url: str, part: Path, hasher: _Hasher, *, timeout: float, progre
     """One GET of ``url`` into ``part``, resuming from its current size. Raises _Transient to retry."""
     offset = _size(part)
     hasher.catch_up(part, offset, progress)
+    response = _open_url(url, part, offset, hasher, timeout)
+    if response is None:
+        return  # the .part already holds the whole file
+    with response:
+        offset, total = _resume_point(url, part, offset, response, hasher)
+        received = _receive(url, part, offset, total, response, hasher, progress)
+    if total is not None and received < total:
+        raise _Transient(f"connection to {url} closed after {received} of {total} bytes")
+    if total is not None and received > total:
+        raise FetchError(f"{url}: received {received} bytes, more than the {total} announced; "
+                         f"delete {part} and rerun")
+
+
+def _open_url(url: str, part: Path, offset: int, hasher: _Hasher, timeout: float):
+    """The response to a GET of ``url`` from byte ``offset``; None if ``part`` is already whole."""
     headers = {"User-Agent": USER_AGENT}
     if offset:
         headers["Range"] = f"bytes={offset}-"
     request = urllib.request.Request(url, headers=headers)
     try:
-        response = urllib.request.urlopen(request, timeout=timeout)
+        return urllib.request.urlopen(request, timeout=timeout)
     except urllib.error.HTTPError as exc:
         with contextlib.closing(exc):
             if exc.code == 416 and offset:
                 _, total = _content_range(exc.headers.get("Content-Range"))
                 if total == offset:
-                    return  # the .part already holds the whole file
+                    return None
                 log.info(f"{url}: the server has no bytes past {offset} of {part.name} "
-                    f"(it reports {total} bytes in all); starting over")
+                         f"(it reports {total} bytes in all); starting over")
                 part.unlink()
                 hasher.reset()
                 raise _Transient("partial download did not match the server's file") from exc
@@ -404,48 +419,49 @@ def _fetch_once(url: str, part: Path, hasher: _Hasher, *, timeout: float, progre
         reason = getattr(exc, "reason", exc)
         raise _Transient(f"cannot connect to {url}: {reason}") from exc
 
-    with response:
-        status = response.status
-        if status == 206:
-            start, total = _content_range(response.headers.get("Content-Range"))
-            if start != offset:
-                raise FetchError(f"{url}: asked for bytes from {offset}, the server sent "
-                                 f"Content-Range {response.headers.get('Content-Range')!r}; delete "
-                                 f"{part} and rerun, or use another mirror")
-        elif status == 200:
-            if offset:
-                log.info(f"{url}: the server ignored the Range request (HTTP 200); starting over")
-            offset = 0
-            hasher.reset()
-            length = response.headers.get("Content-Length")
-            total = int(length) if length is not None and length.isdigit() else None
-        else:
-            raise FetchError(f"unexpected HTTP {status} from {url}")
 
-        mode = "ab" if offset else "wb"
-        received = offset
-        with open(part, mode) as out, tqdm(total=total, initial=offset, unit="B", unit_scale=True,
-                                           unit_divisor=1024, desc=part.name[: -len(".part")],
-                                           disable=not progress) as bar:
-            while True:
-                try:
-                    chunk = response.read(CHUNK_BYTES)
-                except (OSError, http.client.HTTPException) as exc:
-                    out.flush()
-                    raise _Transient(f"connection to {url} broke after {received} bytes: {exc}") from exc
-                if not chunk:
-                    break
-                out.write(chunk)
-                hasher.update(chunk)
-                received += len(chunk)
-                bar.update(len(chunk))
-            out.flush()
-            os.fsync(out.fileno())
-    if total is not None and received < total:
-        raise _Transient(f"connection to {url} closed after {received} of {total} bytes")
-    if total is not None and received > total:
-        raise FetchError(f"{url}: received {received} bytes, more than the {total} announced; "
-                         f"delete {part} and rerun")
+def _resume_point(url: str, part: Path, offset: int, response, hasher: _Hasher) -> tuple[int, int | None]:
+    """Where the response's body starts in the file (``offset``, or 0 if the server sent it all)
+    and the file's total size (None if unknown)."""
+    status = response.status
+    if status == 206:
+        start, total = _content_range(response.headers.get("Content-Range"))
+        if start != offset:
+            raise FetchError(f"{url}: asked for bytes from {offset}, the server sent "
+                             f"Content-Range {response.headers.get('Content-Range')!r}; delete "
+                             f"{part} and rerun, or use another mirror")
+        return offset, total
+    if status == 200:
+        if offset:
+            log.info(f"{url}: the server ignored the Range request (HTTP 200); starting over")
+        hasher.reset()
+        length = response.headers.get("Content-Length")
+        return 0, int(length) if length is not None and length.isdigit() else None
+    raise FetchError(f"unexpected HTTP {status} from {url}")
+
+
+def _receive(url: str, part: Path, offset: int, total: int | None, response, hasher: _Hasher,
+             progress: bool) -> int:
+    """Append the response's body to ``part`` from ``offset`` (durably); returns the bytes in ``part``."""
+    received = offset
+    with open(part, "ab" if offset else "wb") as out, tqdm(
+            total=total, initial=offset, unit="B", unit_scale=True, unit_divisor=1024,
+            desc=part.name[: -len(".part")], disable=not progress) as bar:
+        while True:
+            try:
+                chunk = response.read(CHUNK_BYTES)
+            except (OSError, http.client.HTTPException) as exc:
+                out.flush()
+                raise _Transient(f"connection to {url} broke after {received} bytes: {exc}") from exc
+            if not chunk:
+                break
+            out.write(chunk)
+            hasher.update(chunk)
+            received += len(chunk)
+            bar.update(len(chunk))
+        out.flush()
+        os.fsync(out.fileno())
+    return received
 
 
 def fetch(url: str, part: Path, *, retries: int, retry_wait: float, timeout: float = 60.0,
