@@ -20,6 +20,7 @@ def _train_steps(model, ema, steps=5):
         ema.update(model)
 
 
+@pytest.mark.slow
 def test_ema_weights_differ_from_raw_and_lie_between_start_and_end():
     torch.manual_seed(0)
     model = build_model(ModelConfig("seed", 4))

@@ -65,6 +65,7 @@ def trained_run(tmp_path_factory):
     return folder / "shards", run
 
 
+@pytest.mark.slow
 def test_test_report_and_plot_have_the_right_numbers(trained_run, capsys):
     shards_dir, run = trained_run
     assert main(["test", "--shards", str(shards_dir), "--run", str(run), "--device", "cpu"]) == 0

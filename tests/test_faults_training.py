@@ -61,6 +61,7 @@ class OutputReader(threading.Thread):
             self.data += chunk
 
 
+@pytest.mark.slow
 def test_kill_9_mid_epoch_then_resume_equals_uninterrupted(straight, shard_set, tmp_path, python,
                                                            subprocess_env):
     run = tmp_path / "run"
@@ -118,6 +119,7 @@ def test_truncated_last_checkpoint_is_named_on_resume(cut, straight, tmp_path, c
     assert (run / "best.pt").read_bytes() == best_before  # nothing else touched
 
 
+@pytest.mark.slow
 def test_ctrl_c_mid_epoch_exits_130_saying_how_to_resume(shard_set, tmp_path, python, subprocess_env):
     """SIGINT to the command's process group (what Ctrl-C in a terminal does) in epoch 2."""
     run = tmp_path / "run"

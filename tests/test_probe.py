@@ -15,6 +15,7 @@ def test_band_features_are_per_band_mean_then_std():
     assert np.allclose(f[:, :128], images.mean(axis=2)) and np.allclose(f[:, 128:], images.std(axis=2))
 
 
+@pytest.mark.slow
 def test_probe_learns_band_patterns_and_chooses_c_on_validation(tmp_path):
     make_shard_set(tmp_path / "s", {"train": [120, 80], "validation": [60], "test": [60]},
                           num_classes=4, label_noise=0.1)

@@ -410,6 +410,7 @@ def test_regenerates_over_a_killed_run(tmp_path):
     assert not (tmp_path / IN_PROGRESS).exists()
 
 
+@pytest.mark.slow
 def test_cli(tmp_path, python, subprocess_env, repo_root):
     help_text = subprocess.run([python, "-m", "preprocess.synth", "--help"], capture_output=True, text=True,
                                env=subprocess_env, cwd=repo_root, check=True).stdout

@@ -31,6 +31,7 @@ def _fit(shards_dir, run, *extra):
     assert main(argv) == 0
 
 
+@pytest.mark.slow
 def test_short_run_lowers_the_loss_and_learns(shard_set, tmp_path):
     _fit(shard_set, tmp_path / "run", "--epochs", "3")
     history = load_checkpoint(tmp_path / "run" / "last.pt")["history"]
@@ -43,6 +44,7 @@ def test_short_run_lowers_the_loss_and_learns(shard_set, tmp_path):
     assert best["normalization"]["mean"].shape == (128,)
 
 
+@pytest.mark.slow
 def test_resume_ends_with_the_same_weights_as_an_uninterrupted_run(shard_set, tmp_path):
     _fit(shard_set, tmp_path / "straight", "--epochs", "2", "--max-steps-per-epoch", "3")
     _fit(shard_set, tmp_path / "resumed", "--epochs", "1", "--max-steps-per-epoch", "3")
