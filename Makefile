@@ -14,6 +14,9 @@ SHARDS   ?= shards/fma_$(SUBSET)
 MODEL    ?= seed
 EPOCHS   ?= 20
 DEVICE   ?= auto
+NPROC    ?= 1
+NODES    ?= 1
+GPUS     ?= $(NPROC)
 RUN      ?= runs/$(MODEL)-$(SUBSET)
 BACKEND  ?= local
 SCHEDULER ?=
@@ -26,7 +29,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.setup-stamp
 
 .PHONY: help setup demo check lint test-suite test-fast features finalize verify train test download \
-        features-slurm bench clean
+        features-slurm train-slurm bench clean
 
 help: ## this list
 	@echo "fma-genre: FMA genre classifier. Targets:"
@@ -38,6 +41,8 @@ help: ## this list
 	@echo "  JOBS=$(JOBS)  worker processes for features and for unpacking downloads"
 	@echo "  SHARDS=$(SHARDS)  where the HDF5 shard set is written / read"
 	@echo "  MODEL=$(MODEL)  EPOCHS=$(EPOCHS)  DEVICE=$(DEVICE) (auto | cuda | cpu)"
+	@echo "  NPROC=$(NPROC)  training processes per node (one per GPU; >1 runs torchrun)"
+	@echo "  NODES=$(NODES)  GPUS=$(GPUS)  train-slurm: nodes, and GPUs requested per node (0: CPU with gloo)"
 	@echo "  RUN=$(RUN)  run folder: checkpoints, config, TensorBoard, test_report.json"
 	@echo "  BACKEND=$(BACKEND)  local | dask (with SCHEDULER=tcp://host:port or a scheduler file)"
 	@echo "  SLURM_ARGS=$(SLURM_ARGS)  extra options for features-slurm, e.g. \"--partition p --cpus-per-task 8\""
@@ -87,8 +92,18 @@ verify: $(STAMP) ## check every shard in SHARDS against the manifest
 features-slurm: $(STAMP) ## submit the features stage as a SLURM array + finalize job (SLURM_ARGS=...)
 	$(PY) -m preprocess slurm --fma-dir "$(FMA_DIR)" --subset $(SUBSET) --out "$(SHARDS)" $(SLURM_ARGS)
 
-train: $(STAMP) ## train MODEL on SHARDS into RUN
-	$(PY) -m train fit --shards "$(SHARDS)" --run "$(RUN)" --model $(MODEL) --epochs $(EPOCHS) --device $(DEVICE)
+# NPROC > 1: one machine, NPROC processes through torchrun (`-m --` keeps torchrun's parser off --run).
+TRAIN_LAUNCH = $(if $(filter-out 1,$(NPROC)),$(PY) -m torch.distributed.run --standalone --nproc-per-node $(NPROC) -m --,$(PY) -m)
+
+train: $(STAMP) ## train MODEL on SHARDS into RUN (NPROC=N: N processes/GPUs via torchrun)
+	$(TRAIN_LAUNCH) train fit --shards "$(SHARDS)" --run "$(RUN)" --model $(MODEL) --epochs $(EPOCHS) --device $(DEVICE)
+
+train-slurm: $(STAMP) ## submit training to SLURM: NODES x NPROC processes (cluster/train.sbatch; SLURM_ARGS=...)
+	mkdir -p "$(RUN)/slurm"
+	sbatch --nodes=$(NODES) --ntasks-per-node=1 $(if $(filter-out 0,$(GPUS)),--gpus-per-node=$(GPUS)) \
+	  --output="$(abspath $(RUN))/slurm/train-%j.out" $(SLURM_ARGS) cluster/train.sbatch \
+	  "$(abspath $(PY))" "$(CURDIR)" $(NPROC) "$(abspath $(RUN))" --shards "$(abspath $(SHARDS))" \
+	  --model $(MODEL) --epochs $(EPOCHS) --device $(DEVICE)
 
 test: $(STAMP) ## evaluate the best checkpoint in RUN on the test split: RUN/test_report.json
 	$(PY) -m train test --shards "$(SHARDS)" --run "$(RUN)" --device $(DEVICE)

@@ -64,3 +64,16 @@ def mini_fma(tmp_path_factory):
     truth = generate(out, n_tracks=120, seed=0)
     assert json.loads((out / "synth_truth.json").read_text()) is not None
     return out, truth
+
+
+@pytest.fixture(scope="module")
+def slurm(tmp_path_factory):
+    """A private single-node SLURM cluster (2 CPUs; tests/_slurm_cluster.py), stopped by pid at the
+    end of the module. Skips where SLURM is missing and cannot be installed (not root, no apt)."""
+    from tests._slurm_cluster import SlurmCluster, ensure_installed
+
+    reason = ensure_installed()
+    if reason:
+        pytest.skip(reason)
+    with SlurmCluster(tmp_path_factory.mktemp("slurm"), cpus=2) as cluster:
+        yield cluster

@@ -20,22 +20,12 @@ import pytest
 
 from preprocess.slurm import format_indices
 from tests._cluster_common import SHARD_SIZE, assert_same_shard_set, run_local, shard_names
-from tests._slurm_cluster import SlurmCluster, ensure_installed
+from tests._slurm_cluster import SlurmCluster
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow, pytest.mark.timeout(600)]
 
 SHARDS_PER_TASK = 2
 QUEUE_TIMEOUT_S = 300
-
-
-@pytest.fixture(scope="module")
-def slurm(tmp_path_factory):
-    """A private single-node SLURM cluster (2 CPUs), stopped by pid at the end of the module."""
-    reason = ensure_installed()
-    if reason:
-        pytest.skip(reason)
-    with SlurmCluster(tmp_path_factory.mktemp("slurm"), cpus=2) as cluster:
-        yield cluster
 
 
 @pytest.fixture(scope="module")

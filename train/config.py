@@ -27,6 +27,7 @@ METRICS = ("macro_f1", "accuracy")
 PRELOAD = ("none", "ram", "gpu")
 DEVICES = ("auto", "cuda", "cpu")
 CLASS_WEIGHTS = ("none", "balanced")
+NORMS = ("batch", "group")
 
 
 class ConfigError(FmaGenreError, ValueError):
@@ -50,6 +51,8 @@ class TrainConfig:
     shards: str = _f("", "shard set folder (holds manifest.json)")
     run: str = _f("", "run folder: checkpoints, config.yaml, TensorBoard events, test report")
     model: str = _f("seed", "model name", MODEL_CHOICES)
+    norm: str = _f("batch", "normalisation layers: batch (BatchNorm, the reference) or group (GroupNorm: "
+                            "independent of how the batch is split across ranks)", NORMS)
     epochs: int = _f(20, "number of epochs")
     batch_size: int = _f(32, "samples per batch")
     optimizer: str = _f("sgd", "sgd (momentum, the reference recipe) or adamw", OPTIMIZERS)
@@ -70,6 +73,8 @@ class TrainConfig:
     verify_shards: bool = _f(True, "recompute every shard's checksum when opening a split (reads every "
                                    "image once; --no-verify-shards checks only the cheap things)")
     seed: int = _f(0, "random seed (weights, shuffling, dropout)")
+    dist_timeout: float = _f(300.0, "under torchrun: seconds a collective may wait for the other ranks "
+                                    "before the job stops with an error (a hung or lost rank)")
     max_steps_per_epoch: int = _f(0, "stop each epoch after this many batches (0: whole split; for tests)")
 
     def validate(self) -> None:
@@ -82,6 +87,8 @@ class TrainConfig:
         for name in ("epochs", "batch_size"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"config {name}={getattr(self, name)}: must be >= 1")
+        if self.dist_timeout <= 0:
+            raise ConfigError(f"config dist_timeout={self.dist_timeout}: must be > 0 seconds")
         if self.lr <= 0 or self.weight_decay < 0 or self.warmup_epochs < 0 or not 0 < self.gamma <= 1:
             raise ConfigError(f"config: need lr > 0, weight_decay >= 0, warmup_epochs >= 0, "
                              f"0 < gamma <= 1; got lr={self.lr}, weight_decay={self.weight_decay}, "

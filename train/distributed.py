@@ -14,6 +14,7 @@ it fail when the deadline passes. Either way the survivors raise
 
 from __future__ import annotations
 
+import logging
 import os
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -24,11 +25,15 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from shards.errors import FmaGenreError
+
 TORCHRUN_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
 
 
-class DistributedError(RuntimeError):
-    """A collective failed: another rank died, hung past the timeout, or could not be reached."""
+class DistributedError(FmaGenreError, RuntimeError):
+    """The distributed job cannot go on: torchrun's variables are inconsistent, a rank has no GPU,
+    or a collective failed (another rank died or hung past ``--dist-timeout``). The message says
+    what happened and what to do (mostly: rerun the same command with ``--resume``)."""
 
 
 @dataclass(frozen=True)
@@ -54,7 +59,7 @@ def world_from_env(env: dict | None = None) -> World:
 
     Raises
     ------
-    ValueError
+    DistributedError
         Some of torchrun's variables are set and others missing, or they are not integers.
     """
     env = os.environ if env is None else env
@@ -63,14 +68,15 @@ def world_from_env(env: dict | None = None) -> World:
         return World()
     missing = [name for name in TORCHRUN_VARIABLES if name not in env]
     if missing:
-        raise ValueError(f"torch.distributed: {present} are set but {missing} are not; start "
+        raise DistributedError(f"torch.distributed: {present} are set but {missing} are not; start "
                          f"distributed training with `torchrun --nproc-per-node N -m train fit ...`")
     try:
         world = World(int(env["RANK"]), int(env["WORLD_SIZE"]), int(env["LOCAL_RANK"]))
     except ValueError as exc:
-        raise ValueError(f"torch.distributed: RANK, WORLD_SIZE, LOCAL_RANK must be integers ({exc})") from exc
+        raise DistributedError(f"torch.distributed: RANK, WORLD_SIZE, LOCAL_RANK must be integers "
+                               f"({exc})") from exc
     if not 0 <= world.rank < world.size or world.local_rank < 0:
-        raise ValueError(f"torch.distributed: RANK={world.rank} is not in [0, WORLD_SIZE={world.size})")
+        raise DistributedError(f"torch.distributed: RANK={world.rank} is not in [0, WORLD_SIZE={world.size})")
     return world
 
 
@@ -79,7 +85,7 @@ def device_for(world: World, requested: torch.device) -> torch.device:
     if requested.type != "cuda" or not world.distributed:
         return requested
     if world.local_rank >= torch.cuda.device_count():
-        raise ValueError(f"LOCAL_RANK {world.local_rank} but only {torch.cuda.device_count()} CUDA "
+        raise DistributedError(f"LOCAL_RANK {world.local_rank} but only {torch.cuda.device_count()} CUDA "
                          f"devices are visible: use --nproc-per-node <= the GPUs per node")
     return torch.device("cuda", world.local_rank)
 
@@ -96,6 +102,13 @@ def init(world: World, device: torch.device, timeout_s: float) -> None:
         dist.init_process_group("nccl", timeout=timedelta(seconds=timeout_s), device_id=device)
     else:
         dist.init_process_group("gloo", timeout=timedelta(seconds=timeout_s))
+
+
+def quiet_other_ranks(world: World) -> None:
+    """Ranks other than 0 log warnings and errors only (no info lines, no progress bars)."""
+    if not world.main:
+        root = logging.getLogger()
+        root.setLevel(max(root.getEffectiveLevel(), logging.WARNING))
 
 
 def shutdown() -> None:

@@ -23,10 +23,11 @@ from tqdm import tqdm
 
 from shards import atomic_write_text
 from shards.cli import progress_disabled
-from train import metrics
+from train import distributed, metrics
 from train.checkpoint import BEST, LAST, load_checkpoint, restore_rng_state, rng_state, save_checkpoint
 from train.config import ConfigError, TrainConfig, save_config
 from train.dataset import ShardDataset
+from train.distributed import World
 from train.inference import (
     BatchSource,
     autocast,
@@ -39,7 +40,7 @@ from train.inference import (
 from train.models import ModelConfig, build_model, count_parameters
 from train.normalization import band_statistics
 from train.plots import confusion_image
-from train.sampling import EpochBatchSampler
+from train.sampling import EpochBatchSampler, IndexBatchSampler, RankBatchSampler, rank_range
 
 log = logging.getLogger(__name__)
 
@@ -92,38 +93,63 @@ class TrainingRun:
     class_names: list[str]
     recipe: dict
     normalization: dict | None
+    world: World = field(default_factory=World)
     start_epoch: int = 0
     best: float = -1.0
     history: list[dict] = field(default_factory=list)
 
-    def checkpoint_state(self, epoch: int) -> dict:
-        """The checkpoint after ``epoch`` (0-based) completed (format: :mod:`train.checkpoint`)."""
+    def checkpoint_state(self, epoch: int, rank_rng: list[dict]) -> dict:
+        """The checkpoint after ``epoch`` (0-based) completed (format: :mod:`train.checkpoint`).
+
+        ``rank_rng``: every rank's RNG state, in rank order (``[rng_state()]`` in one process).
+        """
+        plain = distributed.unwrap(self.model)
         return {
             "model": self.model_config.to_dict(),
-            "state_dict": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
+            "state_dict": {k: v.detach().cpu() for k, v in plain.state_dict().items()},
             "optimizer": self.optimizer.state_dict(),
             "epoch": epoch + 1, "best_metric": float(self.best), "metric_name": self.config.select_metric,
             "history": self.history, "config": self.config.to_dict(), "class_names": self.class_names,
-            "recipe": self.recipe, "normalization": self.normalization, "rng": rng_state(),
+            "recipe": self.recipe, "normalization": self.normalization, "rng": rank_rng[0],
+            "rank_rng": rank_rng,
         }
 
 
 def fit(config: TrainConfig, resume: bool = False) -> dict:
     """Train ``config.model`` on the shard set; write checkpoints and logs to ``config.run``.
 
+    Under ``torchrun`` every rank runs this: together they train one DistributedDataParallel
+    model, each on its part of every global batch of ``config.batch_size``
+    (:mod:`train.distributed`); rank 0 alone writes.
+
     Returns
     -------
     dict
         The last epoch's history entry (losses, metrics, timing).
     """
+    world = distributed.world_from_env()
+    if config.batch_size % world.size:
+        raise ConfigError(f"--batch-size {config.batch_size} (the global batch) must be a multiple of "
+                          f"the {world.size} ranks, so that each rank trains on an equal part of it")
+    device = distributed.device_for(world, resolve_device(config.device))
+    distributed.init(world, device, config.dist_timeout)
+    distributed.quiet_other_ranks(world)
+    try:
+        with distributed.collective_errors(world, config.dist_timeout):
+            return _fit(start_run(config, resume, world, device))
+    finally:
+        distributed.shutdown()
+
+
+def _fit(run: TrainingRun) -> dict:
     from tensorboardX import SummaryWriter  # lazy: heavy, and only fit writes events
 
-    run = start_run(config, resume)
+    config = run.config
     if run.start_epoch >= config.epochs:
         log.info("%s: already trained for %d epochs (--epochs %d); nothing to do",
                  run.run_dir, run.start_epoch, config.epochs)
         return run.history[-1] if run.history else {}
-    writer = SummaryWriter(logdir=str(run.run_dir / "tensorboard"))
+    writer = SummaryWriter(logdir=str(run.run_dir / "tensorboard")) if run.world.main else None
     try:
         for epoch in range(run.start_epoch, config.epochs):
             run_epoch(run, epoch, writer)
@@ -131,9 +157,11 @@ def fit(config: TrainConfig, resume: bool = False) -> dict:
         _log_interrupted(run)
         raise
     finally:
-        writer.close()
-    print(f"checkpoints: {run.run_dir / BEST} (best val {config.select_metric} {run.best:.4f}), "
-          f"{run.run_dir / LAST}")
+        if writer is not None:
+            writer.close()
+    if run.world.main:
+        print(f"checkpoints: {run.run_dir / BEST} (best val {config.select_metric} {run.best:.4f}), "
+              f"{run.run_dir / LAST}")
     return run.history[-1]
 
 
@@ -172,13 +200,16 @@ def _open_splits(config: TrainConfig, checkpoint: dict | None) -> tuple[ShardDat
     return train_set, val_set
 
 
-def _batch_sources(config: TrainConfig, train_set: ShardDataset, val_set: ShardDataset,
-                   device: torch.device, normalization: dict | None) -> tuple[BatchSource, BatchSource, int]:
+def _batch_sources(config: TrainConfig, train_set: ShardDataset, val_set: ShardDataset, device: torch.device,
+                   normalization: dict | None, world: World) -> tuple[BatchSource, BatchSource, int]:
+    """This rank's part of every global training batch, and its contiguous part of the validation split."""
     workers = resolve_workers(config.num_workers, device, config.preload)
-    train_sampler = EpochBatchSampler(len(train_set), config.batch_size, shuffle=True, seed=config.seed,
-                                      drop_last=len(train_set) > config.batch_size,
-                                      max_batches=config.max_steps_per_epoch)
-    val_sampler = EpochBatchSampler(len(val_set), 2 * config.batch_size, shuffle=False)
+    global_batches = EpochBatchSampler(len(train_set), config.batch_size, shuffle=True, seed=config.seed,
+                                       drop_last=len(train_set) > config.batch_size,
+                                       max_batches=config.max_steps_per_epoch)
+    train_sampler = RankBatchSampler(global_batches, world.rank, world.size)
+    val_part = np.arange(*rank_range(len(val_set), world.rank, world.size))
+    val_sampler = IndexBatchSampler(val_part, 2 * config.batch_size // world.size)
     train_source = BatchSource(train_set, train_sampler, device, config.preload, workers, config.seed,
                                normalization)
     val_source = BatchSource(val_set, val_sampler, device, config.preload, workers, config.seed,
@@ -186,14 +217,16 @@ def _batch_sources(config: TrainConfig, train_set: ShardDataset, val_set: ShardD
     return train_source, val_source, workers
 
 
-def start_run(config: TrainConfig, resume: bool = False) -> TrainingRun:
+def start_run(config: TrainConfig, resume: bool = False, world: World | None = None,
+              device: torch.device | None = None) -> TrainingRun:
     """Check the settings and the run folder, open the data, build (or restore) model and optimiser.
 
     The order of random draws (seed, model initialisation, then the restored RNG
     state on resume) is what makes a resumed run equal an uninterrupted one.
     """
     checkpoint = _check_run_folder(config, resume)
-    device = resolve_device(config.device)
+    world = world or World()
+    device = device or resolve_device(config.device)
     run_dir = Path(config.run)
     run_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(config.seed)
@@ -203,41 +236,60 @@ def start_run(config: TrainConfig, resume: bool = False) -> TrainingRun:
     else:
         normalization = band_statistics(train_set) if config.normalize else None
 
-    model_config = ModelConfig(config.model, len(train_set.class_names))
+    if len(train_set) < world.size:
+        raise ConfigError(f"{config.shards}: the train split has {len(train_set)} samples, fewer than "
+                          f"the {world.size} ranks")
+    model_config = ModelConfig(config.model, len(train_set.class_names),
+                               {} if config.norm == "batch" else {"norm": config.norm})
     model = place_model(build_model(model_config), device)
+    if checkpoint is not None:
+        model.load_state_dict(checkpoint["state_dict"])
+    model = distributed.prepare_model(model, world, device)
     optimizer = build_optimizer(config, model)
     weights = class_weight_tensor(train_set.class_counts(), config.class_weights)
     criterion = nn.CrossEntropyLoss(weight=None if weights is None else weights.to(device))
-    train_source, val_source, workers = _batch_sources(config, train_set, val_set, device, normalization)
+    train_source, val_source, workers = _batch_sources(config, train_set, val_set, device, normalization,
+                                                       world)
     run = TrainingRun(config=config, run_dir=run_dir, device=device, model_config=model_config, model=model,
                       optimizer=optimizer, criterion=criterion, train_source=train_source,
                       val_source=val_source, class_names=train_set.class_names, recipe=train_set.recipe,
-                      normalization=normalization)
+                      normalization=normalization, world=world)
     if checkpoint is not None:
-        model.load_state_dict(checkpoint["state_dict"])
         optimizer.load_state_dict(checkpoint["optimizer"])
         run.start_epoch, run.best, run.history = (checkpoint["epoch"], checkpoint["best_metric"],
                                                   checkpoint["history"])
-        restore_rng_state(checkpoint["rng"])
-    save_config(config, run_dir)
-    log.info("train: %d samples, validation: %d, %d classes; model %s (%s parameters) on %s, "
+        restore_rng_state(_rank_rng(checkpoint, world))
+    if world.main:
+        save_config(config, run_dir)
+    log.info("train: %d samples, validation: %d, %d classes; model %s (%s parameters) on %s%s, "
              "%d loader workers, preload %s", len(train_set), len(val_set), len(run.class_names),
-             config.model, f"{count_parameters(model):,}", device, workers, config.preload)
+             config.model, f"{count_parameters(model):,}", device,
+             f" x {world.size} ranks" if world.distributed else "", workers, config.preload)
     return run
+
+
+def _rank_rng(checkpoint: dict, world: World) -> dict:
+    """This rank's saved RNG state; rank 0's when the run was saved with another number of ranks."""
+    per_rank = checkpoint.get("rank_rng") or [checkpoint["rng"]]
+    return per_rank[world.rank] if len(per_rank) == world.size else checkpoint["rng"]
 
 
 def run_epoch(run: TrainingRun, epoch: int, writer) -> dict:
     """Train one epoch, validate, write last.pt (and best.pt if it improved), log; the history entry."""
-    config = run.config
-    entry = train_epoch(run.model, run.optimizer, run.criterion, run.train_source, config, epoch, run.device)
-    val_scores, val_labels = predict_scores(run.model, run.val_source, run.device, desc="validation")
+    config, world = run.config, run.world
+    entry = train_epoch(run.model, run.optimizer, run.criterion, run.train_source, config, epoch, run.device,
+                        world)
+    val_scores, val_labels = validate(run)
     entry.update(validation_metrics(run.criterion, val_scores, val_labels, len(run.class_names), run.device))
     run.history.append(entry)
     score = entry["val_" + config.select_metric]
     # Without validation data (NaN) every epoch counts as the best: best.pt = last.pt.
     improved = bool(score > run.best) if np.isfinite(score) else True
     run.best = max(run.best, score) if np.isfinite(score) else run.best
-    state = run.checkpoint_state(epoch)
+    rank_rng = distributed.gather_objects(rng_state(), world)
+    if not world.main:
+        return entry
+    state = run.checkpoint_state(epoch, rank_rng)
     save_checkpoint(run.run_dir / LAST, state)
     if improved:
         save_checkpoint(run.run_dir / BEST, state)
@@ -250,9 +302,28 @@ def run_epoch(run: TrainingRun, epoch: int, writer) -> dict:
     return entry
 
 
+def validate(run: TrainingRun) -> tuple[np.ndarray, np.ndarray]:
+    """Scores (N, K) and labels (N,) of the whole validation split, in order, on every rank.
+
+    Each rank scores its part with the plain model (rank 0's BatchNorm statistics, broadcast
+    first); the parts are gathered in rank order.
+    """
+    distributed.broadcast_buffers(run.model, run.world)
+    scores, labels = predict_scores(distributed.unwrap(run.model), run.val_source, run.device,
+                                    desc="validation")
+    return (distributed.gather_rows(scores, run.world, run.device),
+            distributed.gather_rows(labels, run.world, run.device))
+
+
 def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, criterion: nn.Module,
-                source: BatchSource, config: TrainConfig, epoch: int, device: torch.device) -> dict:
-    """One pass over ``source`` with the scheduled learning rate; loss, accuracy and speed."""
+                source: BatchSource, config: TrainConfig, epoch: int, device: torch.device,
+                world: World | None = None) -> dict:
+    """One pass over ``source`` with the scheduled learning rate; loss, accuracy and speed.
+
+    Under torchrun: this rank's parts of the global batches; the returned loss, accuracy and
+    sample counts are those of all ranks together.
+    """
+    world = world or World()
     model.train()
     steps = len(source)
     total_loss = torch.zeros((), device=device)
@@ -260,7 +331,7 @@ def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, criterion: n
     seen = 0
     start = time.perf_counter()
     bar = tqdm(source.epoch(epoch), total=steps, desc=f"epoch {epoch + 1}/{config.epochs}",
-               leave=False, mininterval=1, unit="batch", disable=progress_disabled())
+               leave=False, mininterval=1, unit="batch", disable=progress_disabled() or not world.main)
     lr = config.lr
     for step, (x, y) in enumerate(bar):
         lr = learning_rate(config, epoch, step, steps)
@@ -279,11 +350,13 @@ def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, criterion: n
             elapsed = time.perf_counter() - start
             bar.set_postfix(loss=f"{total_loss.item() / seen:.4f}",
                             acc=f"{total_correct.item() / seen:.3f}",
-                            samples_s=f"{seen / max(elapsed, 1e-9):.0f}", lr=f"{lr:.2e}")
+                            samples_s=f"{seen * world.size / max(elapsed, 1e-9):.0f}", lr=f"{lr:.2e}")
     bar.close()
     elapsed = time.perf_counter() - start
-    return {"epoch": epoch + 1, "lr": lr, "train_loss": total_loss.item() / max(seen, 1),
-            "train_accuracy": total_correct.item() / max(seen, 1), "train_samples": seen,
+    loss_sum, correct, seen = distributed.sum_over_ranks([total_loss.item(), total_correct.item(), seen],
+                                                         world, device)
+    return {"epoch": epoch + 1, "lr": lr, "train_loss": loss_sum / max(seen, 1),
+            "train_accuracy": correct / max(seen, 1), "train_samples": int(seen),
             "seconds": elapsed, "samples_per_s": seen / max(elapsed, 1e-9)}
 
 
