@@ -10,8 +10,8 @@ One run, one generated folder of ``--files`` MP3s of ``--minutes`` minutes each
 * first window only (the old ``predict``), ``--jobs 1``.
 
 Passes alternate; each figure is the median of ``--repeats``. Prints a markdown
-table: files/s, seconds of audio scored per second, the cost per minute of audio,
-CPU seconds per file (all processes), and the share of the time in decoding,
+table: files/s, seconds of audio scored per second, CPU seconds per file and per
+second of audio (all processes), and the share of the time in decoding,
 images and the model (summed over the processes, so shares, not wall time). The
 jobs-2/jobs-1 ratio of files/s is the pool's speed-up; the ratio of CPU time per
 file says whether the pool wastes work (on a machine busy with other work, two
@@ -108,7 +108,7 @@ def main() -> int:
           f"256 kbit/s), seed model on the CPU; median of {args.repeats}; {cpu_model()}, "
           f"{os.cpu_count()} cores, torch {torch.__version__}, Python {platform.python_version()}; "
           f"{datetime.date.today().isoformat()}\n")
-    print("| run | windows/file | files/s | audio s per s | s per audio minute | CPU s per file | decode "
+    print("| run | windows/file | files/s | audio s per s | CPU s per file | CPU ms per audio s | decode "
           "| images | model |")
     print("|---|---|---|---|---|---|---|---|---|")
     for name in configs:
@@ -118,9 +118,10 @@ def main() -> int:
         total = sum(busy.values())
         windows = median(name, lambda t: t.windows) / args.files
         cpu = median(name, lambda t: t.cpu_s) / args.files
-        print(f"| {name} | {windows:.1f} | {args.files / wall:.2f} | {audio / wall:.0f} | "
-              f"{60 * wall / audio:.3f} | {cpu:.2f} | {busy['decode_s'] / total:.0%} | "
-              f"{busy['image_s'] / total:.0%} | {busy['model_s'] / total:.0%} |")
+        cpu_per_audio = 1000 * median(name, lambda t: t.cpu_s / t.audio_s)
+        print(f"| {name} | {windows:.1f} | {args.files / wall:.2f} | {audio / wall:.0f} | {cpu:.2f} | "
+              f"{cpu_per_audio:.2f} | {busy['decode_s'] / total:.0%} | {busy['image_s'] / total:.0%} | "
+              f"{busy['model_s'] / total:.0%} |")
     one = median("whole track, 1 job", lambda t: t.wall_s)
     two = median("whole track, 2 jobs", lambda t: t.wall_s)
     cpu_one = median("whole track, 1 job", lambda t: t.cpu_s)
@@ -128,11 +129,13 @@ def main() -> int:
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(f"\nCPU time per file with 2 jobs vs 1: {cpu_two / cpu_one:.2f}x; load average at the end "
           f"{load:.1f} on {os.cpu_count()} cores (a busy machine gives the pool less than a core each).")
-    per_audio = {name: median(name, lambda t: t.wall_s / t.audio_s) for name in configs}
-    first = per_audio["first window, 1 job"]
-    print(f"2 jobs vs 1: {one / two:.2f}x files/s. Cost per second of audio vs first window: "
-          f"whole track {per_audio['whole track, 1 job'] / first:.2f}x, "
-          f"hop = window {per_audio['whole track, hop = window, 1 job'] / first:.2f}x.")
+    print(f"2 jobs vs 1: {one / two:.2f}x files/s.")
+    for what, key in (("wall", lambda t: t.wall_s / t.audio_s), ("CPU", lambda t: t.cpu_s / t.audio_s)):
+        cost = {name: median(name, key) for name in configs}
+        first = cost["first window, 1 job"]
+        print(f"{what} time per second of audio vs first window: whole track "
+              f"{cost['whole track, 1 job'] / first:.2f}x, hop = window "
+              f"{cost['whole track, hop = window, 1 job'] / first:.2f}x.")
     return 0
 
 

@@ -51,6 +51,9 @@ def test_jsonl_records(tmp_path):
     assert bad == {"path": "b,broken.mp3", "windows": 0, "top": [], "probabilities": None,
                    "error": "cannot decode: bad header, really"}
     assert format_line(_results()[0], NAMES, 1) == "a/song one.mp3: Pop 0.600 (2 windows)"
+    assert format_line(_results()[0], NAMES, 2, per_window=True).splitlines()[1:] == [
+        "  at 0.00 s: Pop 0.700, Rock 0.100", "  at 14.75 s: Pop 0.500, Folk 0.400"]
+    assert format_line(_results()[1], NAMES, 2) == "b,broken.mp3: error: cannot decode: bad header, really"
 
 
 def test_bad_output_paths_are_user_errors_and_nothing_is_left_behind(tmp_path):

@@ -90,12 +90,21 @@ def _top(probabilities: np.ndarray, class_names: list[str], k: int) -> list[tupl
     return [(class_names[i], float(probabilities[i])) for i in order]
 
 
-def format_line(result: TrackPrediction, class_names: list[str], k: int) -> str:
-    """One line for the terminal: ``path: Rock 0.712, Pop 0.103, ...`` or ``path: error: ...``."""
+def format_line(result: TrackPrediction, class_names: list[str], k: int, per_window: bool = False) -> str:
+    """Text for the terminal: ``path: Rock 0.712, Pop 0.103, ... (6 windows)`` or ``path: error: ...``;
+    with ``per_window``, one more line per window: ``  at 14.75 s: Rock 0.802, ...``."""
     if result.probabilities is None:
         return f"{result.path}: error: {result.error}"
-    ranked = ", ".join(f"{g} {p:.3f}" for g, p in _top(result.probabilities, class_names, k))
-    return f"{result.path}: {ranked} ({result.windows} window{'s' if result.windows != 1 else ''})"
+
+    def ranked(probabilities):
+        return ", ".join(f"{g} {p:.3f}" for g, p in _top(probabilities, class_names, k))
+
+    lines = [f"{result.path}: {ranked(result.probabilities)} "
+             f"({result.windows} window{'s' if result.windows != 1 else ''})"]
+    if per_window:
+        lines += [f"  at {start:.2f} s: {ranked(p)}"
+                  for start, p in zip(result.window_starts_s, result.window_probabilities, strict=True)]
+    return "\n".join(lines)
 
 
 def results_csv(results: list[TrackPrediction], class_names: list[str], k: int, per_window: bool) -> str:

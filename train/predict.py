@@ -243,7 +243,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "(default: one line per file on stdout)")
     parser.add_argument("--top", type=int, default=3, help="genres per file (default: 3)")
     parser.add_argument("--per-window", action="store_true",
-                        help="also give each window's probabilities (in --output)")
+                        help="also give each window's probabilities")
 
 
 def options_from_args(args: argparse.Namespace) -> PredictOptions:
@@ -269,7 +269,7 @@ def main(args: argparse.Namespace) -> int:
         if result.error is not None:
             log.error("%s: %s", result.path, result.error)
         if output is None:
-            print(format_line(result, scorer.class_names, args.top), flush=True)
+            print(format_line(result, scorer.class_names, args.top, args.per_window), flush=True)
         results.append(result)
     if output is not None:
         write_results(output, results, scorer.class_names, args.top, args.per_window)
