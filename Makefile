@@ -13,11 +13,12 @@ JOBS     ?= $(shell nproc 2>/dev/null || echo 2)
 SHARDS   ?= shards/fma_$(SUBSET)
 MODEL    ?= seed
 EPOCHS   ?= 20
+CONFIG   ?=
 DEVICE   ?= auto
 NPROC    ?= 1
 NODES    ?= 1
 GPUS     ?= $(NPROC)
-RUN      ?= runs/$(MODEL)-$(SUBSET)
+RUN      ?= runs/$(or $(CONFIG),$(MODEL))-$(SUBSET)
 BACKEND  ?= local
 SCHEDULER ?=
 SLURM_ARGS ?=
@@ -41,6 +42,7 @@ help: ## this list
 	@echo "  JOBS=$(JOBS)  worker processes for features and for unpacking downloads"
 	@echo "  SHARDS=$(SHARDS)  where the HDF5 shard set is written / read"
 	@echo "  MODEL=$(MODEL)  EPOCHS=$(EPOCHS)  DEVICE=$(DEVICE) (auto | cuda | cpu)"
+	@echo "  CONFIG=$(CONFIG)  a recipe in train/configs/ (strong | reference | ...); its model and epochs hold unless MODEL / EPOCHS are given"
 	@echo "  NPROC=$(NPROC)  training processes per node (one per GPU; >1 runs torchrun)"
 	@echo "  NODES=$(NODES)  GPUS=$(GPUS)  train-slurm: nodes, and GPUs requested per node (0: CPU with gloo)"
 	@echo "  RUN=$(RUN)  run folder: checkpoints, config, TensorBoard, test_report.json"
@@ -94,16 +96,20 @@ features-slurm: $(STAMP) ## submit the features stage as a SLURM array + finaliz
 
 # NPROC > 1: one machine, NPROC processes through torchrun (`-m --` keeps torchrun's parser off --run).
 TRAIN_LAUNCH = $(if $(filter-out 1,$(NPROC)),$(PY) -m torch.distributed.run --standalone --nproc-per-node $(NPROC) -m --,$(PY) -m)
+# With CONFIG the YAML file decides model and epochs, unless MODEL / EPOCHS are given on the command line.
+given = $(filter command line,$(origin $(1)))
+TRAIN_FLAGS = $(if $(CONFIG),--config "$(1)train/configs/$(CONFIG).yaml" $(if $(call given,MODEL),--model $(MODEL)) \
+  $(if $(call given,EPOCHS),--epochs $(EPOCHS)),--model $(MODEL) --epochs $(EPOCHS))
 
-train: $(STAMP) ## train MODEL on SHARDS into RUN (NPROC=N: N processes/GPUs via torchrun)
-	$(TRAIN_LAUNCH) train fit --shards "$(SHARDS)" --run "$(RUN)" --model $(MODEL) --epochs $(EPOCHS) --device $(DEVICE)
+train: $(STAMP) ## train MODEL (or the recipe CONFIG=strong|reference) on SHARDS into RUN (NPROC=N: N processes/GPUs via torchrun)
+	$(TRAIN_LAUNCH) train fit --shards "$(SHARDS)" --run "$(RUN)" $(call TRAIN_FLAGS) --device $(DEVICE)
 
 train-slurm: $(STAMP) ## submit training to SLURM: NODES x NPROC processes (cluster/train.sbatch; SLURM_ARGS=...)
 	mkdir -p "$(RUN)/slurm"
 	sbatch --nodes=$(NODES) --ntasks-per-node=1 $(if $(filter-out 0,$(GPUS)),--gpus-per-node=$(GPUS)) \
 	  --output="$(abspath $(RUN))/slurm/train-%j.out" $(SLURM_ARGS) cluster/train.sbatch \
 	  "$(abspath $(PY))" "$(CURDIR)" $(NPROC) "$(abspath $(RUN))" --shards "$(abspath $(SHARDS))" \
-	  --model $(MODEL) --epochs $(EPOCHS) --device $(DEVICE)
+	  $(call TRAIN_FLAGS,$(CURDIR)/) --device $(DEVICE)
 
 test: $(STAMP) ## evaluate the best checkpoint in RUN on the test split: RUN/test_report.json
 	$(PY) -m train test --shards "$(SHARDS)" --run "$(RUN)" --device $(DEVICE)

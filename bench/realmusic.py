@@ -295,12 +295,21 @@ def scan(extract: Path) -> list[Recording]:
 
 
 def write_clip(extract: str, fma: str, clip: Clip) -> dict | None:
-    """Decode one clip, encode it as MP3 with an ID3 tag; None if it is silence."""
+    """Decode one clip, encode it as MP3 with an ID3 tag; None if it is silence.
+
+    A clip whose MP3 is already there (from an interrupted build with the same plan: files are
+    written under a temporary name and renamed) is kept, so a rerun resumes.
+    """
     import soundfile as sf
 
     from preprocess.synth_audio import encode_mp3, id3_tag
 
     path = Path(extract) / clip.path
+    dest = Path(fma) / "fma_large" / audio_relpath(clip.track_id)
+    if dest.is_file() and dest.stat().st_size > 0:
+        info = sf.info(str(path))
+        return {"sample_rate": int(info.samplerate), "channels": min(int(info.channels), 2),
+                "seconds": CLIP_SECONDS}
     with sf.SoundFile(str(path)) as f:
         sr = f.samplerate
         f.seek(int(clip.offset_s * sr))
@@ -315,7 +324,6 @@ def write_clip(extract: str, fma: str, clip: Clip) -> dict | None:
     mp3 = encode_mp3(x, sr, clip.bitrate_kbps, vbr=False)
     genre = CLASS_NAMES[clip.source]
     tag = id3_tag(path.stem, SOURCES[clip.source].package, clip.group, genre, 1, 2024, None)
-    dest = Path(fma) / "fma_large" / audio_relpath(clip.track_id)
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = dest.with_name(f".{dest.name}.tmp")
     tmp.write_bytes(tag + mp3)

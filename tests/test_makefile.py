@@ -71,3 +71,20 @@ def test_targets_run_on_paths_with_spaces_and_non_ascii(mini_fma, tmp_path, pyth
     done = _make("test", *common, python=python, env=subprocess_env)
     assert done.returncode == 0, done.stderr
     assert (run / "test_report.json").is_file()
+
+
+def test_train_config_takes_the_recipe_file_and_its_epochs_unless_given(python):
+    def argv(*args):
+        done = _make("train", *args, python=python, dry_run=True)
+        assert done.returncode == 0, done.stderr
+        return shlex.split(done.stdout.replace("\\\n", " "))
+
+    strong = argv("CONFIG=strong")
+    assert strong[strong.index("--config") + 1] == "train/configs/strong.yaml"
+    assert "--epochs" not in strong and "--model" not in strong
+    assert strong[strong.index("--run") + 1] == "runs/strong-large"
+    assert (REPO / "train" / "configs" / "strong.yaml").is_file()
+    again = argv("CONFIG=reference", "EPOCHS=30")
+    assert again[again.index("--epochs") + 1] == "30" and "--model" not in again
+    plain = argv()
+    assert "--config" not in plain and plain[plain.index("--epochs") + 1] == "20"

@@ -28,6 +28,7 @@ PRELOAD = ("none", "ram", "gpu")
 DEVICES = ("auto", "cuda", "cpu")
 CLASS_WEIGHTS = ("none", "balanced")
 NORMS = ("batch", "group")
+SAMPLING = ("shuffle", "balanced")
 
 
 class ConfigError(FmaGenreError, ValueError):
@@ -76,6 +77,20 @@ class TrainConfig:
     dist_timeout: float = _f(300.0, "under torchrun: seconds a collective may wait for the other ranks "
                                     "before the job stops with an error (a hung or lost rank)")
     max_steps_per_epoch: int = _f(0, "stop each epoch after this many batches (0: whole split; for tests)")
+    # Learning options (train/augment.py, train/sampling.py, train/ema.py); all off by default.
+    sampling: str = _f("shuffle", "shuffle (a seeded permutation per epoch) or balanced (every class "
+                                  "drawn equally often per epoch; small classes repeat)", SAMPLING)
+    label_smoothing: float = _f(0.0, "cross-entropy label smoothing, 0 <= e < 1 (0: off)")
+    ema_decay: float = _f(0.0, "exponential moving average of the weights, 0 < d < 1, used for validation, "
+                               "best.pt, test, predict and export (0: off)")
+    freq_masks: int = _f(0, "SpecAugment frequency masks per training image (0: off)")
+    freq_mask_width: int = _f(16, "widest frequency mask, in mel bands (each width is drawn from 0..this)")
+    time_masks: int = _f(0, "SpecAugment time masks per training image (0: off)")
+    time_mask_width: int = _f(16, "widest time mask, in frames")
+    time_shift: float = _f(0.0, "random circular shift of each training image along time, up to this "
+                                "fraction of its width (0: off, 1: any shift)")
+    mixup_alpha: float = _f(0.0, "mixup: mix each training batch with a shuffled copy of itself, "
+                                 "weight ~ Beta(alpha, alpha) (0: off)")
 
     def validate(self) -> None:
         """Raise :class:`ConfigError` naming the setting if a value is out of range."""
@@ -95,6 +110,20 @@ class TrainConfig:
                              f"warmup_epochs={self.warmup_epochs}, gamma={self.gamma}")
         if any(int(m) != m or m < 1 for m in self.milestones):
             raise ConfigError(f"config milestones={self.milestones}: must be positive whole epochs")
+        if not 0.0 <= self.label_smoothing < 1.0 or not 0.0 <= self.ema_decay < 1.0:
+            raise ConfigError(f"config: need 0 <= label_smoothing < 1 and 0 <= ema_decay < 1; got "
+                              f"label_smoothing={self.label_smoothing}, ema_decay={self.ema_decay}")
+        try:
+            self.augment_settings()
+        except ValueError as exc:
+            raise ConfigError(f"config: {exc}") from exc
+
+    def augment_settings(self):
+        """The augmentation settings (:class:`train.augment.AugmentSettings`); ValueError naming a bad one."""
+        from train.augment import AugmentSettings
+
+        return AugmentSettings(self.freq_masks, self.freq_mask_width, self.time_masks, self.time_mask_width,
+                               self.time_shift, self.mixup_alpha)
 
     def resolved_milestones(self) -> list[int]:
         """The milestones, defaulting to 50% and 75% of the epochs."""

@@ -19,6 +19,7 @@ from tqdm import tqdm
 from shards.cli import progress_disabled
 from train.config import ConfigError
 from train.dataset import ShardDataset
+from train.ema import inference_state_dict
 from train.models import ModelConfig, build_model
 from train.normalization import standardize, to_device
 from train.sampling import EpochBatchSampler
@@ -70,9 +71,9 @@ def place_model(model: nn.Module, device: torch.device) -> nn.Module:
 
 
 def load_model(checkpoint: dict, device: torch.device) -> nn.Module:
-    """The checkpoint's model with its weights, in eval mode on ``device``."""
+    """The checkpoint's model with its weights (the EMA's when it has them), in eval mode on ``device``."""
     model = build_model(ModelConfig(**checkpoint["model"]))
-    model.load_state_dict(checkpoint["state_dict"])
+    model.load_state_dict(inference_state_dict(checkpoint))
     return place_model(model, device).eval()
 
 

@@ -24,13 +24,16 @@ from tqdm import tqdm
 from shards import atomic_write_text
 from shards.cli import progress_disabled
 from train import distributed, metrics
+from train.augment import augment_batch, batch_seed
 from train.checkpoint import BEST, LAST, load_checkpoint, restore_rng_state, rng_state, save_checkpoint
 from train.config import ConfigError, TrainConfig, save_config
 from train.dataset import ShardDataset
 from train.distributed import World
+from train.ema import WeightEMA
 from train.inference import (
     BatchSource,
     autocast,
+    model_num_classes,
     place_model,
     predict_scores,
     prepare_input,
@@ -94,6 +97,7 @@ class TrainingRun:
     recipe: dict
     normalization: dict | None
     world: World = field(default_factory=World)
+    ema: WeightEMA | None = None
     start_epoch: int = 0
     best: float = -1.0
     history: list[dict] = field(default_factory=list)
@@ -112,7 +116,13 @@ class TrainingRun:
             "history": self.history, "config": self.config.to_dict(), "class_names": self.class_names,
             "recipe": self.recipe, "normalization": self.normalization, "rng": rank_rng[0],
             "rank_rng": rank_rng,
+            "ema_state_dict": None if self.ema is None else self.ema.state_dict(),
         }
+
+    @property
+    def eval_model(self) -> nn.Module:
+        """The plain model validation scores: the weight average when EMA is on, else the trained one."""
+        return distributed.unwrap(self.model) if self.ema is None else self.ema.model
 
 
 def fit(config: TrainConfig, resume: bool = False) -> dict:
@@ -204,9 +214,10 @@ def _batch_sources(config: TrainConfig, train_set: ShardDataset, val_set: ShardD
                    normalization: dict | None, world: World) -> tuple[BatchSource, BatchSource, int]:
     """This rank's part of every global training batch, and its contiguous part of the validation split."""
     workers = resolve_workers(config.num_workers, device, config.preload)
+    balance = train_set.labels if config.sampling == "balanced" else None
     global_batches = EpochBatchSampler(len(train_set), config.batch_size, shuffle=True, seed=config.seed,
                                        drop_last=len(train_set) > config.batch_size,
-                                       max_batches=config.max_steps_per_epoch)
+                                       max_batches=config.max_steps_per_epoch, balance_labels=balance)
     train_sampler = RankBatchSampler(global_batches, world.rank, world.size)
     val_part = np.arange(*rank_range(len(val_set), world.rank, world.size))
     val_sampler = IndexBatchSampler(val_part, 2 * config.batch_size // world.size)
@@ -244,16 +255,20 @@ def start_run(config: TrainConfig, resume: bool = False, world: World | None = N
     model = place_model(build_model(model_config), device)
     if checkpoint is not None:
         model.load_state_dict(checkpoint["state_dict"])
+    ema = WeightEMA(model, config.ema_decay) if config.ema_decay > 0 else None
+    if ema is not None and checkpoint is not None:
+        ema.load_state_dict(checkpoint["ema_state_dict"])
     model = distributed.prepare_model(model, world, device)
     optimizer = build_optimizer(config, model)
     weights = class_weight_tensor(train_set.class_counts(), config.class_weights)
-    criterion = nn.CrossEntropyLoss(weight=None if weights is None else weights.to(device))
+    criterion = nn.CrossEntropyLoss(weight=None if weights is None else weights.to(device),
+                                    label_smoothing=config.label_smoothing)
     train_source, val_source, workers = _batch_sources(config, train_set, val_set, device, normalization,
                                                        world)
     run = TrainingRun(config=config, run_dir=run_dir, device=device, model_config=model_config, model=model,
                       optimizer=optimizer, criterion=criterion, train_source=train_source,
                       val_source=val_source, class_names=train_set.class_names, recipe=train_set.recipe,
-                      normalization=normalization, world=world)
+                      normalization=normalization, world=world, ema=ema)
     if checkpoint is not None:
         optimizer.load_state_dict(checkpoint["optimizer"])
         run.start_epoch, run.best, run.history = (checkpoint["epoch"], checkpoint["best_metric"],
@@ -278,7 +293,7 @@ def run_epoch(run: TrainingRun, epoch: int, writer) -> dict:
     """Train one epoch, validate, write last.pt (and best.pt if it improved), log; the history entry."""
     config, world = run.config, run.world
     entry = train_epoch(run.model, run.optimizer, run.criterion, run.train_source, config, epoch, run.device,
-                        world)
+                        world, run.ema)
     val_scores, val_labels = validate(run)
     entry.update(validation_metrics(run.criterion, val_scores, val_labels, len(run.class_names), run.device))
     run.history.append(entry)
@@ -308,20 +323,21 @@ def validate(run: TrainingRun) -> tuple[np.ndarray, np.ndarray]:
     Each rank scores its part with the plain model (rank 0's BatchNorm statistics, broadcast
     first); the parts are gathered in rank order.
     """
-    distributed.broadcast_buffers(run.model, run.world)
-    scores, labels = predict_scores(distributed.unwrap(run.model), run.val_source, run.device,
-                                    desc="validation")
+    distributed.broadcast_buffers(run.eval_model, run.world)
+    scores, labels = predict_scores(run.eval_model, run.val_source, run.device, desc="validation")
     return (distributed.gather_rows(scores, run.world, run.device),
             distributed.gather_rows(labels, run.world, run.device))
 
 
 def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, criterion: nn.Module,
                 source: BatchSource, config: TrainConfig, epoch: int, device: torch.device,
-                world: World | None = None) -> dict:
+                world: World | None = None, ema: WeightEMA | None = None) -> dict:
     """One pass over ``source`` with the scheduled learning rate; loss, accuracy and speed.
 
-    Under torchrun: this rank's parts of the global batches; the returned loss, accuracy and
-    sample counts are those of all ranks together.
+    Each batch is augmented on the device (``config.augment_settings()``, seeded by
+    ``(seed, epoch, step, rank)``) and ``ema`` follows the weights after every step.
+    Under torchrun: this rank's parts of the global batches (augmented, and mixed by mixup,
+    within the part); the returned loss, accuracy and sample counts are those of all ranks together.
     """
     world = world or World()
     model.train()
@@ -333,16 +349,24 @@ def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, criterion: n
     bar = tqdm(source.epoch(epoch), total=steps, desc=f"epoch {epoch + 1}/{config.epochs}",
                leave=False, mininterval=1, unit="batch", disable=progress_disabled() or not world.main)
     lr = config.lr
+    augment = config.augment_settings()
+    num_classes = model_num_classes(model)
     for step, (x, y) in enumerate(bar):
         lr = learning_rate(config, epoch, step, steps)
         for group in optimizer.param_groups:
             group["lr"] = lr
+        targets = y
+        if augment.enabled:
+            generator = torch.Generator().manual_seed(batch_seed(config.seed, epoch, step, world.rank))
+            x, targets = augment_batch(x, y, num_classes, augment, generator)
         with autocast(device):
             logits = model(prepare_input(x, device))
-            loss = criterion(logits.float(), y)
+            loss = criterion(logits.float(), targets)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+        if ema is not None:
+            ema.update(distributed.unwrap(model))
         total_loss += loss.detach() * len(y)
         total_correct += (logits.argmax(dim=1) == y).sum()
         seen += len(y)
