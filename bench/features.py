@@ -1,29 +1,27 @@
-"""Features speed: our shard task against the reference recipe, on the same generated MP3s.
+"""Features speed: our shard task against the reference recipe, on the same MP3s, in one run.
 
-One run, same files: a generated mini-FMA (``preprocess.synth``; its good tracks:
-mostly 44.1 kHz stereo 320 kbit/s, some other rates, mono, VBR).
+The clips are what FMA mostly holds: 30 s, 44.1 kHz stereo, 320 kbit/s, synthesized in the 16
+genre styles of ``preprocess.synth_audio``, in two groups: loud masters (hard-clipped 12 dB over
+full scale, decoded peaks above 1.0) and quiet ones (peak -1 .. -7 dBFS, as synthesized).
 
-* reference: per track ``librosa.load(sr=None, mono, 29.5 s)`` (libsndfile), resample
-  when below 22050 Hz, ``librosa.feature.melspectrogram`` + ``power_to_db``, one
-  pickle file per track (the reference project's cache);
-* ours: ``preprocess.driver.compute_shard`` (miniaudio decode, cached filterbank,
-  the image, the HDF5 shard written atomically and read back);
-* decode only: ``miniaudio.mp3_read_file_f32``, ``soundfile.read`` (libsndfile +
-  mpg123) and our ``preprocess.audio.decode`` (dr_mp3 without the copy) per track;
-  the fastest is the floor.
+* reference: per track ``librosa.load(sr=None, mono, 29.5 s)`` (libsndfile + mpg123),
+  ``librosa.feature.melspectrogram`` + ``power_to_db``, one pickle file per track (the
+  reference project's cache);
+* ours: ``preprocess.driver.compute_shard`` (decode the first 29.5 s with the same reader,
+  the image with the cached sparse filterbank, the HDF5 shard written atomically and read
+  back); and its two parts per track: ``decode`` (``preprocess.audio.decode``, 29.5 s) and
+  ``image`` (``preprocess.audio.image_of`` on the decoded samples: down-mix, STFT, mel, dB).
 
-For 1 job (in this process, BLAS limited to one thread as in a pool worker) and
-for all cores (a joblib process pool, the tracks cut into one task per worker for
-both sides: one shard each for ours), passes alternate reference / ours;
-each figure is the median of ``--repeats`` pairs. Prints a markdown table with
-the machine and date and the targets:
+For 1 job (in this process, BLAS limited to one thread as in a pool worker), per group, and for
+all cores (a joblib process pool over both groups, one task per worker for both sides), passes
+alternate reference / ours; each figure is the median of ``--repeats`` pairs. Prints a markdown
+table with the machine and date and the targets:
 
-  ours >= 1.7x the reference per core; ours <= 1.5x the decode-only floor per track;
+  ours >= 2.0x the reference per core, on loud and on quiet clips;
   ours on 2 jobs >= 1.6x ours on 1 job.
 
-Usage: python bench/features.py [--tracks 64] [--repeats 3] [--jobs N] [--dir DIR]
+Usage: python bench/features.py [--tracks 24] [--repeats 3] [--jobs N] [--dir DIR]
 """
-
 from __future__ import annotations
 
 import argparse
@@ -77,16 +75,24 @@ def ours_chunk(task: dict) -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
 
-def decode_ours(path: str) -> None:
-    from preprocess.audio import decode
+def make_clips(audio_dir: Path, n: int, level: str, first_id: int) -> list[tuple[int, int]]:
+    """Write ``n`` 30 s 44.1 kHz stereo 320 kbit/s MP3s (FMA layout); return (track_id, label)."""
+    from preprocess.fma import TOP_GENRES
+    from preprocess.synth_audio import STYLES, Master, apply_master, encode_mp3, synthesize
 
-    decode(path, max_seconds=29.5)
-
-
-def decode_soundfile(path: str) -> None:
-    import soundfile
-
-    soundfile.read(path, dtype="float32")
+    genres = sorted(TOP_GENRES.values())
+    master = Master(level="loud", drive_db=12.0) if level == "loud" else Master()
+    tracks = []
+    for k in range(n):
+        track_id = first_id + k
+        genre = genres[k % len(genres)]
+        rng = np.random.default_rng([7, track_id])
+        samples = apply_master(synthesize([STYLES[genre]], rng, 44100, 30.0, 2), 44100, master)
+        path = audio_dir / fma.audio_relpath(track_id)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(encode_mp3(samples, 44100, 320, vbr=False))
+        tracks.append((track_id, fma.CLASS_NAMES.index(genre)))
+    return tracks
 
 
 def busy_work(rounds: int = 40) -> int:
@@ -132,23 +138,25 @@ def machine() -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--tracks", type=int, default=64, help="tracks to generate (about 90%% are good)")
+    parser.add_argument("--tracks", type=int, default=24, help="clips per group (loud, quiet)")
     parser.add_argument("--repeats", type=int, default=3, help="reference/ours pairs per setting")
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="workers for 'all cores'")
     parser.add_argument("--dir", default=None, help="work folder (default: a temporary one)")
     args = parser.parse_args(argv)
 
-    from preprocess.synth import generate
+    from preprocess.audio import decode, image_of
 
+    recipe = RECIPES["reference"]
+    groups = ("loud", "quiet")
     with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
         root = Path(tmp)
-        print(f"generating {args.tracks} tracks ...", file=sys.stderr)
-        truth = generate(root / "fma", args.tracks, seed=1)
-        good = sorted((int(k), fma.CLASS_NAMES.index(t["genre_top"]) if t["genre_top"] else 0)
-                      for k, t in truth["tracks"].items() if t["kind"] == "good")
-        audio_dir = root / "fma" / "fma_large"
-        paths = [str(audio_dir / fma.audio_relpath(t)) for t, _ in good]
-        n = len(paths)
+        audio_dir = root / "audio"
+        print(f"generating {len(groups)} x {args.tracks} clips ...", file=sys.stderr)
+        tracks = {g: make_clips(audio_dir, args.tracks, g, 1000 * (i + 1)) for i, g in enumerate(groups)}
+        paths = {g: [str(audio_dir / fma.audio_relpath(t)) for t, _ in tracks[g]] for g in groups}
+        every_track = [t for g in groups for t in tracks[g]]
+        every_path = [p for g in groups for p in paths[g]]
+        n_all = len(every_path)
         pickles, shards = root / "pickles", root / "shards"
         pickles.mkdir()
         shards.mkdir()
@@ -163,42 +171,58 @@ def main(argv: list[str] | None = None) -> int:
             fn()
             return time.perf_counter() - start
 
-        def ref_1():
+        def ref_1(group):
             with controller.limit(limits=1):  # one core, as in a pool worker
-                for p in paths:
+                for p in paths[group]:
                     reference_track(p, str(pickles))
 
-        def ours_1():
+        def ours_1(group):
             with controller.limit(limits=1):
-                compute_shard(_tasks(good, audio_dir, shards, 1)[0])
+                compute_shard(_tasks(tracks[group], audio_dir, shards, 1)[0])
 
-        def decode_1(fn):
-            def run():
-                for p in paths:
-                    fn(p)
-            return run
+        def decode_1(group):
+            return [decode(p, max_seconds=recipe.duration_s) for p in paths[group]]
 
+        def image_1(decoded):
+            with controller.limit(limits=1):
+                for waveform, rate in decoded:
+                    image_of(waveform, rate, recipe)
+
+        peaks = {g: max(float(np.abs(w).max()) for w, _ in decode_1(g)) for g in groups}
         with joblib.Parallel(n_jobs=args.jobs) as pool:
             def ref_n():
-                chunks = [paths[k * n // args.jobs : (k + 1) * n // args.jobs] for k in range(args.jobs)]
+                chunks = [every_path[k * n_all // args.jobs : (k + 1) * n_all // args.jobs]
+                          for k in range(args.jobs)]
                 pool(joblib.delayed(reference_chunk)(c, str(pickles)) for c in chunks)
 
             def ours_n():
-                tasks = _tasks(good, audio_dir, shards, args.jobs)
+                tasks = _tasks(every_track, audio_dir, shards, args.jobs)
                 rss.extend(pool(joblib.delayed(ours_chunk)(t) for t in tasks))
 
+            def ours_1_all():
+                with controller.limit(limits=1):
+                    compute_shard(_tasks(every_track, audio_dir, shards, 1)[0])
+
             # Warm up: imports and caches in this process and every worker.
-            ref_1()
-            ours_1()
+            for g in groups:
+                ref_1(g)
+                ours_1(g)
             ref_n()
             ours_n()
             rows = []
             for _ in range(args.repeats):
-                row = {"ref_1": timed(ref_1), "ours_1": timed(ours_1),
-                       "soundfile": timed(decode_1(decode_soundfile)),
-                       "ours decode": timed(decode_1(decode_ours)),
-                       "ref_n": timed(ref_n), "ours_n": timed(ours_n)}
-                row["ours_1b"] = timed(ours_1)  # pairs ours_n with a 1-job run on either side
+                row = {}
+                for g in groups:
+                    row[f"ref_1 {g}"] = timed(lambda g=g: ref_1(g))
+                    row[f"ours_1 {g}"] = timed(lambda g=g: ours_1(g))
+                    start = time.perf_counter()
+                    decoded = decode_1(g)
+                    row[f"decode {g}"] = time.perf_counter() - start
+                    row[f"image {g}"] = timed(lambda decoded=decoded: image_1(decoded))
+                    del decoded
+                row["ref_n"] = timed(ref_n)
+                row["ours_n"] = timed(ours_n)
+                row["ours_1 all"] = timed(ours_1_all)
                 # The same fixed job, once per worker, one after the other and then in the pool:
                 # the speed-up any work could get from the pool on this machine right now.
                 row["busy_1"] = timed(lambda: [busy_work() for _ in range(args.jobs)])
@@ -208,32 +232,32 @@ def main(argv: list[str] | None = None) -> int:
     def med(f) -> float:
         return statistics.median(f(r) for r in rows)
 
-    decoders = ("soundfile", "ours decode")
-    fastest = min(decoders, key=lambda k: med(lambda r: r[k]))
-    ref1, ours1 = n / med(lambda r: r["ref_1"]), n / med(lambda r: r["ours_1"])
-    refn, oursn = n / med(lambda r: r["ref_n"]), n / med(lambda r: r["ours_n"])
-    jobs = args.jobs
-    table = [
-        ("reference, 1 job (tracks/s)", f"{ref1:.1f}", ""),
-        ("ours, 1 job (tracks/s)", f"{ours1:.1f}", ""),
-        ("ours / reference, 1 job", f"{med(lambda r: r['ref_1'] / r['ours_1']):.2f}x", ">= 1.7x"),
-        (f"reference, {jobs} jobs (tracks/s)", f"{refn:.1f}", ""),
-        (f"ours, {jobs} jobs (tracks/s)", f"{oursn:.1f}", ""),
+    n, jobs = args.tracks, args.jobs
+    table = []
+    for g in groups:
+        ms = {k: med(lambda r, k=k, g=g: r[f"{k} {g}"]) / n * 1e3
+              for k in ("ref_1", "ours_1", "decode", "image")}
+        ratio = med(lambda r, g=g: r[f"ref_1 {g}"] / r[f"ours_1 {g}"])
+        table += [
+            (f"{g} clips (decoded peak {peaks[g]:.2f}): reference, 1 job (ms/track)", f"{ms['ref_1']:.1f}",
+             ""),
+            (f"{g}: ours, 1 job (ms/track: decode, image, shard write + read-back)", f"{ms['ours_1']:.1f}",
+             ""),
+            (f"{g}: ours decode / image (ms/track)", f"{ms['decode']:.1f} / {ms['image']:.1f}", ""),
+            (f"{g}: ours / reference, 1 job", f"{ratio:.2f}x", ">= 2.0x"),
+        ]
+    table += [
+        (f"reference, {jobs} jobs (tracks/s)", f"{n_all / med(lambda r: r['ref_n']):.1f}", ""),
+        (f"ours, {jobs} jobs (tracks/s)", f"{n_all / med(lambda r: r['ours_n']):.1f}", ""),
         (f"ours / reference, {jobs} jobs", f"{med(lambda r: r['ref_n'] / r['ours_n']):.2f}x", ""),
-        (f"ours {jobs} jobs / ours 1 job",
-         f"{med(lambda r: (r['ours_1'] + r['ours_1b']) / 2 / r['ours_n']):.2f}x",
+        (f"ours {jobs} jobs / ours 1 job", f"{med(lambda r: r['ours_1 all'] / r['ours_n']):.2f}x",
          ">= 1.6x" if jobs == 2 else ""),
         (f"a fixed CPU job, {jobs} jobs / 1 job (cores free right now)",
          f"{med(lambda r: r['busy_1'] / r['busy_n']):.2f}x", ""),
-        *((f"decode only, {k} (ms/track)", f"{med(lambda r, k=k: r[k]) / n * 1e3:.1f}", "")
-          for k in decoders),
-        ("ours, 1 job (ms/track)", f"{med(lambda r: r['ours_1']) / n * 1e3:.1f}", ""),
-        (f"ours / fastest decode only ({fastest})", f"{med(lambda r: r['ours_1'] / r[fastest]):.2f}x",
-         "<= 1.5x"),
         ("peak RSS of a worker (MiB)", f"{max(rss) / 1024:.0f}" if rss else "-", "< 1024"),
     ]
-    print(f"\nFeatures speed, {n} generated MP3s, median of {args.repeats} pairs; "
-          f"{machine()}; {datetime.date.today().isoformat()}\n")
+    print(f"\nFeatures speed, {n} + {n} generated 30 s 44.1 kHz stereo 320 kbit/s MP3s, median of "
+          f"{args.repeats} pairs; {machine()}; {datetime.date.today().isoformat()}\n")
     print("| measure | value | target |")
     print("|---|---|---|")
     for name, value, target in table:

@@ -90,13 +90,14 @@ def compute_shard(task: dict) -> dict:
     ----------
     task : dict
         ``spec`` (ShardSpec.to_dict()), ``audio_dir``, ``out``, ``recipe``
-        (Recipe.to_dict()), ``subset``, ``class_names``, ``timeout_s``, ``compression``.
+        (Recipe.to_dict()), ``subset``, ``class_names``, ``timeout_s``, ``compression``,
+        ``keep_silence`` (optional, default False).
 
     Returns
     -------
     dict
-        ``name``, ``written`` (tracks), ``failed`` [(track_id, reason)], ``checksum``,
-        ``seconds``, ``pid``, ``host``.
+        ``name``, ``written`` (tracks), ``failed`` [(track_id, reason)], ``padded``
+        [(track_id, seconds)], ``checksum``, ``seconds``, ``pid``, ``host``.
     """
     import numpy as np
 
@@ -111,11 +112,15 @@ def compute_shard(task: dict) -> dict:
     images = np.empty((len(spec.track_ids), recipe.n_mels, recipe.n_frames), dtype=np.float32)
     kept: list[int] = []
     failed: list[tuple[int, str]] = []
+    padded: list[tuple[int, float]] = []
     for i, track_id in enumerate(spec.track_ids):
         try:
             path = audio_dir / fma.audio_relpath(track_id)
-            images[len(kept)] = track_image(path, recipe, task["timeout_s"]).image
+            result = track_image(path, recipe, task["timeout_s"], task.get("keep_silence", False))
+            images[len(kept)] = result.image
             kept.append(i)
+            if result.padded:
+                padded.append((track_id, result.seconds))
         except TrackFailure as exc:
             failed.append((track_id, str(exc)))
         except Exception as exc:  # an unexpected error in one track must not stop the run
@@ -130,9 +135,9 @@ def compute_shard(task: dict) -> dict:
         track_id=np.asarray([spec.track_ids[i] for i in kept], dtype=np.int64),
         split=spec.split, shard_index=spec.shard_index, num_shards=spec.num_shards,
         subset=task["subset"], recipe=task["recipe"], class_names=task["class_names"],
-        versions=software_versions(), failed=failed, compression=task["compression"],
+        versions=software_versions(), failed=failed, compression=task["compression"], padded=padded,
     )
-    return {"name": spec.name, "written": len(kept), "failed": failed, "checksum": checksum,
+    return {"name": spec.name, "written": len(kept), "failed": failed, "padded": padded, "checksum": checksum,
             "seconds": time.perf_counter() - start, "pid": os.getpid(), "host": socket.gethostname()}
 
 
@@ -208,10 +213,12 @@ def prepare_out(options: FeatureOptions, plan: ShardPlan) -> None:
 
 
 def sort_shards(options: FeatureOptions, plan: ShardPlan, mine: list[ShardSpec]
-                ) -> tuple[list[ShardSpec], list[ShardSpec], Counter]:
-    """This task's shards to compute, those already complete, and the failure reasons recorded in those."""
+                ) -> tuple[list[ShardSpec], list[ShardSpec], Counter, list[float]]:
+    """This task's shards to compute, those already complete, and the failure reasons and padded
+    clips' lengths recorded in those."""
     todo, complete = [], []
     failed_reasons: Counter = Counter()
+    padded: list[float] = []
     for spec in mine:
         if options.force:
             todo.append(spec)
@@ -220,19 +227,21 @@ def sort_shards(options: FeatureOptions, plan: ShardPlan, mine: list[ShardSpec]
         if problem is None:
             complete.append(spec)
             failed_reasons.update(reason_key(r) for _, r in contents.failed)
+            padded += [seconds for _, seconds in contents.padded]
             continue
         if contents is not None and contents.recipe != plan.recipe:
             raise FeaturesError(f"{options.out / spec.name} was made with another recipe; "
                                 f"use --force to replace it")
         todo.append(spec)  # missing, unreadable or incomplete: computed again
-    return todo, complete, failed_reasons
+    return todo, complete, failed_reasons, padded
 
 
 def shard_task(options: FeatureOptions, plan: ShardPlan, spec: ShardSpec) -> dict:
     """The argument of :func:`compute_shard` for ``spec``: plain data, sent to a worker."""
     return {"spec": spec.to_dict(), "audio_dir": str(plan.audio.resolve()), "out": str(options.out.resolve()),
             "recipe": plan.recipe, "subset": options.subset, "class_names": list(fma.CLASS_NAMES),
-            "timeout_s": options.track_timeout, "compression": options.compression}
+            "timeout_s": options.track_timeout, "compression": options.compression,
+            "keep_silence": options.keep_silence}
 
 
 def compute_shards(options: FeatureOptions, plan: ShardPlan, todo: list[ShardSpec], results: list[dict],
@@ -283,6 +292,7 @@ def run_features(options: FeatureOptions) -> dict:
         ``planned`` (shards in the plan), ``mine`` (this task's share), ``already_complete``
         (shard names), ``computed`` (per-shard results of :func:`compute_shard`), ``written``
         (tracks in computed shards), ``skipped`` {reason: count}, ``failed`` {reason: count},
+        ``padded`` (sorted real lengths of the short clips padded with silence, this task's shards),
         ``manifest`` (path or None), ``missing`` (shards still absent), ``seconds``.
 
     Raises
@@ -296,7 +306,7 @@ def run_features(options: FeatureOptions) -> dict:
     plan = build_plan(options)
     prepare_out(options, plan)
     mine = select_for_task(plan.specs, options.task_index, options.num_tasks)
-    todo, complete, failed_reasons = sort_shards(options, plan, mine)
+    todo, complete, failed_reasons, padded = sort_shards(options, plan, mine)
     _spot_check_files(plan.audio, todo, options.max_failure_fraction)
     log.info("features: %d shards planned (%d tracks, %d skipped); %d of this task's %d already complete; "
              "computing %d (%d tracks) with %s backend", len(plan.specs), plan.selection.num_tracks(),
@@ -318,6 +328,7 @@ def run_features(options: FeatureOptions) -> dict:
         "computed": results, "written": sum(r["written"] for r in results),
         "skipped": {k: len(v) for k, v in plan.selection.skipped.items()},
         "failed": dict(failed_reasons), "manifest": None, "missing": [],
+        "padded": sorted(padded + [seconds for r in results for _, seconds in r["padded"]]),
     }
     if options.finalize:
         from preprocess.finalize import finalize_shards
@@ -343,6 +354,9 @@ def format_summary(summary: dict, out: Path) -> str:
     if summary["failed"]:
         lines.append("  failed (recorded in the shards): " + ", ".join(
             f"{r} x{c}" for r, c in sorted(summary["failed"].items(), key=lambda kv: -kv[1])))
+    if summary["padded"]:
+        lines.append(f"  padded with silence (clips shorter than the recipe's duration; listed in the "
+                     f"manifest): {len(summary['padded'])}, shortest {summary['padded'][0]:.1f} s")
     if summary["manifest"]:
         lines.append(f"  manifest: {summary['manifest']}")
     elif summary["missing"]:

@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 def build_manifest(folder: Path, plan: dict) -> tuple[dict | None, list[str]]:
     """The manifest for ``folder``'s shards, or None and the problems (missing/incomplete shards)."""
     class_names = plan["class_names"]
-    entries, failed, problems = [], [], []
+    entries, failed, padded, problems = [], [], [], []
     versions: dict = {}
     for spec in (ShardSpec.from_dict(d) for d in plan["shards"]):
         contents, problem = shard_status(folder / spec.name, spec, plan["recipe"])
@@ -43,9 +43,12 @@ def build_manifest(folder: Path, plan: dict) -> tuple[dict | None, list[str]]:
         entries.append({
             "name": spec.name, "split": spec.split, "shard_index": spec.shard_index,
             "num_shards": spec.num_shards, "num_tracks": contents.num_tracks,
-            "num_failed": len(contents.failed), "checksum": contents.checksum, "class_counts": counts,
+            "num_failed": len(contents.failed), "num_padded": len(contents.padded),
+            "checksum": contents.checksum, "class_counts": counts,
         })
         failed += [{"track_id": int(t), "reason": r, "shard": spec.name} for t, r in contents.failed]
+        padded += [{"track_id": int(t), "seconds": round(x, 3), "shard": spec.name}
+                   for t, x in contents.padded]
         versions = versions or contents.versions
     if problems:
         return None, problems
@@ -58,7 +61,8 @@ def build_manifest(folder: Path, plan: dict) -> tuple[dict | None, list[str]]:
         "format_version": FORMAT_VERSION, "subset": plan["subset"], "recipe": plan["recipe"],
         "class_names": class_names, "shard_size": plan["shard_size"], "shards": entries, "totals": totals,
         "skipped": plan["skipped"], "selection": plan.get("selection", {}),
-        "failed": sorted(failed, key=lambda f: f["track_id"]), "versions": versions,
+        "failed": sorted(failed, key=lambda f: f["track_id"]),
+        "padded": sorted(padded, key=lambda f: f["track_id"]), "versions": versions,
     }
     return manifest, []
 

@@ -76,6 +76,9 @@ class FeatureOptions:
         Write manifest.json at the end when every shard exists.
     progress : bool
         Show a progress bar (stderr).
+    keep_silence : bool
+        Store clips that are digital silence (an image at the dB floor) instead of recording
+        them as failed (``digital silence``).
     """
 
     fma_dir: Path
@@ -96,6 +99,7 @@ class FeatureOptions:
     scheduler: str | None = None
     finalize: bool = True
     progress: bool = True
+    keep_silence: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "fma_dir", Path(self.fma_dir))
@@ -130,6 +134,8 @@ class FeatureOptions:
                 "--max-failure-fraction", repr(self.max_failure_fraction)]
         if not self.skip_known_bad:
             argv.append("--no-skip-known-bad")
+        if self.keep_silence:
+            argv.append("--keep-silence")
         if self.compression:
             argv += ["--compression", self.compression]
         return argv
@@ -189,6 +195,8 @@ def add_plan_arguments(parser: argparse.ArgumentParser) -> None:
                         help="compress images (the training side can then not memory-map them)")
     parser.add_argument("--max-failure-fraction", type=float, default=0.5,
                         help="stop early when more than this fraction of tracks fails (default %(default)s)")
+    parser.add_argument("--keep-silence", action="store_true",
+                        help="store clips that are digital silence (default: recorded as failed)")
 
 
 def add_run_arguments(parser: argparse.ArgumentParser) -> None:

@@ -92,7 +92,8 @@ def build_plan(options: FeatureOptions) -> ShardPlan:
         "recipe": options.recipe.to_dict(),
         "class_names": list(fma.CLASS_NAMES),
         "shard_size": options.shard_size,
-        "selection": {"skip_known_bad": options.skip_known_bad, "min_duration": options.min_duration},
+        "selection": {"skip_known_bad": options.skip_known_bad, "min_duration": options.min_duration,
+                      "keep_silence": options.keep_silence},
         "shards": [s.to_dict() for s in specs],
         "skipped": selection.skipped,
     }

@@ -8,6 +8,10 @@ writes, under ``--out``::
     fma_metadata/genres.csv     the 16 real top-level genres plus sub-genres
     fma_large/NNN/NNNNNN.mp3    real MP3s (30 s; mostly 44.1 kHz stereo 320 kbit/s, some 256/192/128
                                 kbit/s, VBR, 48/32/22.05 kHz, mono; ID3 tags, some with cover art)
+                                and what real releases have: loud masters (decoded peaks up to 1.4),
+                                quiet ones, MPEG-2/2.5 (8-24 kHz), joint stereo, true stereo, DC
+                                offset, silence lead-in, VBR without Xing header, ID3v1 tags, one
+                                full-length (4 min) track
     synth_truth.json            what every track really is (genre, split, subset, kind of file, format)
 
 Each top-level genre has its own mix of tempo, timbre, pitch range, noise and drums, with
@@ -144,10 +148,48 @@ def _audio_format(rng: np.random.Generator, forced: tuple | None) -> tuple[int, 
     return sr, channels, int(rate), False
 
 
-# Formats every set of >= 10 good tracks contains at least once.
-_FORCED_FORMATS = ((48000, 2, 320, False), (32000, 2, 320, False), (22050, 2, 128, False),
-                   (44100, 1, 320, False), (44100, 2, 256, False), (44100, 2, 128, False),
-                   (44100, 2, 192, True))
+# (format, variant) pairs every set of >= 10 good tracks contains (as many as it has good tracks,
+# in this order): FMA's common formats first, then what real releases have that plain clips lack.
+_FORCED = (
+    ((48000, 2, 320, False), {}), ((32000, 2, 320, False), {}), ((22050, 2, 128, False), {}),
+    ((44100, 1, 320, False), {}), ((44100, 2, 256, False), {}), ((44100, 2, 128, False), {}),
+    ((44100, 2, 192, True), {}),
+    ((44100, 2, 320, False), {"master": {"level": "loud", "drive_db": 18.0}}),
+    ((44100, 2, 128, False), {"master": {"level": "loud", "drive_db": 20.0}}),  # joint stereo
+    ((16000, 1, 48, False), {}),  # MPEG-2, mono
+    ((8000, 1, 24, False), {}),  # MPEG-2.5, mono
+    ((44100, 2, 320, False), {"master": {"level": "quiet", "peak_dbfs": -45.0}}),
+    ((24000, 2, 64, False), {}),  # MPEG-2, joint stereo
+    ((11025, 2, 32, False), {}),  # MPEG-2.5, joint stereo
+    ((44100, 2, 320, False), {"true_stereo": True}),
+    ((44100, 2, 320, False), {"seconds": 240.0, "master": {"level": "loud", "drive_db": 12.0}}),  # full
+    ((44100, 2, 320, False), {"master": {"level": "normal", "dc_offset": 0.05}}),
+    ((44100, 2, 320, False), {"master": {"level": "normal", "lead_in_s": 3.0}}),
+    ((44100, 2, 192, True), {"xing": False}),  # VBR without a Xing header
+    ((12000, 1, 32, True), {}),  # MPEG-2.5 VBR
+    ((48000, 2, 256, False), {"master": {"level": "loud", "drive_db": 8.0}, "id3v1": True}),
+)
+
+
+def _variant(rng: np.random.Generator, channels: int, forced: dict | None) -> dict:
+    """Mastering and packaging of one good track: drawn (a few percent each), or ``forced``."""
+    variant = {"master": {"level": "normal"}, "true_stereo": False, "seconds": SECONDS, "xing": True,
+               "id3v1": False}
+    if forced is not None:
+        return {**variant, **forced}
+    master = variant["master"]
+    u = rng.random()
+    if u < 0.12:  # ~1 in 7 real clips decode to peaks above full scale
+        master.update(level="loud", drive_db=round(float(rng.uniform(6.0, 20.0)), 1))
+    elif u < 0.15:
+        master.update(level="quiet", peak_dbfs=round(float(rng.uniform(-50.0, -35.0)), 1))
+    if rng.random() < 0.03:
+        master["dc_offset"] = round(float(rng.choice([-1, 1]) * rng.uniform(0.02, 0.08)), 3)
+    if rng.random() < 0.05:
+        master["lead_in_s"] = round(float(rng.uniform(0.5, 3.0)), 2)
+    variant["true_stereo"] = bool(channels == 2 and rng.random() < 0.1)
+    variant["id3v1"] = bool(rng.random() < 0.2)
+    return variant
 
 
 def plan(n_tracks: int, seed: int) -> list[dict]:
@@ -189,7 +231,7 @@ def plan(n_tracks: int, seed: int) -> list[dict]:
         specs.append({"track_id": tid, "kind": kind, "genre_top": genre_top, "split": None, "errata": True})
     specs.sort(key=lambda s: s["track_id"])
 
-    forced = list(_FORCED_FORMATS) if n_good >= 10 else []
+    forced = list(_FORCED) if n_good >= 10 else []
     forced_cover = n_good >= 10
     good_positions = [i for i, s in enumerate(specs) if s["kind"] == "good"]
     forced_at = {good_positions[j]: f
@@ -202,7 +244,7 @@ def plan(n_tracks: int, seed: int) -> list[dict]:
     return specs
 
 
-def _fill_spec(spec: dict, rng: np.random.Generator, forced_format: tuple | None) -> None:
+def _fill_spec(spec: dict, rng: np.random.Generator, forced: tuple | None) -> None:
     """Add genres, split, subset, audio format and the csv's duration / bit rate to one spec."""
     kind, genre_top = spec["kind"], spec["genre_top"]
     names = list(FMA_MEDIUM_COUNTS)
@@ -232,17 +274,19 @@ def _fill_spec(spec: dict, rng: np.random.Generator, forced_format: tuple | None
     else:
         spec["subset"] = "large"
 
+    forced_format, forced_variant = forced if forced is not None else (None, None)
     if kind in ("good", "truncated", "short", "silence"):
         fmt = _audio_format(rng, forced_format) if kind == "good" else (44100, 2, 320, False)
         spec["sample_rate"], spec["channels"], spec["bitrate_kbps"], spec["vbr"] = fmt
     else:
         spec["sample_rate"] = spec["channels"] = spec["bitrate_kbps"] = spec["vbr"] = None
     spec["cover_art"] = bool(kind == "good" and rng.random() < 0.25)
+    spec.update(_variant(rng, spec["channels"], forced_variant) if kind == "good" else
+                {"master": {"level": "normal"}, "true_stereo": False, "seconds": SECONDS, "xing": True,
+                 "id3v1": False})
     if kind == "short":
         spec["seconds"] = round(float(rng.uniform(0.5, 1.9)), 2)
-    elif kind in ("good", "truncated", "silence"):
-        spec["seconds"] = SECONDS
-    else:
+    elif kind not in ("good", "truncated", "silence"):
         spec["seconds"] = None
     # track.duration: the full track's length from FMA's API (the file is a 30 s clip), sometimes wrong.
     if spec.get("errata"):
@@ -251,6 +295,8 @@ def _fill_spec(spec: dict, rng: np.random.Generator, forced_format: tuple | None
         duration = int(rng.integers(5, 29))  # wrong, as FMA's sometimes are
     else:
         duration = int(rng.integers(60, 600))
+    if kind == "good" and spec["seconds"] > SECONDS:  # a full-length file: the csv gives its length
+        duration = int(spec["seconds"])
     spec["csv_duration"] = duration
     spec["seed_key"] = int(rng.integers(0, 2**31))
 
@@ -298,7 +344,17 @@ def make_track(fma_dir: str, spec: dict, seed: int) -> dict:
     The bytes depend only on ``(seed, spec)``. The file is written under a temporary name and
     renamed, so a killed generator never leaves a partial file under a final name.
     """
-    from preprocess.synth_audio import STYLES, cover_png, encode_mp3, id3_tag, synthesize
+    from preprocess.synth_audio import (
+        STYLES,
+        Master,
+        apply_master,
+        cover_png,
+        encode_mp3,
+        id3_tag,
+        id3v1_tag,
+        stream_info,
+        synthesize,
+    )
 
     tid = spec["track_id"]
     rng = np.random.default_rng([int(seed), int(tid), spec["seed_key"]])
@@ -306,6 +362,7 @@ def make_track(fma_dir: str, spec: dict, seed: int) -> dict:
     path = Path(fma_dir) / rel
     kind = spec["kind"]
     duration_s: float | None = None
+    version = mode = None
     bitrate = spec["bitrate_kbps"]
     data: bytes | None
     if kind == "missing":
@@ -320,8 +377,11 @@ def make_track(fma_dir: str, spec: dict, seed: int) -> dict:
         if kind == "silence":
             samples = np.zeros((int(spec["seconds"] * sr), ch), dtype=np.float32)
         else:
-            samples = synthesize([STYLES[g] for g in spec["styles"]], rng, sr, spec["seconds"], ch)
-        mp3 = encode_mp3(samples, sr, bitrate, spec["vbr"])
+            samples = synthesize([STYLES[g] for g in spec["styles"]], rng, sr, spec["seconds"], ch,
+                                 true_stereo=spec["true_stereo"])
+            samples = apply_master(samples, sr, Master(**spec["master"]))
+        mp3 = encode_mp3(samples, sr, bitrate, spec["vbr"], xing=spec["xing"])
+        version, mode = stream_info(mp3)
         duration_s = round(samples.shape[0] / sr, 4)
         if spec["vbr"]:
             bitrate = int(round(len(mp3) * 8 / duration_s / 1000))
@@ -330,6 +390,9 @@ def make_track(fma_dir: str, spec: dict, seed: int) -> dict:
                       spec["genre_top"] or (spec["styles"][0] if spec["styles"] else None),
                       max(spec["number"], 1), spec["year"], cover)
         data = tag + mp3
+        if spec["id3v1"]:
+            data += id3v1_tag(spec["title"], spec["artist"],
+                              spec["album"] if isinstance(spec["album"], str) else "", spec["year"])
         if kind == "truncated":
             data = data[:int(len(data) * TRUNCATE_KEEP)]
             duration_s = round((len(data) - len(tag)) / len(mp3) * duration_s, 2)  # roughly what decodes
@@ -342,6 +405,11 @@ def make_track(fma_dir: str, spec: dict, seed: int) -> dict:
         "genre_top": spec["genre_top"], "split": spec["split"], "subset": spec["subset"], "kind": kind,
         "sample_rate": spec["sample_rate"], "channels": spec["channels"], "bitrate_kbps": bitrate,
         "vbr": spec["vbr"], "duration_s": duration_s, "cover_art": spec["cover_art"], "path": rel,
+        "mpeg_version": version, "channel_mode": mode, "master": spec["master"]["level"],
+        "drive_db": spec["master"].get("drive_db"), "peak_dbfs": spec["master"].get("peak_dbfs"),
+        "dc_offset": spec["master"].get("dc_offset", 0.0),
+        "lead_in_s": spec["master"].get("lead_in_s", 0.0), "true_stereo": spec["true_stereo"],
+        "xing": bool(spec["vbr"] and spec["xing"]), "id3v1": spec["id3v1"],
     }
 
 
@@ -384,11 +452,18 @@ def generate(out_dir: str | os.PathLike, n_tracks: int, seed: int, jobs: int = -
     -------
     dict
         ``{"seed", "n_tracks", "tracks": {"<track_id>": {"genre_top", "split", "subset", "kind",
-        "sample_rate", "channels", "bitrate_kbps", "vbr", "duration_s", "cover_art", "path"}}}``.
+        "sample_rate", "channels", "bitrate_kbps", "vbr", "duration_s", "cover_art", "path",
+        "mpeg_version", "channel_mode", "master", "drive_db", "peak_dbfs", "dc_offset", "lead_in_s",
+        "true_stereo", "xing", "id3v1"}}}``.
         ``duration_s`` is the audio's real length (None where the file holds no audio:
         zero_byte, random_bytes, missing; approximate for truncated). ``sample_rate``,
-        ``channels``, ``bitrate_kbps`` and ``vbr`` are None for those too; for VBR files
-        ``bitrate_kbps`` is the mean bit rate.
+        ``channels``, ``bitrate_kbps``, ``vbr``, ``mpeg_version`` ("1", "2", "2.5") and
+        ``channel_mode`` (stereo, joint_stereo, mono) are None for those too; for VBR files
+        ``bitrate_kbps`` is the mean bit rate. ``master`` is normal, loud (hard-clipped after
+        ``drive_db`` of gain: decoded peaks 1.0 .. 1.4) or quiet (peak ``peak_dbfs``);
+        ``lead_in_s`` seconds of digital silence open the track; ``true_stereo``: different
+        music in each channel; ``xing``: a VBR file with a Xing header; ``id3v1``: an ID3v1
+        tag after the audio.
     """
     from joblib import Parallel, delayed
     from tqdm.auto import tqdm

@@ -163,7 +163,7 @@ def _harmonic_sum(phase: np.ndarray, n_harm: int, r: float) -> np.ndarray:
 
 
 def synthesize(styles: list[Style], rng: np.random.Generator, sample_rate: int, seconds: float,
-               channels: int) -> np.ndarray:
+               channels: int, true_stereo: bool = False) -> np.ndarray:
     """Synthesize one excerpt in the given style(s).
 
     Parameters
@@ -176,6 +176,9 @@ def synthesize(styles: list[Style], rng: np.random.Generator, sample_rate: int, 
     seconds : float
     channels : int
         1 or 2.
+    true_stereo : bool
+        Stereo with different music in each channel (each its own voices, drums and noise),
+        instead of one mix panned with a little width.
 
     Returns
     -------
@@ -197,6 +200,11 @@ def synthesize(styles: list[Style], rng: np.random.Generator, sample_rate: int, 
         mono += _voice(style, rng, rate, n_int) / len(styles)
     if channels == 1:
         mix = mono[:, None]
+    elif true_stereo:
+        right = np.zeros(n_int, dtype=np.float32)
+        for style in styles:
+            right += _voice(style, rng, rate, n_int) / len(styles)
+        mix = np.stack([mono, right], axis=1)
     else:
         pan = rng.uniform(-0.3, 0.3)
         width = np.float32(rng.uniform(0.0, 0.02)) * rng.standard_normal(n_int, dtype=np.float32)
@@ -207,6 +215,64 @@ def synthesize(styles: list[Style], rng: np.random.Generator, sample_rate: int, 
     peak = float(np.max(np.abs(mix))) or 1.0
     mix = mix * np.float32(10 ** (-rng.uniform(1.0, 7.0) / 20) / peak)
     return np.ascontiguousarray(mix, dtype=np.float32)
+
+
+@dataclass(frozen=True)
+class Master:
+    """How a track was mastered, beyond its format: what real releases vary in.
+
+    Attributes
+    ----------
+    level : str
+        ``normal`` (peak -1 .. -7 dBFS, as synthesized), ``loud`` (driven ``drive_db`` above full
+        scale into a hard clip, as "loudness war" masters are: MP3 decoding then overshoots to
+        peaks of 1.0 .. 1.4) or ``quiet`` (peak at ``peak_dbfs``).
+    drive_db : float
+        Loud masters: gain over full scale before the clip (6 .. 20 dB).
+    peak_dbfs : float
+        Quiet masters: the peak level (e.g. -45 dBFS).
+    dc_offset : float
+        A constant added to every sample (a DC offset from cheap converters).
+    lead_in_s : float
+        Digital silence before the music starts (the track keeps its length).
+    """
+
+    level: str = "normal"
+    drive_db: float = 0.0
+    peak_dbfs: float = 0.0
+    dc_offset: float = 0.0
+    lead_in_s: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.level not in ("normal", "loud", "quiet"):
+            raise ValueError(f"level must be normal, loud or quiet, got {self.level!r}")
+
+
+def apply_master(samples: np.ndarray, sample_rate: int, master: Master) -> np.ndarray:
+    """The mastered track: level, clip, DC offset and lead-in applied to synthesized samples.
+
+    Parameters
+    ----------
+    samples : np.ndarray, shape (n, channels), float32
+    sample_rate : int
+    master : Master
+
+    Returns
+    -------
+    np.ndarray, shape (n, channels), float32, within [-1, 1] (what a 16-bit master can hold)
+    """
+    x = samples
+    peak = float(np.max(np.abs(x))) or 1.0
+    if master.level == "loud":
+        x = np.clip(x * np.float32(10 ** (master.drive_db / 20) / peak), -1.0, 1.0)
+    elif master.level == "quiet":
+        x = x * np.float32(10 ** (master.peak_dbfs / 20) / peak)
+    if master.dc_offset:
+        x = np.clip(x + np.float32(master.dc_offset), -1.0, 1.0)
+    lead = min(int(master.lead_in_s * sample_rate), x.shape[0])
+    if lead > 0:
+        x = np.concatenate([np.zeros((lead, x.shape[1]), np.float32), x[: x.shape[0] - lead]])
+    return np.ascontiguousarray(x, dtype=np.float32)
 
 
 def _voice(style: Style, rng: np.random.Generator, sr: int, n: int) -> np.ndarray:
@@ -302,7 +368,8 @@ def _voice(style: Style, rng: np.random.Generator, sr: int, n: int) -> np.ndarra
     return out
 
 
-def encode_mp3(samples: np.ndarray, sample_rate: int, bitrate_kbps: int, vbr: bool) -> bytes:
+def encode_mp3(samples: np.ndarray, sample_rate: int, bitrate_kbps: int, vbr: bool,
+               xing: bool = True) -> bytes:
     """Encode float samples as MP3 with LAME (fast quality setting).
 
     Parameters
@@ -313,12 +380,15 @@ def encode_mp3(samples: np.ndarray, sample_rate: int, bitrate_kbps: int, vbr: bo
     bitrate_kbps : int
         Constant bit rate; for ``vbr`` the VBR quality is derived from it (higher = better).
     vbr : bool
+    xing : bool
+        VBR only: put a Xing header frame in front (LAME's files have one; some encoders' don't,
+        and then readers estimate the length from the first frame's bit rate).
 
     Returns
     -------
     bytes
-        The MP3 stream (no ID3 tag; VBR streams start with a Xing header frame). LAME embeds no
-        time stamps, so equal input gives equal bytes.
+        The MP3 stream (no ID3 tag). LAME embeds no time stamps, so equal input gives equal bytes.
+        Stereo at 128 kbit/s and below comes out joint stereo (mid/side), above it plain stereo.
     """
     if samples.ndim != 2 or samples.shape[1] not in (1, 2):
         raise ValueError(f"samples must have shape (n, 1|2), got {samples.shape}")
@@ -334,7 +404,7 @@ def encode_mp3(samples: np.ndarray, sample_rate: int, bitrate_kbps: int, vbr: bo
     else:
         enc.set_bit_rate(int(bitrate_kbps))
     stream = bytes(enc.encode(np.ascontiguousarray(pcm).tobytes()) + enc.flush())
-    return add_xing_header(stream) if vbr else stream
+    return add_xing_header(stream) if vbr and xing else stream
 
 
 def cover_png(rng: np.random.Generator, size: int = 32) -> bytes:
@@ -373,6 +443,28 @@ def id3_tag(title: str, artist: str, album: str, genre: str | None, track_number
     buf = io.BytesIO()
     tags.save(buf, padding=lambda info: 0)
     return buf.getvalue()
+
+
+def id3v1_tag(title: str, artist: str, album: str, year: int) -> bytes:
+    """The 128 bytes of an ID3v1 tag (appended after the MP3 stream by many taggers)."""
+    def field(text: str, size: int) -> bytes:
+        return text.encode("latin-1", "replace")[:size].ljust(size, b"\x00")
+
+    return b"TAG" + field(title, 30) + field(artist, 30) + field(album, 30) + field(str(year), 4) + bytes(31)
+
+
+_CHANNEL_MODES = ("stereo", "joint_stereo", "dual_channel", "mono")
+_MPEG_VERSIONS = {3: "1", 2: "2", 0: "2.5"}
+
+
+def stream_info(mp3: bytes) -> tuple[str, str]:
+    """(MPEG version "1" | "2" | "2.5", channel mode) from the first frame header of an MP3 stream.
+
+    The channel mode is ``stereo``, ``joint_stereo``, ``dual_channel`` or ``mono``. The stream
+    starts with a frame (no ID3 tag in front); a Xing frame carries the mode of the stream.
+    """
+    _frame_info(mp3[:4])  # raises if it is not a layer III frame header
+    return _MPEG_VERSIONS[(mp3[1] >> 3) & 3], _CHANNEL_MODES[mp3[3] >> 6]
 
 
 # Layer III bit rates (kbit/s) by bitrate index, for MPEG-1 and for MPEG-2/2.5.

@@ -26,6 +26,9 @@ Each shard file holds
 ``track_id``    int64 (N,), FMA track id, sorted ascending.
 ``failed_track_id`` int64 (M,) and ``failed_reason`` str (M,): tracks assigned
                 to this shard that could not be turned into an image.
+``padded_track_id`` int64 (P,) and ``padded_seconds`` float64 (P,): written tracks
+                whose clip was shorter than the recipe's duration (padded with silence),
+                with their real length (absent in older shards: read as none).
 
 and attributes (JSON strings where structured): ``format_version``, ``name``,
 ``split``, ``shard_index``, ``num_shards``, ``subset``, ``recipe``,

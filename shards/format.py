@@ -88,6 +88,7 @@ class ShardContents:
     track_id: np.ndarray
     label: np.ndarray
     failed: list[tuple[int, str]] = field(default_factory=list)
+    padded: list[tuple[int, float]] = field(default_factory=list)
 
     @property
     def num_tracks(self) -> int:
@@ -151,6 +152,7 @@ def write_shard(
     versions: dict | None = None,
     failed: Iterable[tuple[int, str]] = (),
     compression: str | None = None,
+    padded: Iterable[tuple[int, float]] = (),
 ) -> str:
     """Write one shard atomically and return its content checksum.
 
@@ -173,6 +175,9 @@ def write_shard(
         Tracks of this shard that could not be turned into an image.
     compression : {None, "gzip", "lzf"}
         None (default) keeps the images memory-mappable.
+    padded : iterable of (track_id, seconds)
+        Written tracks whose clip was shorter than the recipe's duration (padded with
+        silence by the short-clip policy), with their real length in seconds.
 
     Returns
     -------
@@ -184,7 +189,10 @@ def write_shard(
     label = np.asarray(label, dtype=np.int64)
     track_id = np.asarray(track_id, dtype=np.int64)
     failed = sorted((int(t), str(r)) for t, r in failed)
+    padded = sorted((int(t), float(s)) for t, s in padded)
     _validate(mel, label, track_id, class_names, split, failed)
+    if not {t for t, _ in padded} <= set(track_id.tolist()):
+        raise ValueError("padded tracks must be written tracks")
     if path.name != shard_name(split, shard_index, num_shards):
         raise ValueError(f"{path.name} does not match {shard_name(split, shard_index, num_shards)}")
     if compression not in (None, "gzip", "lzf"):
@@ -221,6 +229,10 @@ def write_shard(
             "failed_reason", data=[r for _, r in failed], dtype=h5py.string_dtype(),
             shape=(len(failed),), track_times=False,
         )
+        f.create_dataset("padded_track_id", data=np.array([t for t, _ in padded], dtype=np.int64),
+                         track_times=False)
+        f.create_dataset("padded_seconds", data=np.array([x for _, x in padded], dtype=np.float64),
+                         track_times=False)
         for key, value in attrs.items():
             f.attrs[key] = value
         f.flush()
@@ -285,6 +297,10 @@ def read_shard(path: str | os.PathLike, *, verify: bool = False) -> ShardContent
             track_id = f["track_id"][()]
             reasons = [r.decode() if isinstance(r, bytes) else str(r) for r in f["failed_reason"][()]]
             failed = list(zip(f["failed_track_id"][()].tolist(), reasons, strict=True))
+            padded = []  # absent from shards written before short clips were counted
+            if "padded_track_id" in f and "padded_seconds" in f:
+                padded = list(zip(f["padded_track_id"][()].tolist(), f["padded_seconds"][()].tolist(),
+                                  strict=True))
             contents = ShardContents(
                 path=path,
                 name=str(attrs["name"]),
@@ -301,6 +317,7 @@ def read_shard(path: str | os.PathLike, *, verify: bool = False) -> ShardContent
                 track_id=track_id,
                 label=label,
                 failed=failed,
+                padded=padded,
             )
             n = contents.num_tracks
             if label.shape != (n,) or track_id.shape != (n,):

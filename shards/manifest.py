@@ -10,13 +10,14 @@ Schema (plain JSON)::
       "shard_size": 1000,
       "shards": [                            # one entry per shard file
         {"name": "train-00000-of-00050.h5", "split": "train", "shard_index": 0,
-         "num_shards": 50, "num_tracks": 987, "num_failed": 2,
+         "num_shards": 50, "num_tracks": 987, "num_failed": 2, "num_padded": 1,
          "checksum": "sha256:...", "class_counts": [..one count per class..]},
         ...
       ],
       "totals": {"train": {"tracks": 40000, "per_class": {"Blues": 100, ...}}, ...},
       "skipped": {"<reason>": [track ids], ...},   # never assigned to a shard
       "failed": [{"track_id": 2624, "reason": "...", "shard": "train-..."}, ...],
+      "padded": [{"track_id": 1234, "seconds": 17.3, "shard": "train-..."}, ...],  # short clips
       "versions": {...}
     }
 """

@@ -13,6 +13,7 @@ import pytest
 from preprocess.audio import AudioReader, TrackFailure, decode, mel_from_file, track_image
 from preprocess.recipe import Recipe
 from preprocess.synth_audio import add_xing_header
+from tests._reference import plain_librosa
 
 SR = 44100
 
@@ -154,3 +155,106 @@ def test_decoder_messages_go_into_the_reason_not_the_terminal(tmp_path, capfd):
     reason = str(info.value)
     assert reason.startswith(("cannot decode: ", "too short: ")) and "decoder: " in reason, reason
     assert "\n" not in reason and len(reason) < 500
+
+
+# --------------------------------------------------------------------------- every kind of generated file
+
+def generated_kinds(info: dict) -> list[str]:
+    """The kinds of real-world file a good generated track is (from synth_truth.json)."""
+    kinds = [info["master"]] if info["master"] != "normal" else []
+    kinds += [f"mpeg{info['mpeg_version']}"] if info["mpeg_version"] != "1" else []
+    kinds += [info["channel_mode"]]
+    kinds += ["true_stereo"] if info["true_stereo"] else []
+    kinds += ["dc_offset"] if info["dc_offset"] else []
+    kinds += ["lead_in"] if info["lead_in_s"] else []
+    kinds += (["vbr"] if info["xing"] else ["vbr_no_xing"]) if info["vbr"] else []
+    kinds += ["full_length"] if info["duration_s"] > 31 else []
+    kinds += ["id3v1"] if info["id3v1"] else []
+    return kinds
+
+
+def ffmpeg_decode(path, seconds: float) -> tuple[np.ndarray, int]:
+    """ffmpeg's float decode (its own MP3 decoder), shape (channels, n), and the rate."""
+    import json
+    import subprocess
+
+    probe = json.loads(subprocess.run(
+        ["ffprobe", "-v", "error", "-select_streams", "a:0", "-show_entries", "stream=sample_rate,channels",
+         "-of", "json", str(path)], check=True, capture_output=True).stdout)["streams"][0]
+    raw = subprocess.run(["ffmpeg", "-v", "error", "-i", str(path), "-t", str(seconds), "-f", "f32le",
+                          "-c:a", "pcm_f32le", "-"], check=True, capture_output=True).stdout
+    channels = int(probe["channels"])
+    return np.frombuffer(raw, "<f4").reshape(-1, channels).T, int(probe["sample_rate"])
+
+
+def _good_files(truth: dict):
+    for tid, info in sorted(truth["tracks"].items()):
+        if info["kind"] == "good":
+            yield tid, info
+
+
+def _report(title: str, worst: dict) -> None:
+    print(f"\n{title}")
+    for kind, values in sorted(worst.items()):
+        print(f"  {kind}: " + ", ".join(f"{v:.3g}" if isinstance(v, float) else str(v) for v in values))
+
+
+def test_every_generated_kind_decodes_as_librosa_load(mini_fma):
+    """Loud, quiet, MPEG-2/2.5, mono, joint and true stereo, DC, lead-in, VBR (with and without a Xing
+    header), full-length, ID3v1: our mono waveform is librosa.load's to 1e-5, nothing clamped, and
+    the image is the plain librosa recipe's to 0.05 dB."""
+    fma_dir, truth = mini_fma
+    worst: dict[str, list] = {}
+    loud_peaks = []
+    for tid, info in _good_files(truth):
+        path = fma_dir / info["path"]
+        theirs, sr = librosa.load(path, sr=None, mono=True, duration=29.5)
+        waveform, rate = decode(path, max_seconds=29.5)
+        assert rate == sr == info["sample_rate"] and waveform.shape[0] == info["channels"], tid
+        mono = waveform.mean(axis=0)
+        assert mono.shape == theirs.shape, tid
+        wave_diff = float(np.abs(mono - theirs).max())
+        n = int(29.5 * sr)
+        padded = np.concatenate([theirs, np.zeros(max(n - theirs.size, 0), np.float32)])
+        image_diff = float(np.abs(track_image(path, Recipe()).image - plain_librosa(padded, sr)).max())
+        assert wave_diff <= 1e-5 and image_diff <= 0.05, (tid, wave_diff, image_diff)
+        peak = float(np.abs(waveform).max())
+        if info["master"] == "loud":
+            loud_peaks.append(peak)
+        for kind in generated_kinds(info):
+            row = worst.setdefault(kind, [0, 0.0, 0.0, 0.0])
+            row[:] = [row[0] + 1, max(row[1], wave_diff), max(row[2], image_diff), max(row[3], peak)]
+    # Every kind occurs, and the loud masters really overshoot full scale (clamping would show).
+    assert set(worst) >= {"loud", "quiet", "mpeg2", "mpeg2.5", "mono", "joint_stereo", "stereo",
+                          "true_stereo", "dc_offset", "lead_in", "vbr", "vbr_no_xing", "full_length", "id3v1"}
+    assert min(loud_peaks) > 1.0 and max(loud_peaks) >= 1.25, loud_peaks
+    _report("kind: files, max |mono - librosa.load|, max |image - plain librosa| (dB), max peak", worst)
+
+
+def test_generated_files_decode_as_ffmpeg(mini_fma):
+    """ffmpeg's own MP3 decoder (float output) gives the same samples, unclamped peaks included."""
+    import shutil
+
+    if shutil.which("ffmpeg") is None or shutil.which("ffprobe") is None:
+        pytest.skip("ffmpeg is not installed (apt-get install ffmpeg); .ci/run installs it")
+    fma_dir, truth = mini_fma
+    worst: dict[str, list] = {}
+    for tid, info in _good_files(truth):
+        path = fma_dir / info["path"]
+        waveform, rate = decode(path, max_seconds=29.5)
+        reference, ff_rate = ffmpeg_decode(path, 30.0)
+        assert ff_rate == rate and reference.shape[0] == waveform.shape[0], tid
+        # A Xing header without LAME's extension: mpg123 (so librosa.load) drops 529 samples of
+        # decoder delay, ffmpeg keeps them. Without a Xing header on a VBR file libsndfile stops
+        # at a length estimated from the first frame (as librosa.load does); ffmpeg reads on.
+        lag = 529 if info["xing"] else 0
+        reference = reference[:, lag:]
+        m = min(reference.shape[1], waveform.shape[1])
+        assert m == waveform.shape[1], tid
+        diff = float(np.abs(reference[:, :m] - waveform).max())
+        peak_diff = abs(float(np.abs(reference[:, :m]).max()) - float(np.abs(waveform).max()))
+        assert diff < 1e-4 and peak_diff < 1e-4, (tid, diff, peak_diff)
+        for kind in generated_kinds(info):
+            row = worst.setdefault(kind, [0, 0.0])
+            row[:] = [row[0] + 1, max(row[1], diff)]
+    _report("kind: files, max |samples - ffmpeg's|", worst)

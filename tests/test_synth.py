@@ -271,15 +271,32 @@ def test_good_files_decode_to_declared_format(mini_fma):
         d = decode(path)
         assert d.sample_rate == t["sample_rate"], tid
         assert d.nchannels == t["channels"], tid
-        assert abs(d.duration - 30.0) < 0.2 and abs(t["duration_s"] - 30.0) < 0.01, (tid, d.duration)
-        samples = np.asarray(d.samples)
-        assert 0.05 < np.abs(samples).max() <= 1.0
+        if t["xing"] or not t["vbr"]:  # else libsndfile trusts a length estimated from the first frame
+            assert abs(d.duration - t["duration_s"]) < 0.2, (tid, d.duration)
+        assert t["duration_s"] in (30.0, 240.0), tid
+        peak = float(np.abs(d.samples).max())
+        if t["master"] == "loud":  # hard-clipped master: MP3 decoding overshoots full scale
+            assert 1.0 < peak < 1.45, (tid, peak)
+        elif t["master"] == "quiet":
+            assert abs(20 * np.log10(peak) - t["peak_dbfs"]) < 1.5, (tid, peak)
+        else:
+            assert 0.05 < peak <= 1.0, (tid, peak)
+        if t["dc_offset"] and t["master"] == "normal":  # (a clipped loud master has a DC of its own)
+            assert abs(float(d.samples.mean()) - t["dc_offset"]) < 0.01, tid
+        if t["lead_in_s"]:
+            lead = int(t["lead_in_s"] * t["sample_rate"]) - 1200  # minus the decoder's ringing
+            assert np.abs(d.samples[:lead]).max() < 1e-3 < np.abs(d.samples[lead + 2400:]).max(), tid
+        if t["true_stereo"]:
+            assert abs(np.corrcoef(d.samples[:, 0], d.samples[:, 1])[0, 1]) < 0.5, tid
         info = MP3(path).info
         assert info.sample_rate == t["sample_rate"] and info.channels == t["channels"]
-        if t["vbr"]:  # the Xing header gives readers the mean bit rate and the length
+        assert str(info.version).rstrip("0").rstrip(".") == t["mpeg_version"], tid
+        assert ("stereo", "joint_stereo", "dual_channel", "mono")[info.mode] == t["channel_mode"], tid
+        assert path.read_bytes()[-128:].startswith(b"TAG") == t["id3v1"], tid
+        if t["vbr"] and t["xing"]:  # the Xing header gives readers the mean bit rate and the length
             assert abs(info.bitrate / 1000 - t["bitrate_kbps"]) < 0.05 * t["bitrate_kbps"], tid
-            assert abs(info.length - 30.0) < 0.2, tid
-        else:
+            assert abs(info.length - t["duration_s"]) < 0.2, tid
+        elif not t["vbr"]:
             assert info.bitrate == t["bitrate_kbps"] * 1000, tid
         tags = ID3(path)
         assert tags["TIT2"].text[0] and tags["TPE1"].text[0]
@@ -291,7 +308,15 @@ def test_good_files_decode_to_declared_format(mini_fma):
             assert covers[0].data.startswith(b"\x89PNG")
         formats[(t["sample_rate"], t["channels"], "vbr" if t["vbr"] else t["bitrate_kbps"])] += 1
     rates = Counter(t["sample_rate"] for t in good.values())
-    assert rates.most_common(1)[0][0] == 44100 and set(rates) == {22050, 32000, 44100, 48000}
+    assert rates.most_common(1)[0][0] == 44100
+    assert set(rates) == {8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000}
+    assert {t["mpeg_version"] for t in good.values()} == {"1", "2", "2.5"}
+    assert {t["channel_mode"] for t in good.values()} == {"stereo", "joint_stereo", "mono"}
+    masters = Counter(t["master"] for t in good.values())
+    assert masters["loud"] >= 3 and masters["quiet"] >= 1 and masters["normal"] > len(good) // 2
+    for flag in ("true_stereo", "dc_offset", "lead_in_s", "id3v1"):
+        assert any(t[flag] for t in good.values()), flag
+    assert any(t["vbr"] and not t["xing"] for t in good.values())
     assert formats.most_common(1)[0][0] == (44100, 2, 320)
     assert any(t["channels"] == 1 for t in good.values())
     assert any(t["vbr"] for t in good.values())
@@ -349,7 +374,8 @@ def test_truth_json_matches_return_value_and_contract(mini_fma):
     assert json.loads((fma_dir / "synth_truth.json").read_text(encoding="utf-8")) == truth
     assert truth["seed"] == 0 and truth["n_tracks"] == 120
     fields = {"genre_top", "split", "subset", "kind", "sample_rate", "channels", "bitrate_kbps", "vbr",
-              "duration_s", "cover_art", "path"}
+              "duration_s", "cover_art", "path", "mpeg_version", "channel_mode", "master", "drive_db",
+              "peak_dbfs", "dc_offset", "lead_in_s", "true_stereo", "xing", "id3v1"}
     for tid, t in truth["tracks"].items():
         assert tid.isdigit() and set(t) == fields
         assert t["split"] in fma.SPLITS and t["subset"] in fma.SUBSETS
