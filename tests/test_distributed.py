@@ -232,3 +232,27 @@ def test_a_lost_rank_stops_the_job_with_a_clear_error(how, shard_set, tmp_path, 
         assert timeout_s - 1 < took < timeout_s + 30 + 20, f"{took:.1f} s\n{output}"
     # What was saved stays usable: the run resumes from its last complete epoch.
     assert load_checkpoint(tmp_path / "run" / "last.pt")["epoch"] >= 1
+
+
+def test_weight_ema_of_a_ddp_model_averages_the_plain_model(tmp_path):
+    """Under torchrun the model is DistributedDataParallel: the EMA keeps the plain model's keys."""
+    import torch.distributed as dist
+    from torch import nn
+
+    from train.ema import WeightEMA
+
+    dist.init_process_group("gloo", store=dist.FileStore(str(tmp_path / "store"), 1), rank=0, world_size=1)
+    try:
+        torch.manual_seed(0)
+        plain = build_model(ModelConfig("seed", 4))
+        wrapped = nn.parallel.DistributedDataParallel(plain)
+        ema = WeightEMA(wrapped, 0.5)
+        assert ema.state_dict()["weights"].keys() == plain.state_dict().keys()
+        with torch.no_grad():
+            for p in plain.parameters():
+                p.add_(1.0)
+        ema.update(wrapped)
+        moved = ema.model.state_dict()["classifier.4.bias"] - plain.state_dict()["classifier.4.bias"]
+        assert torch.all(moved < 0)  # the average lags behind the weights it follows
+    finally:
+        dist.destroy_process_group()

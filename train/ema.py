@@ -17,16 +17,22 @@ import copy
 import torch
 from torch import nn
 
+from train.distributed import unwrap
+
 
 class WeightEMA:
-    """The averaged copy of ``model`` (``.model``, in eval mode, no gradients)."""
+    """The averaged copy of ``model`` (``.model``, in eval mode, no gradients).
+
+    ``model`` may be wrapped in DistributedDataParallel (under torchrun): the average is of the
+    plain model inside, so its state dict has the plain model's keys.
+    """
 
     def __init__(self, model: nn.Module, decay: float):
         if not 0.0 < decay < 1.0:
             raise ValueError(f"ema_decay={decay}: must be in (0, 1) (0 in the config turns EMA off)")
         self.decay = float(decay)
         self.updates = 0
-        self.model = copy.deepcopy(model).eval()
+        self.model = copy.deepcopy(unwrap(model)).eval()
         for p in self.model.parameters():
             p.requires_grad_(False)
 
@@ -38,7 +44,7 @@ class WeightEMA:
     def update(self, model: nn.Module) -> None:
         """Move the average towards ``model``'s current weights (call after each optimiser step)."""
         d = self.current_decay()
-        source = model.state_dict()
+        source = unwrap(model).state_dict()
         for name, value in self.model.state_dict().items():
             new = source[name].detach()
             if value.dtype.is_floating_point:
