@@ -138,8 +138,9 @@ def max_difference(a: dict, b: dict) -> float:
 @pytest.mark.slow
 @pytest.mark.timeout(900)
 def test_two_ranks_train_the_weights_of_one_process(shard_set, tmp_path, python, subprocess_env):
-    """2 ranks x batch 8 = 1 process x batch 16 (same seed); resume under torchrun is exact; rank 0 writes."""
-    common = ("--norm", "group", "--max-steps-per-epoch", "3")
+    """2 ranks x batch 8 = 1 process x batch 16 (same seed), weights and their EMA; resume under torchrun is
+    exact; rank 0 alone writes."""
+    common = ("--norm", "group", "--max-steps-per-epoch", "3", "--ema-decay", "0.5")
     run([python, "-m", "train", *fit_argv(shard_set, tmp_path / "one", "--epochs", "2", *common)],
         subprocess_env)
     two = run(torchrun(python, 2, fit_argv(shard_set, tmp_path / "two", "--epochs", "2", *common)),
@@ -169,6 +170,12 @@ def test_two_ranks_train_the_weights_of_one_process(shard_set, tmp_path, python,
     assert resumed["epoch"] == 2
     for key, value in b.items():
         assert torch.equal(value, resumed["state_dict"][key]), f"resumed under torchrun: {key} differs"
+    # The weight average follows the same weights: same keys, same values, resumed exactly.
+    ema_one, ema_two = one_ckpt["ema_state_dict"]["weights"], two_ckpt["ema_state_dict"]["weights"]
+    assert ema_two.keys() == b.keys()
+    for key in ema_one:
+        torch.testing.assert_close(ema_two[key], ema_one[key], atol=ATOL, rtol=RTOL, msg=key)
+        assert torch.equal(resumed["ema_state_dict"]["weights"][key], ema_two[key]), key
     # Rank 0 alone writes: one TensorBoard event file, one line per epoch on stdout.
     assert len(list((tmp_path / "two" / "tensorboard").glob("events.out.tfevents.*"))) == 1
     output = two.stdout + two.stderr
