@@ -24,6 +24,7 @@ def torch_outputs(checkpoint: dict, mel: np.ndarray) -> tuple[np.ndarray, np.nda
         return model(x).numpy(), model.embed(x).numpy()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["seed", "resnet"])
 def test_onnx_logits_match_pytorch(name, tmp_path, capsys):
     run = tmp_path / "run"
@@ -51,6 +52,7 @@ def test_onnx_logits_match_pytorch(name, tmp_path, capsys):
     assert worst <= 1e-4
 
 
+@pytest.mark.slow
 def test_onnx_metadata_holds_class_names_and_recipe(tmp_path):
     from train.scorers import read_onnx_metadata
 

@@ -129,6 +129,7 @@ def test_bad_arguments_are_one_line_errors(clips, run, tmp_path, capsys):
     assert "exactly one of --run" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_predict_with_onnx_matches_the_checkpoint_and_runs_without_torch(clips, run, tmp_path, python,
                                                                         subprocess_env, repo_root):
     pytest.importorskip("onnxruntime")
