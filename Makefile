@@ -9,6 +9,7 @@ VENV     ?= .venv
 FMA_DIR  ?= data
 SUBSET   ?= large
 UNPACK   ?= 1
+AUDIO_ZIP ?=
 JOBS     ?= $(shell nproc 2>/dev/null || echo 2)
 SHARDS   ?= shards/fma_$(SUBSET)
 MODEL    ?= seed
@@ -39,6 +40,7 @@ help: ## this list
 	@echo "  FMA_DIR=$(FMA_DIR)  holds fma_metadata/ and fma_<subset>/ as FMA's zips unpack"
 	@echo "  SUBSET=$(SUBSET)  small | medium | large (nested, as FMA defines them)"
 	@echo "  UNPACK=$(UNPACK)  download: 0 keeps the audio as fma_<subset>.zip (features reads it directly)"
+	@echo "  AUDIO_ZIP=$(AUDIO_ZIP)  features: read the MP3s from this zip (default: FMA_DIR/fma_<subset>/, else its zip)"
 	@echo "  JOBS=$(JOBS)  worker processes for features and for unpacking downloads"
 	@echo "  SHARDS=$(SHARDS)  where the HDF5 shard set is written / read"
 	@echo "  MODEL=$(MODEL)  EPOCHS=$(EPOCHS)  DEVICE=$(DEVICE) (auto | cuda | cpu)"
@@ -83,7 +85,8 @@ test-fast: $(STAMP) ## the tests for the edit-test loop: no slow or cluster test
 
 features: $(STAMP) ## decode every top-genre track of SUBSET into HDF5 shards in SHARDS
 	$(PY) -m preprocess features --fma-dir "$(FMA_DIR)" --subset $(SUBSET) --out "$(SHARDS)" \
-	  --jobs $(JOBS) --backend $(BACKEND) $(if $(SCHEDULER),--scheduler "$(SCHEDULER)")
+	  --jobs $(JOBS) --backend $(BACKEND) $(if $(SCHEDULER),--scheduler "$(SCHEDULER)") \
+	  $(if $(AUDIO_ZIP),--audio-zip "$(AUDIO_ZIP)")
 
 finalize: $(STAMP) ## write SHARDS/manifest.json once every shard exists (says which are missing)
 	$(PY) -m preprocess finalize "$(SHARDS)"
@@ -92,7 +95,8 @@ verify: $(STAMP) ## check every shard in SHARDS against the manifest
 	$(PY) -m preprocess verify "$(SHARDS)"
 
 features-slurm: $(STAMP) ## submit the features stage as a SLURM array + finalize job (SLURM_ARGS=...)
-	$(PY) -m preprocess slurm --fma-dir "$(FMA_DIR)" --subset $(SUBSET) --out "$(SHARDS)" $(SLURM_ARGS)
+	$(PY) -m preprocess slurm --fma-dir "$(FMA_DIR)" --subset $(SUBSET) --out "$(SHARDS)" \
+	  $(if $(AUDIO_ZIP),--audio-zip "$(AUDIO_ZIP)") $(SLURM_ARGS)
 
 # NPROC > 1: one machine, NPROC processes through torchrun (`-m --` keeps torchrun's parser off --run).
 TRAIN_LAUNCH = $(if $(filter-out 1,$(NPROC)),$(PY) -m torch.distributed.run --standalone --nproc-per-node $(NPROC) -m --,$(PY) -m)
@@ -118,10 +122,11 @@ download: $(STAMP) ## fetch and unpack FMA's zips for SUBSET (+ metadata) into F
 	$(PY) -m preprocess download --fma-dir "$(FMA_DIR)" --subset $(SUBSET) --jobs $(JOBS) \
 	  $(if $(filter 0,$(UNPACK)),--no-unpack)
 
-bench: $(STAMP) ## speed benchmarks (features, dataset, unpacking, predict): ratios against baselines
+bench: $(STAMP) ## speed benchmarks (features, dataset, unpacking, features from the zip, predict): ratios
 	$(PY) bench/features.py
 	$(PY) bench/dataset.py
 	$(PY) bench/unpack.py
+	$(PY) bench/zip_features.py
 	$(PY) bench/predict.py
 
 clean: ## remove the venv, caches and demo outputs (not data/ or your shard sets)

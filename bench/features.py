@@ -47,6 +47,7 @@ from threadpoolctl import ThreadpoolController  # noqa: E402
 
 from preprocess import fma  # noqa: E402
 from preprocess.assign import ShardSpec  # noqa: E402
+from preprocess.audio_source import AudioSource  # noqa: E402
 from preprocess.driver import compute_shard  # noqa: E402
 from preprocess.recipe import RECIPES  # noqa: E402
 
@@ -114,7 +115,7 @@ def _tasks(tracks: list[tuple[int, int]], audio_dir: Path, out: Path, n_parts: i
         spec = ShardSpec(name=f"train-{k:05d}-of-{n_parts:05d}.h5", split="train", shard_index=k,
                          num_shards=n_parts, track_ids=tuple(t for t, _ in part),
                          labels=tuple(label for _, label in part))
-        tasks.append({"spec": spec.to_dict(), "audio_dir": str(audio_dir), "out": str(out),
+        tasks.append({"spec": spec.to_dict(), "audio": AudioSource(str(audio_dir)).to_dict(), "out": str(out),
                       "recipe": RECIPES["reference"].to_dict(), "subset": "large",
                       "class_names": list(fma.CLASS_NAMES), "timeout_s": 120.0, "compression": None})
     return tasks

@@ -12,6 +12,9 @@ fma_large's 106,574) are ever used. So the features stage reads either
 From a zip, each worker opens the zip once per shard and decompresses only the members
 of that shard's tracks, one at a time, into memory; the decoder reads the bytes from
 there. Each member is read whole, so zipfile checks its CRC-32 before anything is decoded.
+A member that does not decode from memory is tried once more as a file named like the
+tree's (libsndfile trusts a ``.mp3`` name where the first bytes say nothing, e.g. an
+MP3 behind leading junk), so a zip gives exactly the tree's images and failure reasons.
 
 Failures, as for files on disk:
 
@@ -31,14 +34,18 @@ import contextlib
 import io
 import os
 import re
+import tempfile
 import zipfile
 import zlib
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import BinaryIO, Callable, Iterator, TypeVar, Union
 
 from preprocess import fma
 from shards.errors import FmaGenreError
+
+T = TypeVar("T")
+Source = Union[Path, BinaryIO]  # what the decoder reads: a path, or a binary file object
 
 # A member holding a track: <anything>/NNN/NNNNNN.mp3, as fma.audio_relpath lays it out.
 _TRACK_MEMBER = re.compile(r"(?:^|/)(\d{3}/\d{6}\.mp3)$")
@@ -157,11 +164,25 @@ def find_audio_source(fma_dir: str | os.PathLike, subset: str,
         f"{', '.join(n + '/' for n in names)} and the zips {', '.join(n + '.zip' for n in names)}.{hint}")
 
 
-class _ZipTracks:
-    """Reads tracks' members from one open zip, each whole into memory."""
+class _FolderTracks:
+    """Tracks of an unpacked tree: each is its path (a missing file is the decoder's ``missing file``)."""
 
-    def __init__(self, source: AudioSource, zf: zipfile.ZipFile):
-        self.source, self.zf = source, zf
+    def __init__(self, folder: Path):
+        self.folder = folder
+
+    def __call__(self, track_id: int) -> Path:
+        return self.folder / fma.audio_relpath(track_id)
+
+    def apply(self, track_id: int, work: Callable[[Source], T]) -> T:
+        return work(self(track_id))
+
+
+class _ZipTracks:
+    """Tracks of one open zip: each member is read whole into memory (zipfile checks its CRC-32)."""
+
+    def __init__(self, source: AudioSource, zf: zipfile.ZipFile, stack: contextlib.ExitStack):
+        self.source, self.zf, self.stack = source, zf, stack
+        self.scratch: Path | None = None
 
     def __call__(self, track_id: int) -> io.BytesIO:
         name = self.source.member(track_id)
@@ -177,14 +198,49 @@ class _ZipTracks:
             raise MemberError(f"bad zip member: {name} in {self.source.path}: {exc}") from None
         return io.BytesIO(data)
 
+    def apply(self, track_id: int, work: Callable[[Source], T]) -> T:
+        """``work(member in memory)``; if that fails, ``work(the member as a file NNNNNN.mp3)``.
+
+        libsndfile recognises most MP3s by their first bytes, but for a path it also
+        trusts the ``.mp3`` extension: an MP3 behind leading junk decodes from the tree
+        and not from memory. So a member that fails from memory is tried once more as a
+        file named like the tree's (in /dev/shm where it exists, i.e. still in memory):
+        the image or the failure reason is then exactly the tree's.
+        """
+        from preprocess.audio import TrackFailure, TrackTimeout
+
+        data = self(track_id)
+        try:
+            return work(data)
+        except TrackTimeout:
+            raise
+        except TrackFailure:
+            path = self._scratch() / Path(fma.audio_relpath(track_id)).name
+            path.write_bytes(data.getbuffer())
+            try:
+                return work(path)
+            finally:
+                path.unlink(missing_ok=True)
+
+    def _scratch(self) -> Path:
+        if self.scratch is None:
+            shm = Path("/dev/shm")
+            where = str(shm) if shm.is_dir() and os.access(shm, os.W_OK) else None
+            self.scratch = Path(self.stack.enter_context(tempfile.TemporaryDirectory(prefix="fma-zip-",
+                                                                                   dir=where)))
+        return self.scratch
+
 
 @contextlib.contextmanager
-def open_tracks(source: AudioSource) -> Iterator:
-    """A reader for one worker's shard: ``read(track_id)`` -> what the decoder takes.
+def open_tracks(source: AudioSource) -> Iterator[_FolderTracks | _ZipTracks]:
+    """A reader for one worker's shard.
 
-    For a folder, ``read`` returns the track's path (a missing file is the decoder's
-    ``missing file``). For a zip, the zip is opened once here and ``read`` returns the
-    member's bytes as an in-memory binary file, or raises :class:`MemberError`.
+    ``reader(track_id)`` is what the decoder takes: the track's path (folder), or its
+    member's bytes as an in-memory binary file (zip; :class:`MemberError` if the member
+    is missing or damaged). ``reader.apply(track_id, work)`` returns ``work(source)``;
+    for a zip member that ``work`` fails on (``TrackFailure``) from memory, it retries
+    from a file named like the tree's, so the result always equals the tree's.
+    A zip is opened once here, for all the shard's tracks.
 
     Raises
     ------
@@ -192,11 +248,11 @@ def open_tracks(source: AudioSource) -> Iterator:
         The zip's directory cannot be read.
     """
     if not source.is_zip:
-        folder = Path(source.path)
-        yield lambda track_id: folder / fma.audio_relpath(track_id)
+        yield _FolderTracks(Path(source.path))
         return
-    with open_zip(source.path) as zf:
-        yield _ZipTracks(source, zf)
+    with contextlib.ExitStack() as stack:
+        zf = stack.enter_context(open_zip(source.path))
+        yield _ZipTracks(source, zf, stack)
 
 
 def missing_tracks(source: AudioSource, track_ids: list[int]) -> list[int]:

@@ -9,6 +9,11 @@ one task of a process pool (or of a dask cluster: --backend dask --scheduler
 tcp://host:port | scheduler-file). Each shard is written to a temporary file and
 renamed into place, so a reader never sees a partial shard.
 
+The MP3s are read from the unpacked tree FMA_DIR/fma_<subset>/ or, where there is
+none (or with --audio-zip ZIP), straight from FMA's zip FMA_DIR/fma_<subset>.zip:
+each task opens the zip once and decompresses only its own tracks, in memory
+(preprocess.audio_source). Both make the same shards.
+
 Outputs in --out: plan.json (written first: recipe, every shard's tracks, skipped
 tracks by reason), the shards (train-00000-of-00150.h5 ...) and, once every
 shard exists, manifest.json.
@@ -44,6 +49,7 @@ from pathlib import Path
 
 from preprocess import fma
 from preprocess.assign import ShardSpec, select_for_task
+from preprocess.audio_source import AudioSource, missing_tracks, track_location
 from preprocess.errors import FeaturesError
 from preprocess.options import FeatureOptions, add_plan_arguments, add_run_arguments, worker_count
 from preprocess.plan import (
@@ -89,7 +95,7 @@ def compute_shard(task: dict) -> dict:
     Parameters
     ----------
     task : dict
-        ``spec`` (ShardSpec.to_dict()), ``audio_dir``, ``out``, ``recipe``
+        ``spec`` (ShardSpec.to_dict()), ``audio`` (AudioSource.to_dict()), ``out``, ``recipe``
         (Recipe.to_dict()), ``subset``, ``class_names``, ``timeout_s``, ``compression``,
         ``keep_silence`` (optional, default False).
 
@@ -102,29 +108,33 @@ def compute_shard(task: dict) -> dict:
     import numpy as np
 
     from preprocess.audio import TrackFailure, track_image
+    from preprocess.audio_source import MemberError, open_tracks
     from shards import write_shard
 
     start = time.perf_counter()
     spec = ShardSpec.from_dict(task["spec"])
     recipe = Recipe.from_dict(task["recipe"])
-    audio_dir = Path(task["audio_dir"])
     out = Path(task["out"])
     images = np.empty((len(spec.track_ids), recipe.n_mels, recipe.n_frames), dtype=np.float32)
     kept: list[int] = []
     failed: list[tuple[int, str]] = []
     padded: list[tuple[int, float]] = []
-    for i, track_id in enumerate(spec.track_ids):
-        try:
-            path = audio_dir / fma.audio_relpath(track_id)
-            result = track_image(path, recipe, task["timeout_s"], task.get("keep_silence", False))
-            images[len(kept)] = result.image
-            kept.append(i)
-            if result.padded:
-                padded.append((track_id, result.seconds))
-        except TrackFailure as exc:
-            failed.append((track_id, str(exc)))
-        except Exception as exc:  # an unexpected error in one track must not stop the run
-            failed.append((track_id, f"error: {type(exc).__name__}: {exc}"))
+
+    def image(source):
+        return track_image(source, recipe, task["timeout_s"], task.get("keep_silence", False))
+
+    with open_tracks(AudioSource.from_dict(task["audio"])) as tracks:  # a zip: opened once per shard
+        for i, track_id in enumerate(spec.track_ids):
+            try:
+                result = tracks.apply(track_id, image)  # a path, or a zip member in memory
+                images[len(kept)] = result.image
+                kept.append(i)
+                if result.padded:
+                    padded.append((track_id, result.seconds))
+            except (TrackFailure, MemberError) as exc:
+                failed.append((track_id, str(exc)))
+            except Exception as exc:  # an unexpected error in one track must not stop the run
+                failed.append((track_id, f"error: {type(exc).__name__}: {exc}"))
     # A killed earlier attempt at this shard may have left its temporary file.
     for stale in out.glob(f".{spec.name}.tmp-*"):
         stale.unlink(missing_ok=True)
@@ -141,18 +151,18 @@ def compute_shard(task: dict) -> dict:
             "seconds": time.perf_counter() - start, "pid": os.getpid(), "host": socket.gethostname()}
 
 
-def _spot_check_files(audio: Path, specs: list[ShardSpec], max_failure_fraction: float) -> None:
+def _spot_check_files(audio: AudioSource, specs: list[ShardSpec], max_failure_fraction: float) -> None:
     """Fail fast when most sampled tracks have no file (e.g. the wrong FMA_DIR or SUBSET)."""
     ids = [t for s in specs for t in s.track_ids]
     if not ids:
         return
     sample = ids[:: max(1, len(ids) // 50)][:50]
-    missing = [t for t in sample if not (audio / fma.audio_relpath(t)).is_file()]
+    missing = missing_tracks(audio, sample)
     if len(sample) >= 4 and len(missing) / len(sample) > max_failure_fraction:
         raise FeaturesError(
-            f"{len(missing)} of {len(sample)} sampled tracks have no file under {audio} "
-            f"(e.g. {audio / fma.audio_relpath(missing[0])}). Is --fma-dir / --subset right? "
-            f"Unpack the audio zip there (`make download`)."
+            f"{len(missing)} of {len(sample)} sampled tracks have no file in {audio.describe()} "
+            f"(e.g. {track_location(audio, missing[0])}). Is --fma-dir / --subset right? "
+            f"Unpack the audio zip there (`make download`), or name the zip with --audio-zip."
         )
 
 
@@ -238,7 +248,7 @@ def sort_shards(options: FeatureOptions, plan: ShardPlan, mine: list[ShardSpec]
 
 def shard_task(options: FeatureOptions, plan: ShardPlan, spec: ShardSpec) -> dict:
     """The argument of :func:`compute_shard` for ``spec``: plain data, sent to a worker."""
-    return {"spec": spec.to_dict(), "audio_dir": str(plan.audio.resolve()), "out": str(options.out.resolve()),
+    return {"spec": spec.to_dict(), "audio": plan.audio.to_dict(), "out": str(options.out.resolve()),
             "recipe": plan.recipe, "subset": options.subset, "class_names": list(fma.CLASS_NAMES),
             "timeout_s": options.track_timeout, "compression": options.compression,
             "keep_silence": options.keep_silence}
@@ -278,7 +288,7 @@ def compute_shards(options: FeatureOptions, plan: ShardPlan, todo: list[ShardSpe
                     common = ", ".join(f"{r!r} x{c}" for r, c in failed_reasons.most_common(3))
                     raise FeaturesError(
                         f"stopping early: {failed} of {done} tracks failed ({common}). Is --fma-dir "
-                        f"right (audio read from {plan.audio})? Finished shards are kept.")
+                        f"right (audio read from {plan.audio.describe()})? Finished shards are kept.")
         finally:
             outputs.close()  # joblib aborts the tasks still running and stops the workers
 
@@ -309,9 +319,10 @@ def run_features(options: FeatureOptions) -> dict:
     todo, complete, failed_reasons, padded = sort_shards(options, plan, mine)
     _spot_check_files(plan.audio, todo, options.max_failure_fraction)
     log.info("features: %d shards planned (%d tracks, %d skipped); %d of this task's %d already complete; "
-             "computing %d (%d tracks) with %s backend", len(plan.specs), plan.selection.num_tracks(),
-             sum(len(v) for v in plan.selection.skipped.values()), len(complete), len(mine), len(todo),
-             sum(len(s.track_ids) for s in todo), options.backend)
+             "computing %d (%d tracks) with %s backend from %s", len(plan.specs),
+             plan.selection.num_tracks(), sum(len(v) for v in plan.selection.skipped.values()),
+             len(complete), len(mine), len(todo), sum(len(s.track_ids) for s in todo), options.backend,
+             plan.audio.describe())
     results: list[dict] = []
     try:
         if todo:
@@ -341,7 +352,8 @@ def run_features(options: FeatureOptions) -> dict:
 def reason_key(reason: str) -> str:
     """Group failure reasons for counting: 'too short: 1.2 s < 5 s' -> 'too short'."""
     head = reason.split(":", 1)[0]
-    return head if head in ("too short", "cannot decode", "bad audio", "error") else reason
+    keys = ("too short", "cannot decode", "bad audio", "error", "missing file", "bad zip member")
+    return head if head in keys else reason
 
 
 def format_summary(summary: dict, out: Path) -> str:

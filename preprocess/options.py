@@ -42,7 +42,7 @@ class FeatureOptions:
     Attributes
     ----------
     fma_dir : Path
-        Folder holding ``fma_metadata/`` and ``fma_<subset>/``.
+        Folder holding ``fma_metadata/`` and ``fma_<subset>/`` (or ``fma_<subset>.zip``).
     out : Path
         The shard set folder (created).
     subset : str
@@ -59,6 +59,10 @@ class FeatureOptions:
         Seconds one track may take before it is recorded as failed; None: no limit.
     compression : str or None
         HDF5 compression of the images (None: uncompressed, memory-mappable).
+    audio_zip : Path or None
+        Read the MP3s from this zip (FMA's ``fma_<subset>.zip``); None: the unpacked tree
+        ``fma_<subset>/`` if there is one, else ``fma_<subset>.zip`` (preprocess.audio_source).
+        Not part of the plan: a tree and its zip make the same shards.
     max_failure_fraction : float
         Stop early when more than this fraction of tracks fails.
     jobs : int
@@ -90,6 +94,7 @@ class FeatureOptions:
     min_duration: float | None = DEFAULT_MIN_DURATION
     track_timeout: float | None = DEFAULT_TRACK_TIMEOUT
     compression: str | None = None
+    audio_zip: Path | None = None
     max_failure_fraction: float = 0.5
     jobs: int = -1
     task_index: int = 0
@@ -104,6 +109,8 @@ class FeatureOptions:
     def __post_init__(self) -> None:
         object.__setattr__(self, "fma_dir", Path(self.fma_dir))
         object.__setattr__(self, "out", Path(self.out))
+        if self.audio_zip is not None:
+            object.__setattr__(self, "audio_zip", Path(self.audio_zip))
         problems = validation_problems(self)
         if problems:
             raise FeaturesError("; ".join(problems))
@@ -138,6 +145,8 @@ class FeatureOptions:
             argv.append("--keep-silence")
         if self.compression:
             argv += ["--compression", self.compression]
+        if self.audio_zip is not None:
+            argv += ["--audio-zip", str(self.audio_zip.resolve())]
         return argv
 
 
@@ -193,6 +202,9 @@ def add_plan_arguments(parser: argparse.ArgumentParser) -> None:
                              "(0: no limit; default %(default)s)")
     parser.add_argument("--compression", default=None, choices=COMPRESSIONS,
                         help="compress images (the training side can then not memory-map them)")
+    parser.add_argument("--audio-zip", default=None, metavar="ZIP",
+                        help="read the MP3s from this zip (FMA's fma_<subset>.zip) instead of the unpacked "
+                             "tree (default: FMA_DIR/fma_<subset>/, else FMA_DIR/fma_<subset>.zip)")
     parser.add_argument("--max-failure-fraction", type=float, default=0.5,
                         help="stop early when more than this fraction of tracks fails (default %(default)s)")
     parser.add_argument("--keep-silence", action="store_true",

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from preprocess import fma
 from preprocess.assign import ShardSpec, assign_shards
+from preprocess.audio_source import AudioSource, find_audio_source
 from preprocess.errors import FeaturesError
 from preprocess.metadata import Selection, load_selection, tracks_csv_path
 from preprocess.options import FeatureOptions
@@ -38,8 +39,8 @@ class ShardPlan:
 
     Attributes
     ----------
-    audio : Path
-        The subset's audio folder.
+    audio : AudioSource
+        Where the subset's MP3s are read from: the unpacked tree or the zip.
     selection : Selection
         The tracks selected (per split) and skipped (per reason).
     specs : list of ShardSpec
@@ -48,7 +49,7 @@ class ShardPlan:
         plan.json's content: plain data, the same for the same tracks.csv and options.
     """
 
-    audio: Path
+    audio: AudioSource
     selection: Selection
     specs: list[ShardSpec]
     data: dict
@@ -58,8 +59,12 @@ class ShardPlan:
         return self.data["recipe"]
 
 
-def check_dataset(fma_dir: Path, subset: str) -> Path:
-    """The subset's audio folder; FeaturesError naming where it looked if the dataset is absent."""
+def check_dataset(fma_dir: Path, subset: str, audio_zip: Path | None = None) -> AudioSource:
+    """Where the subset's audio is (tree or zip: :func:`~preprocess.audio_source.find_audio_source`).
+
+    FeaturesError naming where it looked if the metadata is absent; AudioSourceError if the
+    audio is (or if the zip's directory is damaged).
+    """
     csv = tracks_csv_path(fma_dir)
     if not csv.is_file():
         raise FeaturesError(
@@ -67,18 +72,12 @@ def check_dataset(fma_dir: Path, subset: str) -> Path:
             f"Run `make download FMA_DIR={fma_dir} SUBSET={subset}` for the real FMA, or `make demo` "
             f"for a generated mini-FMA (or pass --fma-dir where fma_metadata/ lives)."
         )
-    audio = fma.audio_dir(fma_dir, subset)
-    if not audio.is_dir():
-        raise FeaturesError(
-            f"{csv} exists but no audio folder: looked for {audio} (or a larger subset's folder). "
-            f"Unpack fma_{subset}.zip into {fma_dir} (`make download SUBSET={subset}`)."
-        )
-    return audio
+    return find_audio_source(fma_dir, subset, audio_zip)
 
 
 def build_plan(options: FeatureOptions) -> ShardPlan:
     """Select the tracks and cut them into shards: a pure function of tracks.csv and the plan options."""
-    audio = check_dataset(options.fma_dir, options.subset)
+    audio = check_dataset(options.fma_dir, options.subset, options.audio_zip)
     selection = load_selection(options.fma_dir, options.subset, skip_known_bad=options.skip_known_bad,
                                min_duration=options.min_duration)
     specs = assign_shards(selection.tracks, options.shard_size)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import io
 import os
+import shutil
 import sys
 import zipfile
 from pathlib import Path
@@ -57,6 +58,15 @@ def zip_audio_tree(fma_dir: str | os.PathLike, folder: str = "fma_large",
     with atomic_path(target) as tmp:
         write_fma_zip(tmp, ((f"{folder}/{p.relative_to(root).as_posix()}", p.read_bytes()) for p in files))
     return target
+
+
+def zip_only_copy(fma_dir: str | os.PathLike, dest: str | os.PathLike, folder: str = "fma_large") -> Path:
+    """A new FMA_DIR ``dest`` holding a copy of ``fma_dir``'s metadata and ``<folder>.zip`` packed
+    from its tree, and no tree: as after ``make download UNPACK=0``."""
+    dest = Path(dest)
+    shutil.copytree(Path(fma_dir) / "fma_metadata", dest / "fma_metadata")
+    zip_audio_tree(fma_dir, folder, zip_path=dest / f"{folder}.zip")
+    return dest
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import io
+import logging
+import shutil
 import struct
+import subprocess
 import zipfile
 from pathlib import Path
 
+import h5py
 import numpy as np
 import pytest
 
+from preprocess import driver
 from preprocess.audio_source import (
     AudioSource,
     AudioSourceError,
@@ -21,7 +26,10 @@ from preprocess.audio_source import (
     zip_source,
 )
 from preprocess.fma import audio_relpath
-from preprocess.synth_zip import zip_audio_tree
+from preprocess.options import FeatureOptions
+from preprocess.synth_zip import zip_audio_tree, zip_only_copy
+from preprocess.verify import verify_shards
+from shards import read_manifest, read_shard
 
 IDS = (2, 5, 1039, 140449)
 
@@ -176,3 +184,132 @@ def test_damaged_member_fails_its_track_naming_zip_and_member(tree, damage, said
             read(tid)
     message = str(failure.value)
     assert message.startswith(f"bad zip member: {name} in {zip_path.absolute()}: ") and said in message
+
+
+# --------------------------------------------------------------------------- the features stage from a zip
+
+SHARD_SIZE = 16
+
+
+def _run(fma_dir: Path, out: Path, **more):
+    """``run_features`` with the test's shard size, 2 workers, no progress bar."""
+    return driver.run_features(FeatureOptions(fma_dir, out, **{"jobs": 2, "shard_size": SHARD_SIZE,
+                                                               "progress": False, **more}))
+
+
+def _failed(out: Path) -> dict[int, str]:
+    return {f["track_id"]: f["reason"] for f in read_manifest(out)["failed"]}
+
+
+JUNK = b"\x00" * 3000  # before the first MP3 frame: libmpg123 skips it, libsndfile's sniffing does not
+
+
+@pytest.fixture(scope="module")
+def tree_and_zip_runs(mini_fma, tmp_path_factory):
+    """Shards made from a copy of the mini-FMA's tree and from its zip (no tree), 2 workers each.
+
+    One good track of the copy has junk before its first frame (real files do): it decodes
+    from the tree only because its name ends in .mp3 (libsndfile's fallback).
+    Returns (root, zip FMA_DIR, tree summary, zip summary, zip log lines, junk track id).
+    """
+    root = tmp_path_factory.mktemp("zip-features")
+    tree_dir = root / "tree-fma"
+    shutil.copytree(mini_fma[0], tree_dir)
+    junk = min(int(t) for t, e in mini_fma[1]["tracks"].items() if e["kind"] == "good" and e["genre_top"])
+    path = tree_dir / "fma_large" / audio_relpath(junk)
+    path.write_bytes(JUNK + path.read_bytes())
+    zip_dir = zip_only_copy(tree_dir, root / "zip-fma")
+    from_tree = _run(tree_dir, root / "tree")
+    lines: list[str] = []
+    handler = logging.Handler(logging.INFO)
+    handler.emit = lambda record: lines.append(record.getMessage())
+    logger = logging.getLogger("preprocess.driver")
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        from_zip = _run(zip_dir, root / "zip")
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+    return root, zip_dir, from_tree, from_zip, lines, junk
+
+
+def test_shards_from_the_zip_equal_shards_from_the_tree(tree_and_zip_runs, mini_fma):
+    root, zip_dir, from_tree, from_zip, lines, junk = tree_and_zip_runs
+    assert any(f"from the zip {(zip_dir / 'fma_large.zip').absolute()}" in line for line in lines), lines
+    tree, zipped = read_manifest(root / "tree"), read_manifest(root / "zip")
+    assert [(e["name"], e["checksum"]) for e in zipped["shards"]] == \
+        [(e["name"], e["checksum"]) for e in tree["shards"]]
+    assert zipped["totals"] == tree["totals"] and zipped["skipped"] == tree["skipped"]
+    assert from_zip["written"] == from_tree["written"] > 50
+    # The same tracks failed for the same reasons; a missing file is named in the zip.
+    tree_failed, zip_failed = _failed(root / "tree"), _failed(root / "zip")
+    assert set(zip_failed) == set(tree_failed) and len(tree_failed) >= 4
+    kinds = {int(t): e["kind"] for t, e in mini_fma[1]["tracks"].items()}
+    zip_path = (zip_dir / "fma_large.zip").absolute()
+    for tid, reason in tree_failed.items():
+        if kinds[tid] == "missing":
+            assert zip_failed[tid] == f"missing file: no member fma_large/{audio_relpath(tid)} in {zip_path}"
+        else:
+            assert zip_failed[tid] == reason, (tid, kinds[tid])
+    assert {kinds[t] for t in tree_failed} >= {"missing", "zero_byte", "random_bytes"}
+    assert junk not in zip_failed and any(junk in read_shard(root / "zip" / e["name"]).track_id
+                                          for e in zipped["shards"])
+    assert verify_shards(root / "zip") == []
+
+
+def test_damaged_members_fail_their_tracks_and_the_rest_is_unchanged(tree_and_zip_runs, tmp_path):
+    root, zip_dir, *_, junk = tree_and_zip_runs
+    names = [e["name"] for e in read_manifest(root / "zip")["shards"]]
+    reference = read_shard(root / "zip" / names[0])
+    crc_bad, gone = [int(t) for t in reference.track_id if t != junk][:2]
+    damaged = tmp_path / "fma"
+    shutil.copytree(zip_dir / "fma_metadata", damaged / "fma_metadata")
+    data = bytearray((zip_dir / "fma_large.zip").read_bytes())
+    data[_central_entry(bytes(data), f"fma_large/{audio_relpath(crc_bad)}") + 16] ^= 0xFF  # its CRC-32
+    entry = _central_entry(bytes(data), f"fma_large/{audio_relpath(gone)}")
+    data[entry + 46 + len(f"fma_large/{audio_relpath(gone)}") - 1] = ord("4")  # renamed to .mp4: gone
+    (damaged / "fma_large.zip").write_bytes(bytes(data))
+    # Only the first shard (the one holding both tracks): --shard-index 0 of as many tasks as shards.
+    summary = _run(damaged, tmp_path / "out", jobs=1, task_index=0, num_tasks=len(names), finalize=False)
+    assert [r["name"] for r in summary["computed"]] == [names[0]]
+    shard = read_shard(tmp_path / "out" / names[0])
+    failed = dict(shard.failed)
+    zip_path = (damaged / "fma_large.zip").absolute()
+    assert failed[gone] == f"missing file: no member fma_large/{audio_relpath(gone)} in {zip_path}"
+    assert failed[crc_bad].startswith(f"bad zip member: fma_large/{audio_relpath(crc_bad)} in {zip_path}: ")
+    assert "Bad CRC-32" in failed[crc_bad]
+    intact = str((zip_dir / "fma_large.zip").absolute())
+    before = {t: r.replace(intact, str(zip_path)) for t, r in reference.failed}
+    assert failed == {**before, gone: failed[gone], crc_bad: failed[crc_bad]}
+    assert summary["failed"]["bad zip member"] == 1 and summary["failed"]["missing file"] >= 1
+    # The shard's other tracks are the intact zip's, image for image.
+    keep = ~np.isin(reference.track_id, [gone, crc_bad])
+    assert np.array_equal(shard.track_id, reference.track_id[keep])
+    with h5py.File(root / "zip" / names[0], "r") as a, h5py.File(tmp_path / "out" / names[0], "r") as b:
+        assert np.array_equal(b["mel"][()], a["mel"][()][keep])
+
+
+def test_damaged_zip_directory_stops_the_run_naming_the_zip(tree_and_zip_runs, tmp_path, python,
+                                                           subprocess_env, repo_root):
+    root, zip_dir, *_ = tree_and_zip_runs
+    fma_dir = tmp_path / "fma"
+    shutil.copytree(zip_dir / "fma_metadata", fma_dir / "fma_metadata")
+    data = (zip_dir / "fma_large.zip").read_bytes()
+    (fma_dir / "fma_large.zip").write_bytes(data[: len(data) * 2 // 3])  # cut short: no directory
+    cmd = [python, "-m", "preprocess", "features", "--fma-dir", str(fma_dir), "--out", str(tmp_path / "out"),
+           "--no-progress", "--shard-size", str(SHARD_SIZE)]
+    done = subprocess.run(cmd, env=subprocess_env, cwd=repo_root, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2, done.stderr
+    assert str((fma_dir / "fma_large.zip").absolute()) in done.stderr
+    assert "damaged or incomplete" in done.stderr
+    assert "Traceback" not in done.stderr and not list((tmp_path / "out").glob("*.h5"))
+    # --audio-zip names the zip explicitly (here: the intact one, while FMA_DIR holds the damaged one);
+    # one shard is enough to show it is read.
+    names = [e["name"] for e in read_manifest(root / "zip")["shards"]]
+    one_shard = ["--jobs", "1", "--task-index", "0", "--num-tasks", str(len(names)), "--no-finalize"]
+    done = subprocess.run(cmd + ["--audio-zip", str(zip_dir / "fma_large.zip"), *one_shard],
+                          env=subprocess_env, cwd=repo_root, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    assert read_shard(tmp_path / "out" / names[0]).checksum == read_shard(root / "zip" / names[0]).checksum

@@ -17,6 +17,7 @@ import pytest
 from preprocess import driver
 from preprocess.__main__ import main
 from preprocess.audio import mel_from_file
+from preprocess.audio_source import AudioSource
 from preprocess.fma import CLASS_NAMES, KNOWN_BAD
 from preprocess.metadata import load_tracks, tracks_csv_path
 from preprocess.options import FeatureOptions
@@ -311,7 +312,8 @@ def test_a_60_minute_file_costs_what_a_clip_costs(mini_fma, long_mp3, tmp_path, 
         (tmp_path / folder).mkdir()
         spec = ShardSpec(name="train-00000-of-00001.h5", split="train", shard_index=0, num_shards=1,
                          track_ids=tuple(sorted(ids)), labels=(0,) * len(ids))
-        task = {"spec": spec.to_dict(), "audio_dir": str(audio), "out": str(tmp_path / folder),
+        task = {"spec": spec.to_dict(), "audio": AudioSource(str(audio)).to_dict(),
+                "out": str(tmp_path / folder),
                 "recipe": RECIPES["reference"].to_dict(), "subset": "large", "class_names": list(CLASS_NAMES),
                 "timeout_s": 120.0, "compression": None}
         proc = subprocess.run([python, "-c", _SHARD_PROBE, json.dumps(task)], env=subprocess_env,
@@ -338,7 +340,7 @@ def test_silence_fails_unless_kept(mini_fma, tmp_path):
     assert silent
     spec = ShardSpec(name="train-00000-of-00001.h5", split="train", shard_index=0, num_shards=1,
                      track_ids=tuple(sorted(silent)), labels=(0,) * len(silent))
-    task = {"spec": spec.to_dict(), "audio_dir": str(fma_dir / "fma_large"),
+    task = {"spec": spec.to_dict(), "audio": AudioSource(str(fma_dir / "fma_large")).to_dict(),
             "recipe": RECIPES["reference"].to_dict(), "subset": "large", "class_names": list(CLASS_NAMES),
             "timeout_s": 60.0, "compression": None}
     (tmp_path / "a").mkdir()

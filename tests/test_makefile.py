@@ -29,7 +29,8 @@ def _make(*args: str, python: str, env: dict | None = None, dry_run: bool = Fals
 @pytest.mark.parametrize("target, flag, variable", [
     ("features", "--fma-dir", "FMA_DIR"), ("features", "--out", "SHARDS"),
     ("download", "--fma-dir", "FMA_DIR"), ("features-slurm", "--fma-dir", "FMA_DIR"),
-    ("features-slurm", "--out", "SHARDS"), ("finalize", None, "SHARDS"), ("verify", None, "SHARDS"),
+    ("features-slurm", "--out", "SHARDS"), ("features", "--audio-zip", "AUDIO_ZIP"),
+    ("features-slurm", "--audio-zip", "AUDIO_ZIP"), ("finalize", None, "SHARDS"), ("verify", None, "SHARDS"),
     ("train", "--shards", "SHARDS"), ("train", "--run", "RUN"), ("test", "--shards", "SHARDS"),
     ("test", "--run", "RUN"), ("demo", "--out", "DEMO_DIR"), ("clean", None, "DEMO_DIR"),
 ])

@@ -35,18 +35,20 @@ def test_every_flag_reaches_its_field():
                      "--min-duration", "-1", "--no-skip-known-bad", "--track-timeout", "0",
                      "--compression", "lzf", "--max-failure-fraction", "0.25", "--jobs", "3",
                      "--task-index", "2", "--num-tasks", "5", "--force", "--backend", "dask",
-                     "--scheduler", "tcp://h:1", "--no-finalize", "--no-progress", "--keep-silence")
+                     "--scheduler", "tcp://h:1", "--no-finalize", "--no-progress", "--keep-silence",
+                     "--audio-zip", "/z.zip")
     assert options == FeatureOptions(
         Path("/d"), Path("o"), subset="small", recipe=RECIPES["fixed22050"], shard_size=7,
         min_duration=None, skip_known_bad=False, track_timeout=None, compression="lzf",
         max_failure_fraction=0.25, jobs=3, task_index=2, num_tasks=5, force=True, backend="dask",
-        scheduler="tcp://h:1", finalize=False, progress=False, keep_silence=True)
+        scheduler="tcp://h:1", finalize=False, progress=False, keep_silence=True, audio_zip=Path("/z.zip"))
 
 
 @pytest.mark.parametrize("changes", [
     {}, {"recipe": RECIPES["fixed22050"]}, {"shard_size": 3}, {"min_duration": None},
     {"min_duration": 12.5}, {"skip_known_bad": False}, {"track_timeout": None}, {"track_timeout": 7.5},
     {"compression": "gzip"}, {"max_failure_fraction": 0.9}, {"keep_silence": True},
+    {"audio_zip": Path("/fma/fma_large.zip")},
 ])
 def test_array_tasks_get_the_same_plan_options(changes):
     """What the SLURM submitter passes to each task parses back to the same plan options."""
