@@ -19,7 +19,14 @@ from pathlib import Path
 import pytest
 
 from preprocess.slurm import format_indices
-from tests._cluster_common import SHARD_SIZE, assert_same_shard_set, run_local, shard_names
+from preprocess.synth_zip import zip_only_copy
+from tests._cluster_common import (
+    SHARD_SIZE,
+    assert_same_shard_set,
+    assert_same_shards_from_zip,
+    run_local,
+    shard_names,
+)
 from tests._slurm_cluster import SlurmCluster
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow, pytest.mark.timeout(600)]
@@ -149,6 +156,20 @@ def test_slurm_array_equals_local_run_and_reruns_repair_only_what_is_missing(
     third = submit(slurm, python, subprocess_env, fma_dir, out)
     assert third.returncode == 0 and "nothing to do" in third.stdout, third.stdout + third.stderr
     assert len(submissions(out)) == 3 and slurm.job_ids() == []
+
+
+def test_slurm_array_reads_the_zip_and_equals_the_local_run(slurm, local_shards, mini_fma, tmp_path, python,
+                                                            subprocess_env):
+    """FMA_DIR holds fma_large.zip and no tree (make download UNPACK=0): the array tasks find the zip
+    and read their tracks from it; the shards are the local tree run's."""
+    fma_dir = zip_only_copy(mini_fma[0], tmp_path / "fma")
+    out = tmp_path / "shards"
+    done = submit(slurm, python, subprocess_env, fma_dir, out)
+    assert done.returncode == 0, done.stdout + done.stderr
+    wait_and_check_jobs(slurm, submissions(out)[-1])
+    logs = "".join(p.read_text() for p in (out / "slurm" / "logs").glob("features-*.out"))
+    assert f"from the zip {fma_dir / 'fma_large.zip'}" in logs, logs
+    assert_same_shards_from_zip(local_shards, out)
 
 
 def _time(text: str) -> datetime:
