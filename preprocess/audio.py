@@ -14,8 +14,8 @@ bounded memory (``preprocess.windows.cut_windows`` cuts them into whole-track wi
 
 libmpg123 prints its complaints about damaged files on the process's file descriptor
 2. :func:`track_image` captures them (``captured_stderr``) and puts them in the
-failure reason instead of on the terminal (in the main thread of a process: joblib's
-workers, ``predict``; in other threads they go where the thread's stderr goes).
+failure reason instead of on the terminal, in any thread (one capture at a time per
+process), so a shard's failure reasons are the same whichever backend made it.
 
 Failure reasons (the strings stored in shards and the manifest)
 ---------------------------------------------------------------
@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 import sys
 import tempfile
@@ -216,30 +217,34 @@ def _read_all(reader: AudioReader) -> np.ndarray:
     return np.concatenate(blocks, axis=1)
 
 
+# libmpg123's own lines ("[src/libmpg123/parse.c:...] error: ...", "Note: Illegal Audio-MPEG-Header ...").
+_DECODER_LINE = re.compile(r"libmpg123|^(Note|Warning|Error): ")
+# Redirecting fd 2 is process-wide: one capture at a time per process (dask workers run one task
+# thread each, as docs/cluster.md says; the main thread of a joblib worker or of predict never waits).
+_CAPTURE_LOCK = threading.Lock()
+
+
 class _Captured:
-    """What a :func:`captured_stderr` block wrote to file descriptor 2."""
+    """What the decoder wrote to file descriptor 2 in a :func:`captured_stderr` block so far."""
 
     def __init__(self, file):
         self._file = file
 
     def text(self) -> str:
-        if self._file is None:
-            return ""
         self._file.seek(0)
-        return self._file.read().decode("utf-8", "replace")
+        lines = self._file.read().decode("utf-8", "replace").splitlines()
+        return "\n".join(line for line in lines if _DECODER_LINE.search(line))
 
 
 @contextlib.contextmanager
 def captured_stderr() -> Iterator[_Captured]:
-    """Send what C libraries (libmpg123) write to fd 2 into a buffer for the block's duration.
+    """Keep what libmpg123 writes to fd 2 during the block off the terminal; ``text()`` returns it.
 
-    Only in the main thread (redirecting fd 2 is process-wide); elsewhere nothing is
-    captured and ``text()`` is empty.
+    Works in any thread (one capture at a time per process), so a failure reason is the same
+    whichever backend made the shard. Lines that are not the decoder's (another thread's log
+    record written meanwhile) are written back to fd 2 when the block ends.
     """
-    if threading.current_thread() is not threading.main_thread():
-        yield _Captured(None)
-        return
-    with tempfile.TemporaryFile() as buffer:
+    with _CAPTURE_LOCK, tempfile.TemporaryFile() as buffer:
         sys.stderr.flush()
         saved = os.dup(2)
         os.dup2(buffer.fileno(), 2)
@@ -249,6 +254,11 @@ def captured_stderr() -> Iterator[_Captured]:
             sys.stderr.flush()
             os.dup2(saved, 2)
             os.close(saved)
+            buffer.seek(0)
+            others = [line for line in buffer.read().decode("utf-8", "replace").splitlines()
+                      if not _DECODER_LINE.search(line)]
+            if others:
+                os.write(2, ("\n".join(others) + "\n").encode())
 
 
 def with_decoder_messages(reason: str, messages: str) -> str:
