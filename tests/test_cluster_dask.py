@@ -13,7 +13,15 @@ import pytest
 
 from preprocess import driver
 from preprocess.options import FeatureOptions
-from tests._cluster_common import SHARD_SIZE, assert_same_shard_set, features_argv, run_local, shard_names
+from preprocess.synth_zip import zip_audio_tree
+from tests._cluster_common import (
+    SHARD_SIZE,
+    assert_same_shard_set,
+    assert_same_shards_from_zip,
+    features_argv,
+    run_local,
+    shard_names,
+)
 from tests._dask_cluster import DaskCluster
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow, pytest.mark.timeout(600)]
@@ -55,6 +63,18 @@ def test_shards_are_computed_in_the_worker_processes(dask_cluster, local_shards,
     assert set(ran.values()) <= dask_cluster.worker_pids, (ran, dask_cluster.worker_pids)
     assert set(ran.values()) == dask_cluster.worker_pids, f"both workers should get shards: {ran}"
     assert_same_shard_set(local_shards, out)
+
+
+def test_dask_workers_read_the_zip(dask_cluster, local_shards, mini_fma, tmp_path):
+    """--audio-zip: the workers open the zip themselves and read their shards' members from it."""
+    zip_path = zip_audio_tree(mini_fma[0], "fma_large", zip_path=tmp_path / "fma_large.zip")
+    out = tmp_path / "shards"
+    summary = driver.run_features(FeatureOptions(
+        mini_fma[0], out, subset="large", shard_size=SHARD_SIZE, backend="dask", audio_zip=zip_path,
+        scheduler=dask_cluster.address, progress=False))
+    assert set(r["pid"] for r in summary["computed"]) <= dask_cluster.worker_pids
+    assert summary["failed"]["missing file"] >= 1
+    assert_same_shards_from_zip(local_shards, out, same_reasons=False)
 
 
 def test_bad_scheduler_is_a_clear_error(mini_fma, tmp_path, python, subprocess_env):
