@@ -76,24 +76,17 @@ def assert_same_shard_set(expected: Path, actual: Path) -> None:
     assert verify_shards(actual) == [], f"verify found problems in {actual}"
 
 
-def assert_same_shards_from_zip(expected: Path, actual: Path, same_reasons: bool = True) -> None:
+def assert_same_shards_from_zip(expected: Path, actual: Path) -> None:
     """``actual`` (made from the zip) holds ``expected``'s shards (made from the tree): the same
     names, checksums, plan and failed tracks with the same reasons, but for a missing file, which
-    a zip names as ``missing file: no member ... in <zip>``; and ``verify`` accepts it.
-
-    ``same_reasons=False`` compares the failed tracks' ids only (dask runs tasks in worker
-    threads, where the decoder's own messages are not captured into the reasons)."""
+    a zip names as ``missing file: no member ... in <zip>``; and ``verify`` accepts it."""
     assert shard_names(actual) == shard_names(expected) and shard_names(expected)
     ours, theirs = read_manifest(actual), read_manifest(expected)
     assert [(e["name"], e["checksum"]) for e in ours["shards"]] == \
         [(e["name"], e["checksum"]) for e in theirs["shards"]]
     reasons = {f["track_id"]: f["reason"] for f in theirs["failed"]}
     named = "missing file: no member "
-    ours_reasons = {f["track_id"]: "missing file" if f["reason"].startswith(named) else f["reason"]
-                    for f in ours["failed"]}
-    if same_reasons:
-        assert ours_reasons == reasons
-    else:
-        assert set(ours_reasons) == set(reasons)
+    assert {f["track_id"]: "missing file" if f["reason"].startswith(named) else f["reason"]
+            for f in ours["failed"]} == reasons
     assert json.loads((actual / "plan.json").read_text()) == json.loads((expected / "plan.json").read_text())
     assert verify_shards(actual) == [], f"verify found problems in {actual}"

@@ -74,7 +74,7 @@ def test_dask_workers_read_the_zip(dask_cluster, local_shards, mini_fma, tmp_pat
         scheduler=dask_cluster.address, progress=False))
     assert set(r["pid"] for r in summary["computed"]) <= dask_cluster.worker_pids
     assert summary["failed"]["missing file"] >= 1
-    assert_same_shards_from_zip(local_shards, out, same_reasons=False)
+    assert_same_shards_from_zip(local_shards, out)
 
 
 def test_bad_scheduler_is_a_clear_error(mini_fma, tmp_path, python, subprocess_env):
