@@ -3,6 +3,7 @@
 import json
 
 import numpy as np
+import onnxruntime as ort  # the onnx extra is part of the dev install: missing, the tests fail
 import pytest
 import torch
 
@@ -10,8 +11,6 @@ from preprocess.recipe import Recipe
 from tests._inference import make_checkpoint
 from train.__main__ import main
 from train.inference import load_model
-
-ort = pytest.importorskip("onnxruntime", reason="the onnx extra is part of the dev install")
 
 
 def torch_outputs(checkpoint: dict, mel: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
