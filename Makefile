@@ -74,8 +74,9 @@ demo: $(STAMP) ## whole pipeline on a generated mini-FMA (no download needed)
 
 check: lint test-suite ## lint + the test suite (what CI runs)
 
-lint: $(STAMP) ## ruff
+lint: $(STAMP) ## ruff check + ruff format --check (fix formatting: .venv/bin/ruff format <dirs>)
 	$(VENV)/bin/ruff check shards preprocess train tests bench
+	$(VENV)/bin/ruff format --check shards preprocess train tests bench
 
 test-suite: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)

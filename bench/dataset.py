@@ -61,6 +61,7 @@ BATCH = 256
 
 # -- data ----------------------------------------------------------------------
 
+
 def images_block(start: int, stop: int, seed: int = 0) -> np.ndarray:
     """Deterministic random images start..stop: shape (stop - start, 128, 128) float32."""
     rng = np.random.default_rng([seed, start])
@@ -81,13 +82,29 @@ def write_shard_set(folder: Path, n: int, shard_size: int) -> None:
         lo, hi = index * shard_size, min(n, (index + 1) * shard_size)
         name = shards.shard_name("train", index, num)
         checksum = shards.write_shard(
-            folder / name, mel=images_block(lo, hi), label=labels[lo:hi], track_id=np.arange(lo, hi) + 1,
-            split="train", shard_index=index, num_shards=num, subset="large", recipe=RECIPE,
-            class_names=CLASSES)
+            folder / name,
+            mel=images_block(lo, hi),
+            label=labels[lo:hi],
+            track_id=np.arange(lo, hi) + 1,
+            split="train",
+            shard_index=index,
+            num_shards=num,
+            subset="large",
+            recipe=RECIPE,
+            class_names=CLASSES,
+        )
         entries.append({"name": name, "split": "train", "num_tracks": hi - lo, "checksum": checksum})
-    shards.write_manifest(folder, {"format_version": shards.FORMAT_VERSION, "subset": "large",
-                                   "recipe": RECIPE, "class_names": CLASSES, "shards": entries,
-                                   "totals": {"train": {"tracks": n}}})
+    shards.write_manifest(
+        folder,
+        {
+            "format_version": shards.FORMAT_VERSION,
+            "subset": "large",
+            "recipe": RECIPE,
+            "class_names": CLASSES,
+            "shards": entries,
+            "totals": {"train": {"tracks": n}},
+        },
+    )
 
 
 def write_baselines(folder: Path, n: int, shard_size: int) -> None:
@@ -101,14 +118,16 @@ def write_baselines(folder: Path, n: int, shard_size: int) -> None:
         out[lo:hi] = block
         for i in range(lo, hi):
             with open(folder / "pickles" / f"{i:06d}.pkl", "wb") as fh:
-                pickle.dump({"mel": block[i - lo], "label": int(labels[i])}, fh,
-                            protocol=pickle.HIGHEST_PROTOCOL)
+                pickle.dump(
+                    {"mel": block[i - lo], "label": int(labels[i])}, fh, protocol=pickle.HIGHEST_PROTOCOL
+                )
     out.flush()
     del out
     np.save(folder / "labels.npy", labels)
 
 
 # -- the four datasets ---------------------------------------------------------
+
 
 class PickleDataset(torch.utils.data.Dataset):
     """The reference's access pattern: one file opened and unpickled per sample."""
@@ -166,9 +185,12 @@ class TensorDataset(torch.utils.data.Dataset):
 
 def make_dataset(kind: str, folder: Path, n: int):
     """The dataset of one kind, built once (as ``train`` builds its Dataset once per run)."""
-    return {"pickle": lambda: PickleDataset(folder / "pickles", n),
-            "ours": lambda: ShardDataset(folder / "shards", "train"),
-            "npy": lambda: NpyDataset(folder), "tensor": lambda: TensorDataset(folder)}[kind]()
+    return {
+        "pickle": lambda: PickleDataset(folder / "pickles", n),
+        "ours": lambda: ShardDataset(folder / "shards", "train"),
+        "npy": lambda: NpyDataset(folder),
+        "tensor": lambda: TensorDataset(folder),
+    }[kind]()
 
 
 def make_loader(kind: str, dataset, workers: int, epoch: int):
@@ -179,8 +201,9 @@ def make_loader(kind: str, dataset, workers: int, epoch: int):
         return torch.utils.data.DataLoader(dataset, batch_size=BATCH, sampler=sampler, num_workers=workers)
     sampler = EpochBatchSampler(n, BATCH, shuffle=True, seed=0)
     sampler.set_epoch(epoch)
-    return torch.utils.data.DataLoader(dataset, batch_size=None, sampler=sampler, num_workers=workers,
-                                       prefetch_factor=4 if workers else None)
+    return torch.utils.data.DataLoader(
+        dataset, batch_size=None, sampler=sampler, num_workers=workers, prefetch_factor=4 if workers else None
+    )
 
 
 def timed_pass(kind: str, dataset, workers: int, epoch: int) -> float:
@@ -212,6 +235,7 @@ def evict(folder: Path) -> bool:
 
 # -- memory --------------------------------------------------------------------
 
+
 def _status_kb(field: str) -> int:
     for line in Path("/proc/self/status").read_text().splitlines():
         if line.startswith(field + ":"):
@@ -240,31 +264,41 @@ def rss_probe(folder: Path) -> dict:
         pass
     del _
     _trim()
-    return {"shards": len(dataset.shards), "images": len(dataset),
-            "open_anon_mb": (opened_anon - before_anon) / 1024,
-            "read_anon_mb": (_status_kb("RssAnon") - before_anon) / 1024,
-            "read_file_mb": (_status_kb("RssFile") - before_file) / 1024,
-            "open_mappings": len(dataset._readers)}
+    return {
+        "shards": len(dataset.shards),
+        "images": len(dataset),
+        "open_anon_mb": (opened_anon - before_anon) / 1024,
+        "read_anon_mb": (_status_kb("RssAnon") - before_anon) / 1024,
+        "read_file_mb": (_status_kb("RssFile") - before_file) / 1024,
+        "open_mappings": len(dataset._readers),
+    }
 
 
 def run_rss_probe(folder: Path) -> dict:
-    out = subprocess.run([sys.executable, __file__, "--rss-probe", str(folder)], capture_output=True,
-                         text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, __file__, "--rss-probe", str(folder)], capture_output=True, text=True, check=True
+    )
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 # -- main ----------------------------------------------------------------------
 
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--images", type=int, default=20000, help="images in the benchmark set (20000)")
     parser.add_argument("--shard-size", type=int, default=1000, help="images per shard (1000)")
     parser.add_argument("--repeats", type=int, default=5, help="timed rounds (median; 5)")
     parser.add_argument("--workers", type=int, nargs="+", default=[0, 2], help="DataLoader workers (0 2)")
     parser.add_argument("--cold", action="store_true", help="also time one pass after evicting our files")
-    parser.add_argument("--rss-images", type=int, default=4000,
-                        help="images for the memory check: as 400 shards of 10 and 4 of 1000 (4000)")
+    parser.add_argument(
+        "--rss-images",
+        type=int,
+        default=4000,
+        help="images for the memory check: as 400 shards of 10 and 4 of 1000 (4000)",
+    )
     parser.add_argument("--dir", help="work folder (default: a temporary folder, removed at the end)")
     parser.add_argument("--rss-probe", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -279,12 +313,18 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.perf_counter()
         write_shard_set(work / "shards", n, args.shard_size)
         write_baselines(work, n, args.shard_size)
-        print(f"wrote {n} images as {-(-n // args.shard_size)} shards, {n} pickles and one .npy "
-              f"in {time.perf_counter() - t0:.0f} s ({work})", file=sys.stderr)
+        print(
+            f"wrote {n} images as {-(-n // args.shard_size)} shards, {n} pickles and one .npy "
+            f"in {time.perf_counter() - t0:.0f} s ({work})",
+            file=sys.stderr,
+        )
 
-        kinds = {"pickle": "per-track pickles (reference cache)",
-                 "ours": "shard Dataset (ours, as train uses)",
-                 "npy": ".npy memmap, same batch gather", "tensor": "in-RAM tensor"}
+        kinds = {
+            "pickle": "per-track pickles (reference cache)",
+            "ours": "shard Dataset (ours, as train uses)",
+            "npy": ".npy memmap, same batch gather",
+            "tensor": "in-RAM tensor",
+        }
         # Rounds interleave the configurations, so a load change on this shared machine
         # hits all of them alike; each configuration's figure is the median over rounds.
         datasets = {kind: make_dataset(kind, work, n) for kind in kinds}
@@ -297,8 +337,11 @@ def main(argv: list[str] | None = None) -> int:
                 speeds[kind, workers].append(timed_pass(kind, datasets[kind], workers, epoch=r))
         results = {c: statistics.median(v) for c, v in speeds.items()}
         for (kind, workers), values in speeds.items():
-            print(f"{kind:7s} workers={workers}: {results[kind, workers]:9.0f} samples/s "
-                  f"({', '.join(f'{s:.0f}' for s in values)})", file=sys.stderr)
+            print(
+                f"{kind:7s} workers={workers}: {results[kind, workers]:9.0f} samples/s "
+                f"({', '.join(f'{s:.0f}' for s in values)})",
+                file=sys.stderr,
+            )
         del datasets
         cold = {}
         if args.cold:
@@ -319,15 +362,22 @@ def main(argv: list[str] | None = None) -> int:
 
     cpu = platform.processor() or platform.machine()
     try:
-        model = [ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
-                 if ln.startswith("model name")][0]
+        model = [
+            ln.split(":", 1)[1].strip()
+            for ln in Path("/proc/cpuinfo").read_text().splitlines()
+            if ln.startswith("model name")
+        ][0]
         cpu = model
     except (OSError, IndexError):
         pass
-    print(f"\n### Dataset read speed ({datetime.date.today().isoformat()}, {cpu}, {os.cpu_count()} cores, "
-          f"torch {torch.__version__})\n")
-    print(f"{n:,} random 128x128 float32 images, random order, batch {BATCH}, warm page cache; "
-          f"samples/s, median of {args.repeats} passes.\n")
+    print(
+        f"\n### Dataset read speed ({datetime.date.today().isoformat()}, {cpu}, {os.cpu_count()} cores, "
+        f"torch {torch.__version__})\n"
+    )
+    print(
+        f"{n:,} random 128x128 float32 images, random order, batch {BATCH}, warm page cache; "
+        f"samples/s, median of {args.repeats} passes.\n"
+    )
     header = "| dataset | " + " | ".join(f"workers {w}" for w in args.workers) + " | best | best / ours |"
     print(header)
     print("|" + "---|" * (len(args.workers) + 3))
@@ -335,26 +385,38 @@ def main(argv: list[str] | None = None) -> int:
         cells = " | ".join(f"{results[kind, w]:,.0f}" for w in args.workers)
         print(f"| {label} | {cells} | {best[kind]:,.0f} | {best[kind] / best['ours']:.2f} |")
     if cold:
-        print("\nCold cache (our files evicted with posix_fadvise), workers 0: "
-              + ", ".join(f"{k} {v:,.0f}" for k, v in cold.items()) + " samples/s")
+        print(
+            "\nCold cache (our files evicted with posix_fadvise), workers 0: "
+            + ", ".join(f"{k} {v:,.0f}" for k, v in cold.items())
+            + " samples/s"
+        )
+
     # Paired ratios: ours against each baseline (at their best worker counts) within the same
     # round, median over rounds, so load changes on a shared machine cancel out.
     def paired(other: str) -> float:
-        return statistics.median(a / b for a, b in zip(speeds["ours", best_workers["ours"]],
-                                                       speeds[other, best_workers[other]], strict=True))
+        return statistics.median(
+            a / b
+            for a, b in zip(
+                speeds["ours", best_workers["ours"]], speeds[other, best_workers[other]], strict=True
+            )
+        )
 
     vs_npy, vs_pickle = paired("npy"), paired("pickle")
     print("\nRatios: median over rounds of ours / baseline measured in the same round.")
     print(f"ours / .npy memmap = {vs_npy:.2f} (target >= 0.8): {'met' if vs_npy >= 0.8 else 'NOT met'}")
     print(f"ours / pickles = {vs_pickle:.2f} (target >= 2.5): {'met' if vs_pickle >= 2.5 else 'NOT met'}")
     print("best worker counts: " + ", ".join(f"{k} {w}" for k, w in best_workers.items()))
-    print("\nMemory after reading every sample once (child process, workers 0; anonymous RSS is private "
-          "memory, file RSS is page cache of the mapped shards):\n")
+    print(
+        "\nMemory after reading every sample once (child process, workers 0; anonymous RSS is private "
+        "memory, file RSS is page cache of the mapped shards):\n"
+    )
     print("| shard set | shards | anon RSS after open (MB) | anon RSS after reading (MB) | file RSS (MB) |")
     print("|---|---|---|---|---|")
     for label, r in (("many small", many), ("few big", few)):
-        print(f"| {r['images']:,} images, {label} | {r['shards']} | {r['open_anon_mb']:.1f} | "
-              f"{r['read_anon_mb']:.1f} | {r['read_file_mb']:.1f} |")
+        print(
+            f"| {r['images']:,} images, {label} | {r['shards']} | {r['open_anon_mb']:.1f} | "
+            f"{r['read_anon_mb']:.1f} | {r['read_file_mb']:.1f} |"
+        )
     growth = many["read_anon_mb"] - few["read_anon_mb"]
     per_shard_kb = 1024 * growth / max(many["shards"] - few["shards"], 1)
     print(f"\nanonymous RSS, many minus few: {growth:+.1f} MB ({per_shard_kb:+.1f} KB per extra shard)")

@@ -38,15 +38,47 @@ from train.models import ModelConfig, build_model  # noqa: E402
 
 def fit(run: Path, shards: Path, args, norm: str, seed: int, nproc: int, threads: int = 1) -> dict:
     """Train once (1 process, or torchrun with ``nproc`` ranks); the last checkpoint."""
-    argv = ["fit", "--shards", str(shards), "--run", str(run), "--model", "seed", "--norm", norm,
-            "--device", "cpu", "--batch-size", str(args.batch), "--seed", str(seed), "--epochs",
-            str(args.epochs), "--max-steps-per-epoch", str(args.steps), "--no-verify-shards"]
+    argv = [
+        "fit",
+        "--shards",
+        str(shards),
+        "--run",
+        str(run),
+        "--model",
+        "seed",
+        "--norm",
+        norm,
+        "--device",
+        "cpu",
+        "--batch-size",
+        str(args.batch),
+        "--seed",
+        str(seed),
+        "--epochs",
+        str(args.epochs),
+        "--max-steps-per-epoch",
+        str(args.steps),
+        "--no-verify-shards",
+    ]
     if nproc == 1:
         cmd = [sys.executable, "-m", "train", *argv]
     else:
         (port,) = free_ports(1)
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc),
-               "--master-addr", "127.0.0.1", "--master-port", str(port), "-m", "--", "train", *argv]
+        cmd = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc-per-node",
+            str(nproc),
+            "--master-addr",
+            "127.0.0.1",
+            "--master-port",
+            str(port),
+            "-m",
+            "--",
+            "train",
+            *argv,
+        ]
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": str(threads)}
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
     if done.returncode != 0:
@@ -67,16 +99,21 @@ def differences(a: dict, b: dict) -> tuple[float, float]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--steps", type=int, default=5, help="optimiser steps per epoch")
     parser.add_argument("--batch", type=int, default=16, help="global batch (each of 2 ranks: half)")
     args = parser.parse_args()
-    print(f"seed model, SGD, global batch {args.batch}, {args.epochs} x {args.steps} steps, "
-          f"torch {torch.__version__}, CPU, gloo, OMP_NUM_THREADS=1")
-    print("| norm | max abs diff 1 proc vs 2 ranks | max rel diff | 1 vs 2 threads (max abs) | "
-          "moved from init | other seed | val acc 1 proc / 2 ranks | val loss 1 proc / 2 ranks |")
+    print(
+        f"seed model, SGD, global batch {args.batch}, {args.epochs} x {args.steps} steps, "
+        f"torch {torch.__version__}, CPU, gloo, OMP_NUM_THREADS=1"
+    )
+    print(
+        "| norm | max abs diff 1 proc vs 2 ranks | max rel diff | 1 vs 2 threads (max abs) | "
+        "moved from init | other seed | val acc 1 proc / 2 ranks | val loss 1 proc / 2 ranks |"
+    )
     print("|---|---|---|---|---|---|---|---|")
     with tempfile.TemporaryDirectory(prefix="ddp-equality-") as tmp:
         root = Path(tmp)
@@ -94,10 +131,13 @@ def main() -> None:
             apart, _ = differences(one["state_dict"], other["state_dict"])
             rounding, _ = differences(one["state_dict"], threads["state_dict"])
             h1, h2 = one["history"][-1], two["history"][-1]
-            print(f"| {norm} | {absolute:.2e} | {relative:.2e} | {rounding:.2e} | {moved:.2e} | "
-                  f"{apart:.2e} | "
-                  f"{h1['val_accuracy']:.3f} / {h2['val_accuracy']:.3f} | "
-                  f"{h1['val_loss']:.4f} / {h2['val_loss']:.4f} |", flush=True)
+            print(
+                f"| {norm} | {absolute:.2e} | {relative:.2e} | {rounding:.2e} | {moved:.2e} | "
+                f"{apart:.2e} | "
+                f"{h1['val_accuracy']:.3f} / {h2['val_accuracy']:.3f} | "
+                f"{h1['val_loss']:.4f} / {h2['val_loss']:.4f} |",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

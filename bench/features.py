@@ -24,6 +24,7 @@ table with the machine and date and the targets:
 
 Usage: python bench/features.py [--tracks 24] [--repeats 3] [--jobs N] [--dir DIR]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -112,12 +113,26 @@ def _tasks(tracks: list[tuple[int, int]], audio_dir: Path, out: Path, n_parts: i
     tasks = []
     for k in range(n_parts):
         part = tracks[k * len(tracks) // n_parts : (k + 1) * len(tracks) // n_parts]
-        spec = ShardSpec(name=f"train-{k:05d}-of-{n_parts:05d}.h5", split="train", shard_index=k,
-                         num_shards=n_parts, track_ids=tuple(t for t, _ in part),
-                         labels=tuple(label for _, label in part))
-        tasks.append({"spec": spec.to_dict(), "audio": AudioSource(str(audio_dir)).to_dict(), "out": str(out),
-                      "recipe": RECIPES["reference"].to_dict(), "subset": "large",
-                      "class_names": list(fma.CLASS_NAMES), "timeout_s": 120.0, "compression": None})
+        spec = ShardSpec(
+            name=f"train-{k:05d}-of-{n_parts:05d}.h5",
+            split="train",
+            shard_index=k,
+            num_shards=n_parts,
+            track_ids=tuple(t for t, _ in part),
+            labels=tuple(label for _, label in part),
+        )
+        tasks.append(
+            {
+                "spec": spec.to_dict(),
+                "audio": AudioSource(str(audio_dir)).to_dict(),
+                "out": str(out),
+                "recipe": RECIPES["reference"].to_dict(),
+                "subset": "large",
+                "class_names": list(fma.CLASS_NAMES),
+                "timeout_s": 120.0,
+                "compression": None,
+            }
+        )
     return tasks
 
 
@@ -139,8 +154,9 @@ def machine() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--tracks", type=int, default=24, help="clips per group (loud, quiet)")
     parser.add_argument("--repeats", type=int, default=3, help="reference/ours pairs per setting")
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="workers for 'all cores'")
@@ -205,9 +221,12 @@ def main(argv: list[str] | None = None) -> int:
 
         peaks = {g: max(float(np.abs(w).max()) for w, _ in decode_1(g)) for g in groups}
         with joblib.Parallel(n_jobs=args.jobs) as pool:
+
             def ref_n():
-                chunks = [every_path[k * n_all // args.jobs : (k + 1) * n_all // args.jobs]
-                          for k in range(args.jobs)]
+                chunks = [
+                    every_path[k * n_all // args.jobs : (k + 1) * n_all // args.jobs]
+                    for k in range(args.jobs)
+                ]
                 pool(joblib.delayed(reference_chunk)(c, str(pickles)) for c in chunks)
 
             def ours_n():
@@ -246,14 +265,22 @@ def main(argv: list[str] | None = None) -> int:
     n, jobs = args.tracks, args.jobs
     table = []
     for g in groups:
-        ms = {k: med(lambda r, k=k, g=g: r[f"{k} {g}"]) / n * 1e3
-              for k in ("ref_1", "ours_1", "decode", "image")}
+        ms = {
+            k: med(lambda r, k=k, g=g: r[f"{k} {g}"]) / n * 1e3
+            for k in ("ref_1", "ours_1", "decode", "image")
+        }
         ratio = med(lambda r, g=g: r[f"ref_1 {g}"] / r[f"ours_1 {g}"])
         table += [
-            (f"{g} clips (decoded peak {peaks[g]:.2f}): reference, 1 job (CPU ms/track)",
-             f"{ms['ref_1']:.1f}", ""),
-            (f"{g}: ours, 1 job (CPU ms/track: decode, image, shard write + read-back)",
-             f"{ms['ours_1']:.1f}", ""),
+            (
+                f"{g} clips (decoded peak {peaks[g]:.2f}): reference, 1 job (CPU ms/track)",
+                f"{ms['ref_1']:.1f}",
+                "",
+            ),
+            (
+                f"{g}: ours, 1 job (CPU ms/track: decode, image, shard write + read-back)",
+                f"{ms['ours_1']:.1f}",
+                "",
+            ),
             (f"{g}: ours decode / image (CPU ms/track)", f"{ms['decode']:.1f} / {ms['image']:.1f}", ""),
             (f"{g}: ours / reference, 1 job", f"{ratio:.2f}x", ">= 2.0x"),
         ]
@@ -261,14 +288,22 @@ def main(argv: list[str] | None = None) -> int:
         (f"reference, {jobs} jobs (tracks/s)", f"{n_all / med(lambda r: r['ref_n']):.1f}", ""),
         (f"ours, {jobs} jobs (tracks/s)", f"{n_all / med(lambda r: r['ours_n']):.1f}", ""),
         (f"ours / reference, {jobs} jobs", f"{med(lambda r: r['ref_n'] / r['ours_n']):.2f}x", ""),
-        (f"ours {jobs} jobs / ours 1 job", f"{med(lambda r: r['ours_1 all'] / r['ours_n']):.2f}x",
-         ">= 1.6x" if jobs == 2 else ""),
-        (f"a fixed CPU job, {jobs} jobs / 1 job (cores free right now)",
-         f"{med(lambda r: r['busy_1'] / r['busy_n']):.2f}x", ""),
+        (
+            f"ours {jobs} jobs / ours 1 job",
+            f"{med(lambda r: r['ours_1 all'] / r['ours_n']):.2f}x",
+            ">= 1.6x" if jobs == 2 else "",
+        ),
+        (
+            f"a fixed CPU job, {jobs} jobs / 1 job (cores free right now)",
+            f"{med(lambda r: r['busy_1'] / r['busy_n']):.2f}x",
+            "",
+        ),
         ("peak RSS of a worker (MiB)", f"{max(rss) / 1024:.0f}" if rss else "-", "< 1024"),
     ]
-    print(f"\nFeatures speed, {n} + {n} generated 30 s 44.1 kHz stereo 320 kbit/s MP3s, median of "
-          f"{args.repeats} pairs; {machine()}; {datetime.date.today().isoformat()}\n")
+    print(
+        f"\nFeatures speed, {n} + {n} generated 30 s 44.1 kHz stereo 320 kbit/s MP3s, median of "
+        f"{args.repeats} pairs; {machine()}; {datetime.date.today().isoformat()}\n"
+    )
     print("| measure | value | target |")
     print("|---|---|---|")
     for name, value, target in table:

@@ -66,15 +66,25 @@ def make_folder(folder: Path, files: int, minutes: float) -> list[Path]:
 def make_checkpoint(path: Path) -> dict:
     torch.manual_seed(0)
     model = build_model(ModelConfig("seed", 16))
-    save_checkpoint(path, {"model": ModelConfig("seed", 16).to_dict(), "state_dict": model.state_dict(),
-                           "class_names": [f"g{i}" for i in range(16)], "recipe": Recipe().to_dict(),
-                           "config": {}, "normalization": None, "epoch": 0})
+    save_checkpoint(
+        path,
+        {
+            "model": ModelConfig("seed", 16).to_dict(),
+            "state_dict": model.state_dict(),
+            "class_names": [f"g{i}" for i in range(16)],
+            "recipe": Recipe().to_dict(),
+            "config": {},
+            "normalization": None,
+            "epoch": 0,
+        },
+    )
     return load_checkpoint(path)
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--files", type=int, default=8)
     parser.add_argument("--minutes", type=float, default=3.0)
     parser.add_argument("--repeats", type=int, default=3)
@@ -104,12 +114,16 @@ def main() -> int:
     def median(name: str, key) -> float:
         return statistics.median(key(t) for t in runs[name])
 
-    print(f"\nWhole-track prediction, {args.files} MP3s x {args.minutes:g} min (44.1 kHz stereo, "
-          f"256 kbit/s), seed model on the CPU; median of {args.repeats}; {cpu_model()}, "
-          f"{os.cpu_count()} cores, torch {torch.__version__}, Python {platform.python_version()}; "
-          f"{datetime.date.today().isoformat()}\n")
-    print("| run | windows/file | files/s | audio s per s | CPU s per file | CPU ms per audio s | decode "
-          "| images | model |")
+    print(
+        f"\nWhole-track prediction, {args.files} MP3s x {args.minutes:g} min (44.1 kHz stereo, "
+        f"256 kbit/s), seed model on the CPU; median of {args.repeats}; {cpu_model()}, "
+        f"{os.cpu_count()} cores, torch {torch.__version__}, Python {platform.python_version()}; "
+        f"{datetime.date.today().isoformat()}\n"
+    )
+    print(
+        "| run | windows/file | files/s | audio s per s | CPU s per file | CPU ms per audio s | decode "
+        "| images | model |"
+    )
     print("|---|---|---|---|---|---|---|---|---|")
     for name in configs:
         wall = median(name, lambda t: t.wall_s)
@@ -119,23 +133,29 @@ def main() -> int:
         windows = median(name, lambda t: t.windows) / args.files
         cpu = median(name, lambda t: t.cpu_s) / args.files
         cpu_per_audio = 1000 * median(name, lambda t: t.cpu_s / t.audio_s)
-        print(f"| {name} | {windows:.1f} | {args.files / wall:.2f} | {audio / wall:.0f} | {cpu:.2f} | "
-              f"{cpu_per_audio:.2f} | {busy['decode_s'] / total:.0%} | {busy['image_s'] / total:.0%} | "
-              f"{busy['model_s'] / total:.0%} |")
+        print(
+            f"| {name} | {windows:.1f} | {args.files / wall:.2f} | {audio / wall:.0f} | {cpu:.2f} | "
+            f"{cpu_per_audio:.2f} | {busy['decode_s'] / total:.0%} | {busy['image_s'] / total:.0%} | "
+            f"{busy['model_s'] / total:.0%} |"
+        )
     one = median("whole track, 1 job", lambda t: t.wall_s)
     two = median("whole track, 2 jobs", lambda t: t.wall_s)
     cpu_one = median("whole track, 1 job", lambda t: t.cpu_s)
     cpu_two = median("whole track, 2 jobs", lambda t: t.cpu_s)
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    print(f"\nCPU time per file with 2 jobs vs 1: {cpu_two / cpu_one:.2f}x; load average at the end "
-          f"{load:.1f} on {os.cpu_count()} cores (a busy machine gives the pool less than a core each).")
+    print(
+        f"\nCPU time per file with 2 jobs vs 1: {cpu_two / cpu_one:.2f}x; load average at the end "
+        f"{load:.1f} on {os.cpu_count()} cores (a busy machine gives the pool less than a core each)."
+    )
     print(f"2 jobs vs 1: {one / two:.2f}x files/s.")
     for what, key in (("wall", lambda t: t.wall_s / t.audio_s), ("CPU", lambda t: t.cpu_s / t.audio_s)):
         cost = {name: median(name, key) for name in configs}
         first = cost["first window, 1 job"]
-        print(f"{what} time per second of audio vs first window: whole track "
-              f"{cost['whole track, 1 job'] / first:.2f}x, hop = window "
-              f"{cost['whole track, hop = window, 1 job'] / first:.2f}x.")
+        print(
+            f"{what} time per second of audio vs first window: whole track "
+            f"{cost['whole track, 1 job'] / first:.2f}x, hop = window "
+            f"{cost['whole track, hop = window, 1 job'] / first:.2f}x."
+        )
     return 0
 
 

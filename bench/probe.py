@@ -60,8 +60,13 @@ def split_features(shards: str, split: str) -> tuple[np.ndarray, np.ndarray, lis
     return np.concatenate(feats), np.concatenate(labels), list(dataset.class_names)
 
 
-def fit_probe(train: tuple[np.ndarray, np.ndarray], validation: tuple[np.ndarray, np.ndarray],
-              num_classes: int, c_grid=C_GRID, seed: int = 0):
+def fit_probe(
+    train: tuple[np.ndarray, np.ndarray],
+    validation: tuple[np.ndarray, np.ndarray],
+    num_classes: int,
+    c_grid=C_GRID,
+    seed: int = 0,
+):
     """Standardise, fit one logistic regression per C, keep the best on validation macro-F1.
 
     Returns
@@ -97,27 +102,39 @@ def run(shards: str) -> dict:
         raise ValueError(f"{shards}: the test split is empty")
     model, chosen, val_scores = fit_probe((x_tr, y_tr), (x_va, y_va), len(names))
     result = metrics.summary(y_te, model.predict(x_te), len(names))
-    return {"shards": str(shards), "features": "per-band mean and std (256)", "C": chosen,
-            "validation_macro_f1_by_C": {str(c): round(s, 4) for c, s in val_scores.items()},
-            "n_train": int(len(y_tr)), "n_validation": int(len(y_va)), "n_test": int(len(y_te)),
-            "test_accuracy": result["accuracy"], "test_macro_f1": result["macro_f1"],
-            "test_balanced_accuracy": result["balanced_accuracy"],
-            "seconds": round(time.perf_counter() - start, 1)}
+    return {
+        "shards": str(shards),
+        "features": "per-band mean and std (256)",
+        "C": chosen,
+        "validation_macro_f1_by_C": {str(c): round(s, 4) for c, s in val_scores.items()},
+        "n_train": int(len(y_tr)),
+        "n_validation": int(len(y_va)),
+        "n_test": int(len(y_te)),
+        "test_accuracy": result["accuracy"],
+        "test_macro_f1": result["macro_f1"],
+        "test_balanced_accuracy": result["balanced_accuracy"],
+        "seconds": round(time.perf_counter() - start, 1),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--shards", required=True, help="shard set folder (holds manifest.json)")
     parser.add_argument("--json", type=Path, help="also write the figures to this JSON file")
     args = parser.parse_args(argv)
     report = run(args.shards)
-    print("validation macro-F1 by C: " + ", ".join(f"{c}: {s:.3f}"
-                                                  for c, s in report["validation_macro_f1_by_C"].items()))
-    print(f"probe (logistic regression, C={report['C']}) on {report['n_test']} test clips "
-          f"({report['n_train']} train, {report['n_validation']} validation): "
-          f"accuracy {report['test_accuracy']:.3f}, macro-F1 {report['test_macro_f1']:.3f}, "
-          f"balanced accuracy {report['test_balanced_accuracy']:.3f} ({report['seconds']} s)")
+    print(
+        "validation macro-F1 by C: "
+        + ", ".join(f"{c}: {s:.3f}" for c, s in report["validation_macro_f1_by_C"].items())
+    )
+    print(
+        f"probe (logistic regression, C={report['C']}) on {report['n_test']} test clips "
+        f"({report['n_train']} train, {report['n_validation']} validation): "
+        f"accuracy {report['test_accuracy']:.3f}, macro-F1 {report['test_macro_f1']:.3f}, "
+        f"balanced accuracy {report['test_balanced_accuracy']:.3f} ({report['seconds']} s)"
+    )
     if args.json:
         from shards import atomic_write_text
 

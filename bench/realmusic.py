@@ -86,39 +86,89 @@ class Source:
 # 16 sources, one per FMA genre name (in CLASS_NAMES order). Globs avoid sound effects, speech,
 # ambience and copies in other languages.
 SOURCES: tuple[Source, ...] = (
-    Source("wesnoth-1.16-music", ("usr/share/games/wesnoth/1.16/data/core/music/*.ogg",),
-           "orchestral fantasy", "GPL-2+"),
-    Source("warzone2100-music", ("usr/share/games/warzone2100/music/**/*.opus",),
-           "electronic / orchestral sci-fi, three albums", "GPL-2+ / CC-BY-SA"),
-    Source("nexuiz-music", ("usr/share/games/nexuiz/data/music.pk3.d/sound/cdtracks/*.ogg",),
-           "electronic, industrial, rock", "GPL-2+"),
-    Source("hedgewars-data", ("usr/share/games/hedgewars/Data/Music/*.ogg",),
-           "light comic themes (oriental, pirate, snow ...)", "GPL-2 / CC"),
-    Source("ufoai-music", ("usr/share/games/ufoai/base/0music.pk3.d/music/*.ogg",),
-           "sci-fi orchestral and ambient, several composers", "GPL-2+ / CC-BY-SA-3.0"),
-    Source("planetblupi-music-ogg", ("usr/share/planetblupi/music/*.ogg",),
-           "children's game music", "GPL-3+"),
-    Source("singularity-music", ("usr/share/games/singularity/music/**/*.ogg",),
-           "electronic / piano ambient (Max McCracken)", "CC-BY-SA"),
-    Source("supertux-data", ("usr/share/games/supertux2/music/**/*.ogg",),
-           "chiptune, synth pop", "GPL-2+ / CC-BY-SA"),
-    Source("supertuxkart-data", ("usr/share/games/supertuxkart/data/music/*.ogg",),
-           "pop, rock, electronic racing themes", "CC-BY-SA / CC-BY / CC0"),
-    Source("widelands-data", ("usr/share/games/widelands/data/music/*.ogg",),
-           "orchestral / medieval", "GPL-2+"),
-    Source("drascula-music", ("usr/share/scummvm/drascula/audio/*.ogg",),
-           "1990s adventure game score", "Drascula licence (BSD-like)"),
-    Source("freedroidrpg-data", ("usr/share/freedroidrpg/data/sound/music/*.ogg",),
-           "dark electronic / ambient", "GPL-2+"),
-    Source("hyperrogue-music", ("usr/share/hyperrogue/music/*.ogg",),
-           "ambient, world", "CC-BY-SA-3.0"),
-    Source("megaglest-data", ("usr/share/games/megaglest/techs/megapack/factions/*/music/*.ogg",
-                              "usr/share/games/megaglest/data/core/menu/music/*.ogg"),
-           "faction themes: Egyptian, Indian, Norse, Persian, Roman ...", "CC-BY-SA-3.0"),
-    Source("freecol", ("usr/share/games/freecol/default/resources/music/default/*.ogg",),
-           "period / orchestral", "GPL-2+ / CC-BY-SA"),
-    Source("extremetuxracer-data", ("usr/share/games/etr/music/*.ogg",),
-           "light pop / electronic", "GPL-2+"),
+    Source(
+        "wesnoth-1.16-music",
+        ("usr/share/games/wesnoth/1.16/data/core/music/*.ogg",),
+        "orchestral fantasy",
+        "GPL-2+",
+    ),
+    Source(
+        "warzone2100-music",
+        ("usr/share/games/warzone2100/music/**/*.opus",),
+        "electronic / orchestral sci-fi, three albums",
+        "GPL-2+ / CC-BY-SA",
+    ),
+    Source(
+        "nexuiz-music",
+        ("usr/share/games/nexuiz/data/music.pk3.d/sound/cdtracks/*.ogg",),
+        "electronic, industrial, rock",
+        "GPL-2+",
+    ),
+    Source(
+        "hedgewars-data",
+        ("usr/share/games/hedgewars/Data/Music/*.ogg",),
+        "light comic themes (oriental, pirate, snow ...)",
+        "GPL-2 / CC",
+    ),
+    Source(
+        "ufoai-music",
+        ("usr/share/games/ufoai/base/0music.pk3.d/music/*.ogg",),
+        "sci-fi orchestral and ambient, several composers",
+        "GPL-2+ / CC-BY-SA-3.0",
+    ),
+    Source(
+        "planetblupi-music-ogg", ("usr/share/planetblupi/music/*.ogg",), "children's game music", "GPL-3+"
+    ),
+    Source(
+        "singularity-music",
+        ("usr/share/games/singularity/music/**/*.ogg",),
+        "electronic / piano ambient (Max McCracken)",
+        "CC-BY-SA",
+    ),
+    Source(
+        "supertux-data",
+        ("usr/share/games/supertux2/music/**/*.ogg",),
+        "chiptune, synth pop",
+        "GPL-2+ / CC-BY-SA",
+    ),
+    Source(
+        "supertuxkart-data",
+        ("usr/share/games/supertuxkart/data/music/*.ogg",),
+        "pop, rock, electronic racing themes",
+        "CC-BY-SA / CC-BY / CC0",
+    ),
+    Source(
+        "widelands-data", ("usr/share/games/widelands/data/music/*.ogg",), "orchestral / medieval", "GPL-2+"
+    ),
+    Source(
+        "drascula-music",
+        ("usr/share/scummvm/drascula/audio/*.ogg",),
+        "1990s adventure game score",
+        "Drascula licence (BSD-like)",
+    ),
+    Source(
+        "freedroidrpg-data",
+        ("usr/share/freedroidrpg/data/sound/music/*.ogg",),
+        "dark electronic / ambient",
+        "GPL-2+",
+    ),
+    Source("hyperrogue-music", ("usr/share/hyperrogue/music/*.ogg",), "ambient, world", "CC-BY-SA-3.0"),
+    Source(
+        "megaglest-data",
+        (
+            "usr/share/games/megaglest/techs/megapack/factions/*/music/*.ogg",
+            "usr/share/games/megaglest/data/core/menu/music/*.ogg",
+        ),
+        "faction themes: Egyptian, Indian, Norse, Persian, Roman ...",
+        "CC-BY-SA-3.0",
+    ),
+    Source(
+        "freecol",
+        ("usr/share/games/freecol/default/resources/music/default/*.ogg",),
+        "period / orchestral",
+        "GPL-2+ / CC-BY-SA",
+    ),
+    Source("extremetuxracer-data", ("usr/share/games/etr/music/*.ogg",), "light pop / electronic", "GPL-2+"),
 )
 if len(SOURCES) != len(CLASS_NAMES):  # pragma: no cover - a programming error, caught on import
     raise RuntimeError("SOURCES must have one entry per FMA genre")
@@ -153,6 +203,7 @@ class Clip:
 
 
 # --------------------------------------------------------------------------- planning (pure)
+
 
 def group_key(stem: str, stems: set[str]) -> str:
     """The piece a file is a variant of: ``farm_f`` -> ``farm``; ``forest2`` -> ``forest`` if a
@@ -207,8 +258,9 @@ def _assign_splits(groups: dict[str, int], rng: np.random.Generator) -> dict[str
     return out
 
 
-def plan(recordings: list[Recording], seed: int, max_per_recording: int = 10,
-         max_per_class: int = 200) -> list[Clip]:
+def plan(
+    recordings: list[Recording], seed: int, max_per_recording: int = 10, max_per_class: int = 200
+) -> list[Clip]:
     """Every clip to write, a pure function of the recordings and the seed.
 
     Parameters
@@ -243,13 +295,24 @@ def plan(recordings: list[Recording], seed: int, max_per_recording: int = 10,
         rates, probs = zip(*BITRATES, strict=True)
         for r in recs:
             for off in windows[r.path]:
-                clips.append(Clip(next_id, s, r.path, off, r.seconds, group_of[r.path],
-                                  split_of[group_of[r.path]], int(rng.choice(rates, p=probs))))
+                clips.append(
+                    Clip(
+                        next_id,
+                        s,
+                        r.path,
+                        off,
+                        r.seconds,
+                        group_of[r.path],
+                        split_of[group_of[r.path]],
+                        int(rng.choice(rates, p=probs)),
+                    )
+                )
                 next_id += 1
     return clips
 
 
 # --------------------------------------------------------------------------- I/O
+
 
 def fetch(work: Path) -> dict[str, str]:
     """Download (``apt-get download``) and unpack every source package; return package -> .deb name."""
@@ -289,8 +352,11 @@ def scan(extract: Path) -> list[Recording]:
             seen.add(digest)
             info = sf.info(str(p))
             if info.duration >= CLIP_SECONDS:
-                out.append(Recording(i, str(p.relative_to(extract)), float(info.duration),
-                                     int(info.samplerate), digest))
+                out.append(
+                    Recording(
+                        i, str(p.relative_to(extract)), float(info.duration), int(info.samplerate), digest
+                    )
+                )
     return out
 
 
@@ -308,15 +374,18 @@ def write_clip(extract: str, fma: str, clip: Clip) -> dict | None:
     dest = Path(fma) / "fma_large" / audio_relpath(clip.track_id)
     if dest.is_file() and dest.stat().st_size > 0:
         info = sf.info(str(path))
-        return {"sample_rate": int(info.samplerate), "channels": min(int(info.channels), 2),
-                "seconds": CLIP_SECONDS}
+        return {
+            "sample_rate": int(info.samplerate),
+            "channels": min(int(info.channels), 2),
+            "seconds": CLIP_SECONDS,
+        }
     with sf.SoundFile(str(path)) as f:
         sr = f.samplerate
         f.seek(int(clip.offset_s * sr))
         x = f.read(int(CLIP_SECONDS * sr), dtype="float32", always_2d=True)
     if x.shape[1] > 2:
         x = x[:, :2]
-    if float(np.sqrt(np.mean(x ** 2))) < MIN_RMS:
+    if float(np.sqrt(np.mean(x**2))) < MIN_RMS:
         return None
     peak = float(np.max(np.abs(x)))
     if peak > 1.0:
@@ -348,11 +417,22 @@ def write_metadata(fma: Path, clips: list[Clip], written: list[dict | None], see
             continue
         genre = CLASS_NAMES[c.source]
         rows[c.track_id] = track_row(
-            np.random.default_rng([seed, c.track_id]), track_id=c.track_id, artist_id=1 + c.source,
-            album_id=1 + groups.index(c.group), title=Path(c.path).stem, artist=SOURCES[c.source].package,
-            album=c.group, split=c.split, subset="large", genre_top=genre, genres=[TOP_ID[genre]],
-            genres_all=[TOP_ID[genre]], bit_rate=c.bitrate_kbps * 1000, duration=int(c.recording_seconds),
-            number=1)
+            np.random.default_rng([seed, c.track_id]),
+            track_id=c.track_id,
+            artist_id=1 + c.source,
+            album_id=1 + groups.index(c.group),
+            title=Path(c.path).stem,
+            artist=SOURCES[c.source].package,
+            album=c.group,
+            split=c.split,
+            subset="large",
+            genre_top=genre,
+            genres=[TOP_ID[genre]],
+            genres_all=[TOP_ID[genre]],
+            bit_rate=c.bitrate_kbps * 1000,
+            duration=int(c.recording_seconds),
+            number=1,
+        )
         entries[str(c.track_id)] = {**asdict(c), **w, "genre_top": genre}
     meta = fma / "fma_metadata"
     meta.mkdir(parents=True, exist_ok=True)
@@ -375,36 +455,51 @@ def build(work: Path, seed: int, jobs: int, max_per_recording: int, max_per_clas
     recordings = scan(extract)
     clips = plan(recordings, seed, max_per_recording, max_per_class)
     results = Parallel(n_jobs=jobs, return_as="generator", batch_size=4)(
-        delayed(write_clip)(str(extract), str(fma), c) for c in clips)
+        delayed(write_clip)(str(extract), str(fma), c) for c in clips
+    )
     written = list(tqdm(results, total=len(clips), desc="clips", unit="clip"))
     entries = write_metadata(fma, clips, written, seed)
-    summary = {"seed": seed, "packages": versions, "sources": [asdict(s) for s in SOURCES],
-               "silent_clips_dropped": sum(w is None for w in written), "clips": entries}
+    summary = {
+        "seed": seed,
+        "packages": versions,
+        "sources": [asdict(s) for s in SOURCES],
+        "silent_clips_dropped": sum(w is None for w in written),
+        "clips": entries,
+    }
     atomic_write_text(fma / "realmusic.json", json.dumps(summary, indent=1) + "\n")
     return summary
 
 
 def describe(summary: dict) -> str:
     """A table: class, package, clips per split, groups per split."""
-    lines = ["| class | package | train | validation | test | groups (tr/va/te) |",
-             "|---|---|---|---|---|---|"]
+    lines = [
+        "| class | package | train | validation | test | groups (tr/va/te) |",
+        "|---|---|---|---|---|---|",
+    ]
     clips = list(summary["clips"].values())
     for i, s in enumerate(SOURCES):
         mine = [c for c in clips if c["source"] == i]
         n = {sp: sum(c["split"] == sp for c in mine) for sp in ("training", "validation", "test")}
         g = {sp: len({c["group"] for c in mine if c["split"] == sp}) for sp in n}
-        lines.append(f"| {CLASS_NAMES[i]} | {s.package} | {n['training']} | {n['validation']} | {n['test']} "
-                     f"| {g['training']}/{g['validation']}/{g['test']} |")
+        lines.append(
+            f"| {CLASS_NAMES[i]} | {s.package} | {n['training']} | {n['validation']} | {n['test']} "
+            f"| {g['training']}/{g['validation']}/{g['test']} |"
+        )
     tot = {sp: sum(c["split"] == sp for c in clips) for sp in ("training", "validation", "test")}
     lines.append(f"| all | | {tot['training']} | {tot['validation']} | {tot['test']} | |")
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--work", type=Path, required=True,
-                        help="folder for debs/, extract/ and the FMA-shaped fma/ (outside the repo)")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--work",
+        type=Path,
+        required=True,
+        help="folder for debs/, extract/ and the FMA-shaped fma/ (outside the repo)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--clips-per-recording", type=int, default=10)
@@ -412,8 +507,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     summary = build(args.work, args.seed, args.jobs, args.clips_per_recording, args.clips_per_class)
     print(describe(summary))
-    print(f"wrote {args.work / 'fma'} ({len(summary['clips'])} clips, "
-          f"{summary['silent_clips_dropped']} silent ones dropped)")
+    print(
+        f"wrote {args.work / 'fma'} ({len(summary['clips'])} clips, "
+        f"{summary['silent_clips_dropped']} silent ones dropped)"
+    )
     return 0
 
 

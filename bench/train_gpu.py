@@ -73,8 +73,9 @@ def endless(source: BatchSource):
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--images", type=int, default=50000)
     parser.add_argument("--steps", type=int, default=300, help="timed steps per configuration")
     parser.add_argument("--warmup", type=int, default=20, help="untimed steps first")
@@ -94,8 +95,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"shards ready in {time.perf_counter() - t0:.0f} s", flush=True)
         results = {}
         workers = resolve_workers(args.workers, device, "none")
-        for label, preload in (("(a) shard Dataset + DataLoader", "none"), ("(b) --preload gpu", "gpu"),
-                               ("(c) random tensors on the GPU", None)):
+        for label, preload in (
+            ("(a) shard Dataset + DataLoader", "none"),
+            ("(b) --preload gpu", "gpu"),
+            ("(c) random tensors on the GPU", None),
+        ):
             torch.manual_seed(0)
             model = place_model(build_model(ModelConfig(args.model, 16)), device)
             optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
@@ -113,8 +117,10 @@ def main(argv: list[str] | None = None) -> int:
         if not args.dir:
             shutil.rmtree(work, ignore_errors=True)
     name = torch.cuda.get_device_name() if device.type == "cuda" else "CPU"
-    print(f"\n| {args.model}, batch {args.batch}, {args.images:,} images, {name}, {workers} workers "
-          f"| samples/s | / (c) |\n|---|---|---|")
+    print(
+        f"\n| {args.model}, batch {args.batch}, {args.images:,} images, {name}, {workers} workers "
+        f"| samples/s | / (c) |\n|---|---|---|"
+    )
     ceiling = results["(c) random tensors on the GPU"]
     for label, value in results.items():
         print(f"| {label} | {value:,.0f} | {value / ceiling:.2f} |")

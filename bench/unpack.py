@@ -40,8 +40,9 @@ FMA_LARGE_GIB = 93
 def make_zip(path: Path, members: int, member_bytes: int) -> int:
     """A bzip2 zip of ``members`` incompressible files; returns the unpacked bytes."""
     rng = np.random.default_rng(0)
-    write_fma_zip(path, ((f"fma_large/{audio_relpath(1000 + i)}", rng.bytes(member_bytes))
-                         for i in range(members)))
+    write_fma_zip(
+        path, ((f"fma_large/{audio_relpath(1000 + i)}", rng.bytes(member_bytes)) for i in range(members))
+    )
     return members * member_bytes
 
 
@@ -56,8 +57,9 @@ def cpu_model() -> str:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--members", type=int, default=48)
     parser.add_argument("--member-mib", type=float, default=1.0)
     parser.add_argument("--repeats", type=int, default=3)
@@ -79,8 +81,11 @@ def main() -> int:
         def ours(jobs: int):
             return lambda out: dl.unpack(source, out, archive, jobs=jobs, progress=False)
 
-        runs = {"zipfile.extractall (baseline)": baseline, "ours, 1 job": ours(1),
-                f"ours, {args.jobs} jobs": ours(args.jobs)}
+        runs = {
+            "zipfile.extractall (baseline)": baseline,
+            "ours, 1 job": ours(1),
+            f"ours, {args.jobs} jobs": ours(args.jobs),
+        }
         seconds: dict[str, list[float]] = {name: [] for name in runs}
         for _ in range(args.repeats):
             for name, run in runs.items():
@@ -93,9 +98,11 @@ def main() -> int:
     mib = total / dl.MiB
     rate = {name: mib / statistics.median(s) for name, s in seconds.items()}
     base = rate["zipfile.extractall (baseline)"]
-    print(f"\nUnpacking speed, {args.members} members x {args.member_mib:g} MiB (bzip2), median of "
-          f"{args.repeats}; {cpu_model()}, {os.cpu_count()} cores, Python {platform.python_version()}; "
-          f"{datetime.date.today().isoformat()}\n")
+    print(
+        f"\nUnpacking speed, {args.members} members x {args.member_mib:g} MiB (bzip2), median of "
+        f"{args.repeats}; {cpu_model()}, {os.cpu_count()} cores, Python {platform.python_version()}; "
+        f"{datetime.date.today().isoformat()}\n"
+    )
     print("| unpack | MiB/s | vs baseline | fma_large (93 GiB) at this rate |")
     print("|---|---|---|---|")
     for name, r in rate.items():

@@ -78,8 +78,9 @@ def make_dataset(root: Path, n_tracks: int, shard_size: int) -> tuple[Path, list
     plan = build_plan(FeatureOptions(gen, root / "unused", shard_size=shard_size))
     selected = [t for s in plan.specs for t in s.track_ids]
     audio = gen / "fma_large"
-    mp3s = [audio / fma.audio_relpath(int(t)) for t, e in sorted(truth["tracks"].items())
-            if e["kind"] == "good"]
+    mp3s = [
+        audio / fma.audio_relpath(int(t)) for t, e in sorted(truth["tracks"].items()) if e["kind"] == "good"
+    ]
     listed = set(int(t) for t in load_tracks(tracks_csv_path(gen)).index)
     target = round(len(selected) * FMA_LARGE_TRACKS / FMA_LARGE_SELECTED)
     n_members = sum(1 for p in audio.rglob("*") if p.is_file())
@@ -121,7 +122,10 @@ def run_pair(root: Path, zip_path: Path, archive: dl.Archive, jobs: int, shard_s
     run_features(FeatureOptions(fma_dir, root / "shards-tree", **options))
     t2 = time.perf_counter()
     result = {
-        "zip": zip_seconds, "unpack": t1 - t0, "tree features": t2 - t1, "tree": t2 - t0,
+        "zip": zip_seconds,
+        "unpack": t1 - t0,
+        "tree features": t2 - t1,
+        "tree": t2 - t0,
         "written zip": folder_bytes(root / "shards-zip"),
         "written tree": folder_bytes(fma_dir / "fma_large") + folder_bytes(root / "shards-tree"),
         "same": checksums(root / "shards-zip") == checksums(root / "shards-tree"),
@@ -130,43 +134,62 @@ def run_pair(root: Path, zip_path: Path, archive: dl.Archive, jobs: int, shard_s
     return result
 
 
-def report(runs: list[dict], members: int, selected: int, all_bytes: int, selected_bytes: int,
-           args: argparse.Namespace) -> bool:
+def report(
+    runs: list[dict],
+    members: int,
+    selected: int,
+    all_bytes: int,
+    selected_bytes: int,
+    args: argparse.Namespace,
+) -> bool:
     """Print the markdown table and the fma_large extrapolation; True if the shards were identical."""
     med = {k: statistics.median(r[k] for r in runs) for k in ("zip", "unpack", "tree features", "tree")}
     written_a, written_b = runs[-1]["written tree"], runs[-1]["written zip"]
     same = all(r["same"] for r in runs)
     mib = dl.MiB
-    print(f"\nFeatures from the zip vs unpack + features: {members} members, {selected} selected, "
-          f"--jobs {args.jobs}, shards of {args.shard_size}, median of {args.repeats}; {cpu_model()}, "
-          f"{os.cpu_count()} cores, Python {platform.python_version()}; {datetime.date.today()}\n")
+    print(
+        f"\nFeatures from the zip vs unpack + features: {members} members, {selected} selected, "
+        f"--jobs {args.jobs}, shards of {args.shard_size}, median of {args.repeats}; {cpu_model()}, "
+        f"{os.cpu_count()} cores, Python {platform.python_version()}; {datetime.date.today()}\n"
+    )
     print("| way | seconds | decompressed | written to disk |")
     print("|---|---|---|---|")
-    print(f"| (a) unpack all + features from the tree | {med['tree']:.1f} (unpack {med['unpack']:.1f} + "
-          f"features {med['tree features']:.1f}) | {all_bytes / mib:.0f} MiB | {written_a / mib:.0f} MiB |")
-    print(f"| (b) features from the zip | {med['zip']:.1f} | {selected_bytes / mib:.0f} MiB | "
-          f"{written_b / mib:.1f} MiB |")
-    print(f"\n(a) / (b): time {med['tree'] / med['zip']:.2f}x, bytes written {written_a / written_b:.0f}x; "
-          f"shards identical (manifest checksums): {'yes' if same else 'NO'}")
+    print(
+        f"| (a) unpack all + features from the tree | {med['tree']:.1f} (unpack {med['unpack']:.1f} + "
+        f"features {med['tree features']:.1f}) | {all_bytes / mib:.0f} MiB | {written_a / mib:.0f} MiB |"
+    )
+    print(
+        f"| (b) features from the zip | {med['zip']:.1f} | {selected_bytes / mib:.0f} MiB | "
+        f"{written_b / mib:.1f} MiB |"
+    )
+    print(
+        f"\n(a) / (b): time {med['tree'] / med['zip']:.2f}x, bytes written {written_a / written_b:.0f}x; "
+        f"shards identical (manifest checksums): {'yes' if same else 'NO'}"
+    )
     # fma_large at these rates: unpacking scales with the zip's bytes, features with the selected tracks.
     features_a = med["tree features"] / selected * FMA_LARGE_SELECTED
     unpack = FMA_LARGE_ZIP_GIB * dl.GiB / (all_bytes / med["unpack"])
     features_b = med["zip"] / selected * FMA_LARGE_SELECTED
     extra = med["zip"] - med["tree features"]  # what reading the zip adds to one features run
     if extra > 0:
-        print(f"features from the zip cost {extra:.1f} s more than from the tree per run: unpacking once "
-              f"({med['unpack']:.1f} s) pays off after {med['unpack'] / extra:.1f} features runs "
-              f"(e.g. several recipes)")
-    print(f"fma_large at these rates with {args.jobs} jobs: (a) {(unpack + features_a) / 60:.0f} min (unpack "
-          f"{unpack / 60:.0f} + features {features_a / 60:.0f}), (b) {features_b / 60:.0f} min; disk besides "
-          f"the {FMA_LARGE_ZIP_GIB} GiB zip: (a) ~{FMA_LARGE_ZIP_GIB * 1.03:.0f} GiB tree + shards, "
-          f"(b) the shards only")
+        print(
+            f"features from the zip cost {extra:.1f} s more than from the tree per run: unpacking once "
+            f"({med['unpack']:.1f} s) pays off after {med['unpack'] / extra:.1f} features runs "
+            f"(e.g. several recipes)"
+        )
+    print(
+        f"fma_large at these rates with {args.jobs} jobs: (a) {(unpack + features_a) / 60:.0f} min (unpack "
+        f"{unpack / 60:.0f} + features {features_a / 60:.0f}), (b) {features_b / 60:.0f} min; disk besides "
+        f"the {FMA_LARGE_ZIP_GIB} GiB zip: (a) ~{FMA_LARGE_ZIP_GIB * 1.03:.0f} GiB tree + shards, "
+        f"(b) the shards only"
+    )
     return same
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--tracks", type=int, default=160, help="mini-FMA rows in tracks.csv (default 160)")
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--jobs", type=int, default=joblib.cpu_count())
@@ -183,10 +206,12 @@ def main() -> int:
         wanted = {f"fma_large/{fma.audio_relpath(t)}" for t in selected}
         all_bytes = sum(i.file_size for i in infos)
         selected_bytes = sum(i.file_size for i in infos if i.filename in wanted)
-        print(f"zip: {len(infos)} members ({zip_path.stat().st_size / dl.MiB:.0f} MiB), {len(selected)} "
-              f"selected ({len(selected) / len(infos):.1%}; fma_large "
-              f"{FMA_LARGE_SELECTED / FMA_LARGE_TRACKS:.1%}); made in {time.perf_counter() - start:.0f} s",
-              flush=True)
+        print(
+            f"zip: {len(infos)} members ({zip_path.stat().st_size / dl.MiB:.0f} MiB), {len(selected)} "
+            f"selected ({len(selected) / len(infos):.1%}; fma_large "
+            f"{FMA_LARGE_SELECTED / FMA_LARGE_TRACKS:.1%}); made in {time.perf_counter() - start:.0f} s",
+            flush=True,
+        )
         archive = dl.Archive(zip_path.name, "0" * 40, zip_path.stat().st_size, all_bytes)
         runs = [run_pair(root, zip_path, archive, args.jobs, args.shard_size) for _ in range(args.repeats)]
     same = report(runs, len(infos), len(selected), all_bytes, selected_bytes, args)

@@ -35,8 +35,12 @@ def main(argv: list[str] | None = None) -> int:
     for name, (module_name, help_text) in COMMANDS.items():
         if name == wanted:
             module = importlib.import_module(module_name)
-            p = sub.add_parser(name, help=help_text, description=(module.__doc__ or help_text).strip(),
-                               formatter_class=argparse.RawDescriptionHelpFormatter)
+            p = sub.add_parser(
+                name,
+                help=help_text,
+                description=(module.__doc__ or help_text).strip(),
+                formatter_class=argparse.RawDescriptionHelpFormatter,
+            )
             module.add_arguments(p)
             add_logging_arguments(p)
             p.set_defaults(_main=module.main)

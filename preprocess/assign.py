@@ -47,18 +47,30 @@ class ShardSpec:
     labels: tuple[int, ...]
 
     def to_dict(self) -> dict:
-        return {"name": self.name, "split": self.split, "shard_index": self.shard_index,
-                "num_shards": self.num_shards, "track_ids": list(self.track_ids), "labels": list(self.labels)}
+        return {
+            "name": self.name,
+            "split": self.split,
+            "shard_index": self.shard_index,
+            "num_shards": self.num_shards,
+            "track_ids": list(self.track_ids),
+            "labels": list(self.labels),
+        }
 
     @classmethod
     def from_dict(cls, data: dict) -> ShardSpec:
-        return cls(name=data["name"], split=data["split"], shard_index=int(data["shard_index"]),
-                   num_shards=int(data["num_shards"]), track_ids=tuple(int(t) for t in data["track_ids"]),
-                   labels=tuple(int(x) for x in data["labels"]))
+        return cls(
+            name=data["name"],
+            split=data["split"],
+            shard_index=int(data["shard_index"]),
+            num_shards=int(data["num_shards"]),
+            track_ids=tuple(int(t) for t in data["track_ids"]),
+            labels=tuple(int(x) for x in data["labels"]),
+        )
 
 
-def assign_shards(tracks: dict[str, list[tuple[int, int]]], shard_size: int = DEFAULT_SHARD_SIZE
-                  ) -> list[ShardSpec]:
+def assign_shards(
+    tracks: dict[str, list[tuple[int, int]]], shard_size: int = DEFAULT_SHARD_SIZE
+) -> list[ShardSpec]:
     """Cut each split's sorted tracks into near-equal shards.
 
     Parameters
@@ -93,10 +105,16 @@ def assign_shards(tracks: dict[str, list[tuple[int, int]]], shard_size: int = DE
         num_shards = -(-n // int(shard_size))
         for k in range(num_shards):
             part = items[k * n // num_shards : (k + 1) * n // num_shards]
-            specs.append(ShardSpec(
-                name=shard_name(split, k, num_shards), split=split, shard_index=k, num_shards=num_shards,
-                track_ids=tuple(t for t, _ in part), labels=tuple(label for _, label in part),
-            ))
+            specs.append(
+                ShardSpec(
+                    name=shard_name(split, k, num_shards),
+                    split=split,
+                    shard_index=k,
+                    num_shards=num_shards,
+                    track_ids=tuple(t for t, _ in part),
+                    labels=tuple(label for _, label in part),
+                )
+            )
     return specs
 
 

@@ -48,7 +48,7 @@ Source = Union[str, os.PathLike, BinaryIO]
 
 # A clip is digital silence when its mono waveform stays within one 16-bit step of zero
 # after its first SILENCE_SKIP_S (decoders may ring for a frame or two at the start).
-SILENCE_PEAK = 2.0 ** -15
+SILENCE_PEAK = 2.0**-15
 SILENCE_SKIP_S = 0.1
 #: The failure reason of a clip that is digital silence.
 SILENCE = "digital silence"
@@ -255,8 +255,11 @@ def captured_stderr() -> Iterator[_Captured]:
             os.dup2(saved, 2)
             os.close(saved)
             buffer.seek(0)
-            others = [line for line in buffer.read().decode("utf-8", "replace").splitlines()
-                      if not _DECODER_LINE.search(line)]
+            others = [
+                line
+                for line in buffer.read().decode("utf-8", "replace").splitlines()
+                if not _DECODER_LINE.search(line)
+            ]
             if others:
                 os.write(2, ("\n".join(others) + "\n").encode())
 
@@ -282,7 +285,9 @@ def time_limit(seconds: float | None) -> Iterator[None]:
     is interrupted, a long C computation finishes first.
     """
     usable = (
-        seconds is not None and seconds > 0 and hasattr(signal, "setitimer")
+        seconds is not None
+        and seconds > 0
+        and hasattr(signal, "setitimer")
         and threading.current_thread() is threading.main_thread()
     )
     if not usable:
@@ -321,7 +326,7 @@ class TrackImage:
 
 def is_digital_silence(mono: np.ndarray, rate: int) -> bool:
     """True if ``mono`` (shape (n,)) never exceeds one 16-bit step after its first 0.1 s."""
-    rest = mono[int(SILENCE_SKIP_S * rate):]
+    rest = mono[int(SILENCE_SKIP_S * rate) :]
     return rest.size == 0 or float(np.abs(rest).max()) <= SILENCE_PEAK
 
 
@@ -356,8 +361,9 @@ def image_of(waveform: np.ndarray, rate: int, recipe: Recipe, keep_silence: bool
     return TrackImage(image=image, seconds=n / rate, padded=n < int(recipe.duration_s * rate))
 
 
-def track_image(source: Source, recipe: Recipe, timeout_s: float | None = None,
-                keep_silence: bool = False) -> TrackImage:
+def track_image(
+    source: Source, recipe: Recipe, timeout_s: float | None = None, keep_silence: bool = False
+) -> TrackImage:
     """Decode the first ``recipe.duration_s`` of one file and compute its image.
 
     Every failure becomes a :class:`TrackFailure`; what the decoder printed about the

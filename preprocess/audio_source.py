@@ -105,7 +105,8 @@ def open_zip(path: str | os.PathLike) -> zipfile.ZipFile:
             f"{path}: cannot read the zip's directory ({exc}): the zip is damaged or incomplete. "
             f"Check it against FMA's SHA-1 with `make download UNPACK=0` (after deleting "
             f"{path}.verified, if there is one); a zip whose sum is wrong is moved aside and fetched "
-            f"again.") from None
+            f"again."
+        ) from None
 
 
 def zip_source(path: str | os.PathLike) -> AudioSource:
@@ -118,8 +119,11 @@ def zip_source(path: str | os.PathLike) -> AudioSource:
     """
     path = Path(path).absolute()
     if not path.is_file():
-        hint = (f" ({path.name}.part exists: the download is not finished; rerun `make download`)"
-                if path.with_name(path.name + ".part").exists() else "")
+        hint = (
+            f" ({path.name}.part exists: the download is not finished; rerun `make download`)"
+            if path.with_name(path.name + ".part").exists()
+            else ""
+        )
         raise AudioSourceError(f"{path}: no such zip{hint}")
     with open_zip(path) as zf:
         for name in zf.namelist():
@@ -129,8 +133,9 @@ def zip_source(path: str | os.PathLike) -> AudioSource:
     raise AudioSourceError(f"{path}: no member is an FMA track (NNN/NNNNNN.mp3); is it an FMA audio zip?")
 
 
-def find_audio_source(fma_dir: str | os.PathLike, subset: str,
-                      audio_zip: str | os.PathLike | None = None) -> AudioSource:
+def find_audio_source(
+    fma_dir: str | os.PathLike, subset: str, audio_zip: str | os.PathLike | None = None
+) -> AudioSource:
     """The subset's audio: ``audio_zip`` if given, else a tree, else a zip in ``fma_dir``.
 
     Subsets are nested, so a larger subset's tree or zip holds the smaller subset's
@@ -147,7 +152,7 @@ def find_audio_source(fma_dir: str | os.PathLike, subset: str,
     if subset not in fma.SUBSETS:
         raise ValueError(f"subset must be one of {fma.SUBSETS}, got {subset!r}")
     root = Path(fma_dir)
-    names = [f"fma_{s}" for s in fma.SUBSETS[fma.SUBSETS.index(subset):]]
+    names = [f"fma_{s}" for s in fma.SUBSETS[fma.SUBSETS.index(subset) :]]
     for name in names:
         if (root / name).is_dir():
             return AudioSource(str((root / name).absolute()))
@@ -155,13 +160,17 @@ def find_audio_source(fma_dir: str | os.PathLike, subset: str,
         if (root / f"{name}.zip").is_file():
             return zip_source(root / f"{name}.zip")
     unfinished = [n for n in names if (root / f"{n}.zip.part").exists()]
-    hint = (f" {root / (unfinished[0] + '.zip.part')} is an unfinished download: rerun "
-            f"`make download FMA_DIR={root} SUBSET={subset} UNPACK=0`." if unfinished else
-            f" Run `make download FMA_DIR={root} SUBSET={subset}` (add UNPACK=0 to keep only the zip), "
-            f"or name a zip with --audio-zip.")
+    hint = (
+        f" {root / (unfinished[0] + '.zip.part')} is an unfinished download: rerun "
+        f"`make download FMA_DIR={root} SUBSET={subset} UNPACK=0`."
+        if unfinished
+        else f" Run `make download FMA_DIR={root} SUBSET={subset}` (add UNPACK=0 to keep only the zip), "
+        f"or name a zip with --audio-zip."
+    )
     raise AudioSourceError(
         f"no audio for subset {subset!r} in {root}: looked for the folders "
-        f"{', '.join(n + '/' for n in names)} and the zips {', '.join(n + '.zip' for n in names)}.{hint}")
+        f"{', '.join(n + '/' for n in names)} and the zips {', '.join(n + '.zip' for n in names)}.{hint}"
+    )
 
 
 class _FolderTracks:
@@ -193,8 +202,15 @@ class _ZipTracks:
         try:
             with self.zf.open(info) as member:
                 data = member.read()  # to EOF: zipfile checks the CRC-32 there
-        except (zipfile.BadZipFile, OSError, EOFError, zlib.error, NotImplementedError, RuntimeError,
-                ValueError) as exc:
+        except (
+            zipfile.BadZipFile,
+            OSError,
+            EOFError,
+            zlib.error,
+            NotImplementedError,
+            RuntimeError,
+            ValueError,
+        ) as exc:
             raise MemberError(f"bad zip member: {name} in {self.source.path}: {exc}") from None
         return io.BytesIO(data)
 
@@ -226,8 +242,9 @@ class _ZipTracks:
         if self.scratch is None:
             shm = Path("/dev/shm")
             where = str(shm) if shm.is_dir() and os.access(shm, os.W_OK) else None
-            self.scratch = Path(self.stack.enter_context(tempfile.TemporaryDirectory(prefix="fma-zip-",
-                                                                                   dir=where)))
+            self.scratch = Path(
+                self.stack.enter_context(tempfile.TemporaryDirectory(prefix="fma-zip-", dir=where))
+            )
         return self.scratch
 
 

@@ -103,14 +103,18 @@ class Archive:
 # tree unpacks to about its zip's size (+3 % margin); the CSVs of the metadata zip do shrink,
 # so its unpacked size is a generous estimate (8x).
 ARCHIVES = {
-    "metadata": Archive("fma_metadata.zip", "f0df49ffe5f2a6008d7dc83c6915b31835dfe733",
-                        342 * MiB, 8 * 342 * MiB),
-    "small": Archive("fma_small.zip", "ade154f733639d52e35e32f5593efe5be76c6d70",
-                     int(7.2 * GiB), int(7.2 * 1.03 * GiB)),
-    "medium": Archive("fma_medium.zip", "c67b69ea232021025fca9231fc1c7c1a063ab50b",
-                      22 * GiB, int(22 * 1.03 * GiB)),
-    "large": Archive("fma_large.zip", "497109f4dd721066b5ce5e5f250ec604dc78939e",
-                     93 * GiB, int(93 * 1.03 * GiB)),
+    "metadata": Archive(
+        "fma_metadata.zip", "f0df49ffe5f2a6008d7dc83c6915b31835dfe733", 342 * MiB, 8 * 342 * MiB
+    ),
+    "small": Archive(
+        "fma_small.zip", "ade154f733639d52e35e32f5593efe5be76c6d70", int(7.2 * GiB), int(7.2 * 1.03 * GiB)
+    ),
+    "medium": Archive(
+        "fma_medium.zip", "c67b69ea232021025fca9231fc1c7c1a063ab50b", 22 * GiB, int(22 * 1.03 * GiB)
+    ),
+    "large": Archive(
+        "fma_large.zip", "497109f4dd721066b5ce5e5f250ec604dc78939e", 93 * GiB, int(93 * 1.03 * GiB)
+    ),
 }
 SUBSETS = ("small", "medium", "large")
 
@@ -169,8 +173,9 @@ def read_sums(path: str | os.PathLike) -> dict[str, str]:
             continue
         match = re.fullmatch(r"([0-9a-fA-F]{40})\s+\*?(\S+)", line)
         if match is None:
-            raise DownloadError(f"{path}:{number}: expected '<sha1>  <zip name>' (sha1sum format), "
-                                f"got {line!r}")
+            raise DownloadError(
+                f"{path}:{number}: expected '<sha1>  <zip name>' (sha1sum format), got {line!r}"
+            )
         sums[Path(match.group(2)).name] = match.group(1).lower()
     return sums
 
@@ -180,8 +185,9 @@ def with_sums(archives: Iterable[Archive], sums: dict[str, str], source: str) ->
     out = []
     for archive in archives:
         if archive.name not in sums:
-            raise DownloadError(f"{source} has no SHA-1 for {archive.name}; add a line "
-                                f"'<sha1>  {archive.name}'")
+            raise DownloadError(
+                f"{source} has no SHA-1 for {archive.name}; add a line '<sha1>  {archive.name}'"
+            )
         out.append(replace(archive, sha1=sums[archive.name]))
     return out
 
@@ -226,8 +232,12 @@ def _zip_is_marked_verified(fma_dir: Path, archive: Archive) -> bool:
         stat = path.stat()
     except (OSError, ValueError):
         return False
-    return (isinstance(record, dict) and record.get("sha1") == archive.sha1
-            and record.get("bytes") == stat.st_size and record.get("mtime_ns") == stat.st_mtime_ns)
+    return (
+        isinstance(record, dict)
+        and record.get("sha1") == archive.sha1
+        and record.get("bytes") == stat.st_size
+        and record.get("mtime_ns") == stat.st_mtime_ns
+    )
 
 
 def _mark_verified(fma_dir: Path, archive: Archive) -> None:
@@ -274,8 +284,9 @@ class SpaceNeed:
     unpack_bytes: int
 
 
-def space_needed(fma_dir: Path, archives: Iterable[Archive], remove_zip: bool = False,
-                 unpack_audio: bool = True) -> tuple[int, list]:
+def space_needed(
+    fma_dir: Path, archives: Iterable[Archive], remove_zip: bool = False, unpack_audio: bool = True
+) -> tuple[int, list]:
     """How many bytes the remaining work needs at its peak, and the per-archive breakdown.
 
     An unpacked archive needs nothing; a verified zip needs only its unpacked size; a
@@ -302,18 +313,30 @@ def space_needed(fma_dir: Path, archives: Iterable[Archive], remove_zip: bool = 
     return total, needs
 
 
-def check_space(fma_dir: Path, archives: list[Archive], *, reserve_bytes: int, remove_zip: bool,
-                unpack_audio: bool = True, free_bytes: Callable[[Path], int] = disk_free) -> None:
+def check_space(
+    fma_dir: Path,
+    archives: list[Archive],
+    *,
+    reserve_bytes: int,
+    remove_zip: bool,
+    unpack_audio: bool = True,
+    free_bytes: Callable[[Path], int] = disk_free,
+) -> None:
     """Say how much space is needed; raise DiskSpaceError if ``fma_dir``'s disk lacks it."""
     total, needs = space_needed(fma_dir, archives, remove_zip, unpack_audio)
     free = free_bytes(fma_dir)
-    parts = [f"{n.archive.name}: fetch {_human(n.fetch_bytes)}"
-             + (f" + unpack ~{_human(n.unpack_bytes)}" if n.unpack_bytes else " (kept as a zip)")
-             for n in needs if n.fetch_bytes or n.unpack_bytes]
+    parts = [
+        f"{n.archive.name}: fetch {_human(n.fetch_bytes)}"
+        + (f" + unpack ~{_human(n.unpack_bytes)}" if n.unpack_bytes else " (kept as a zip)")
+        for n in needs
+        if n.fetch_bytes or n.unpack_bytes
+    ]
     if total == 0:
         return
-    log.info(f"disk: need ~{_human(total)} in {fma_dir} ({'; '.join(parts)}), "
-        f"keep {_human(reserve_bytes)} spare; {_human(free)} free")
+    log.info(
+        f"disk: need ~{_human(total)} in {fma_dir} ({'; '.join(parts)}), "
+        f"keep {_human(reserve_bytes)} spare; {_human(free)} free"
+    )
     if total + reserve_bytes > free:
         raise DiskSpaceError(
             f"not enough free disk space in {fma_dir}: the download needs ~{_human(total)} "
@@ -321,7 +344,8 @@ def check_space(fma_dir: Path, archives: list[Archive], *, reserve_bytes: int, r
             f"{_human(free)} is free. Free some space or choose a folder on a bigger disk "
             f"(make download FMA_DIR=/big/disk/fma); --no-unpack keeps the audio as a zip, which "
             f"the features stage reads directly (about half the space); --remove-zip deletes each "
-            f"zip once unpacked; --no-space-check skips this check.")
+            f"zip once unpacked; --no-space-check skips this check."
+        )
 
 
 # --------------------------------------------------------------------------- fetching
@@ -343,9 +367,18 @@ class _Hasher:
             self.reset()
         if size == self.n_bytes:
             return
-        with open(path, "rb") as fh, tqdm(total=size, initial=self.n_bytes, unit="B", unit_scale=True,
-                                           unit_divisor=1024, desc=f"hashing {path.name}",
-                                           disable=not progress) as bar:
+        with (
+            open(path, "rb") as fh,
+            tqdm(
+                total=size,
+                initial=self.n_bytes,
+                unit="B",
+                unit_scale=True,
+                unit_divisor=1024,
+                desc=f"hashing {path.name}",
+                disable=not progress,
+            ) as bar,
+        ):
             fh.seek(self.n_bytes)
             while self.n_bytes < size:
                 chunk = fh.read(min(CHUNK_BYTES, size - self.n_bytes))
@@ -386,8 +419,9 @@ def _fetch_once(url: str, part: Path, hasher: _Hasher, *, timeout: float, progre
     if total is not None and received < total:
         raise _Transient(f"connection to {url} closed after {received} of {total} bytes")
     if total is not None and received > total:
-        raise FetchError(f"{url}: received {received} bytes, more than the {total} announced; "
-                         f"delete {part} and rerun")
+        raise FetchError(
+            f"{url}: received {received} bytes, more than the {total} announced; delete {part} and rerun"
+        )
 
 
 def _open_url(url: str, part: Path, offset: int, hasher: _Hasher, timeout: float):
@@ -404,8 +438,10 @@ def _open_url(url: str, part: Path, offset: int, hasher: _Hasher, timeout: float
                 _, total = _content_range(exc.headers.get("Content-Range"))
                 if total == offset:
                     return None
-                log.info(f"{url}: the server has no bytes past {offset} of {part.name} "
-                         f"(it reports {total} bytes in all); starting over")
+                log.info(
+                    f"{url}: the server has no bytes past {offset} of {part.name} "
+                    f"(it reports {total} bytes in all); starting over"
+                )
                 part.unlink()
                 hasher.reset()
                 raise _Transient("partial download did not match the server's file") from exc
@@ -414,7 +450,8 @@ def _open_url(url: str, part: Path, offset: int, hasher: _Hasher, timeout: float
             raise FetchError(
                 f"{_http_error_message(url, exc)}. Check the address: the base URL is "
                 f"{url.rsplit('/', 1)[0]}/ (set it with --base-url or {BASE_URL_ENV}; FMA's is "
-                f"{DEFAULT_BASE_URL}).") from exc
+                f"{DEFAULT_BASE_URL})."
+            ) from exc
     except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
         reason = getattr(exc, "reason", exc)
         raise _Transient(f"cannot connect to {url}: {reason}") from exc
@@ -427,9 +464,11 @@ def _resume_point(url: str, part: Path, offset: int, response, hasher: _Hasher) 
     if status == 206:
         start, total = _content_range(response.headers.get("Content-Range"))
         if start != offset:
-            raise FetchError(f"{url}: asked for bytes from {offset}, the server sent "
-                             f"Content-Range {response.headers.get('Content-Range')!r}; delete "
-                             f"{part} and rerun, or use another mirror")
+            raise FetchError(
+                f"{url}: asked for bytes from {offset}, the server sent "
+                f"Content-Range {response.headers.get('Content-Range')!r}; delete "
+                f"{part} and rerun, or use another mirror"
+            )
         return offset, total
     if status == 200:
         if offset:
@@ -440,13 +479,23 @@ def _resume_point(url: str, part: Path, offset: int, response, hasher: _Hasher) 
     raise FetchError(f"unexpected HTTP {status} from {url}")
 
 
-def _receive(url: str, part: Path, offset: int, total: int | None, response, hasher: _Hasher,
-             progress: bool) -> int:
+def _receive(
+    url: str, part: Path, offset: int, total: int | None, response, hasher: _Hasher, progress: bool
+) -> int:
     """Append the response's body to ``part`` from ``offset`` (durably); returns the bytes in ``part``."""
     received = offset
-    with open(part, "ab" if offset else "wb") as out, tqdm(
-            total=total, initial=offset, unit="B", unit_scale=True, unit_divisor=1024,
-            desc=part.name[: -len(".part")], disable=not progress) as bar:
+    with (
+        open(part, "ab" if offset else "wb") as out,
+        tqdm(
+            total=total,
+            initial=offset,
+            unit="B",
+            unit_scale=True,
+            unit_divisor=1024,
+            desc=part.name[: -len(".part")],
+            disable=not progress,
+        ) as bar,
+    ):
         while True:
             try:
                 chunk = response.read(CHUNK_BYTES)
@@ -464,8 +513,9 @@ def _receive(url: str, part: Path, offset: int, total: int | None, response, has
     return received
 
 
-def fetch(url: str, part: Path, *, retries: int, retry_wait: float, timeout: float = 60.0,
-          progress: bool = True) -> str:
+def fetch(
+    url: str, part: Path, *, retries: int, retry_wait: float, timeout: float = 60.0, progress: bool = True
+) -> str:
     """Download ``url`` into ``part`` (resuming what it holds) and return the file's SHA-1.
 
     Transient failures are retried up to ``retries`` times in a row without progress,
@@ -482,8 +532,11 @@ def fetch(url: str, part: Path, *, retries: int, retry_wait: float, timeout: flo
             failures = 1 if _size(part) > size_before else failures + 1
             if failures > retries:
                 kept = _size(part)
-                hint = (f"; {part} keeps the {kept} bytes received, rerun to resume" if kept
-                        else "; rerun when the server is reachable")
+                hint = (
+                    f"; {part} keeps the {kept} bytes received, rerun to resume"
+                    if kept
+                    else "; rerun when the server is reachable"
+                )
                 raise FetchError(f"{exc} (gave up after {retries} retries){hint}") from exc
             wait = min(retry_wait * 2 ** (failures - 1), 60.0)
             log.info(f"{exc}; retry {failures}/{retries} in {wait:.1f} s")
@@ -506,11 +559,20 @@ def _checksum_error(fma_dir: Path, archive: Archive, url: str, got: str, bad: Pa
         f"nothing was unpacked from it and nothing already in {fma_dir} was changed. "
         f"Delete {bad} and rerun to download it again. If the sum is wrong again, the server "
         f"({url}) serves a different file: try another mirror (--base-url) or, for a mirror with "
-        f"its own zips, give their sums with --sums.")
+        f"its own zips, give their sums with --sums."
+    )
 
 
-def obtain_zip(fma_dir: Path, archive: Archive, base_url: str, *, retries: int, retry_wait: float,
-               timeout: float = 60.0, progress: bool = True) -> Path:
+def obtain_zip(
+    fma_dir: Path,
+    archive: Archive,
+    base_url: str,
+    *,
+    retries: int,
+    retry_wait: float,
+    timeout: float = 60.0,
+    progress: bool = True,
+) -> Path:
     """Make sure ``fma_dir/<zip>`` exists and has the expected SHA-1; download it if needed."""
     final = zip_path(fma_dir, archive)
     url = archive_url(base_url, archive)
@@ -533,8 +595,7 @@ def obtain_zip(fma_dir: Path, archive: Archive, base_url: str, *, retries: int, 
         log.info(f"{archive.name}: resuming {url} from byte {_size(part)}")
     else:
         log.info(f"{archive.name}: downloading {url}")
-    got = fetch(url, part, retries=retries, retry_wait=retry_wait, timeout=timeout,
-                progress=progress)
+    got = fetch(url, part, retries=retries, retry_wait=retry_wait, timeout=timeout, progress=progress)
     if got != archive.sha1:
         bad = bad_path(fma_dir, archive)
         os.replace(part, bad)
@@ -551,8 +612,15 @@ def obtain_zip(fma_dir: Path, archive: Archive, base_url: str, *, retries: int, 
 def member_target(fma_dir: Path, name: str, source: Path) -> Path:
     """Where zip member ``name`` goes under ``fma_dir``; ArchiveError for an unsafe name (zip slip)."""
     posix, windows = PurePosixPath(name), PureWindowsPath(name)
-    unsafe = (not name or "\x00" in name or posix.is_absolute() or windows.drive or windows.root
-              or ".." in posix.parts or ".." in windows.parts)
+    unsafe = (
+        not name
+        or "\x00" in name
+        or posix.is_absolute()
+        or windows.drive
+        or windows.root
+        or ".." in posix.parts
+        or ".." in windows.parts
+    )
     target = fma_dir.joinpath(*[p for p in posix.parts if p not in ("", ".")])
     inside = os.path.normpath(os.path.abspath(target)).startswith(os.path.abspath(fma_dir) + os.sep)
     if unsafe or not inside:
@@ -560,7 +628,8 @@ def member_target(fma_dir: Path, name: str, source: Path) -> Path:
             f"{source}: member {name!r} has an absolute path or '..' and would be written outside "
             f"{fma_dir} (zip slip); refusing to unpack anything from this zip. FMA's zips hold "
             f"only relative paths, so this zip is not FMA's: delete {source} and download it from "
-            f"FMA's server ({DEFAULT_BASE_URL}).")
+            f"FMA's server ({DEFAULT_BASE_URL})."
+        )
     return target
 
 
@@ -653,8 +722,7 @@ def _unpack_batch_task(source: str, fma_dir: str, names: list[str]) -> tuple[int
     return _unpack_batch(zf, Path(fma_dir), Path(source), names)
 
 
-def unpack(source: Path, fma_dir: Path, archive: Archive, *, jobs: int = 1, progress: bool = True
-           ) -> Path:
+def unpack(source: Path, fma_dir: Path, archive: Archive, *, jobs: int = 1, progress: bool = True) -> Path:
     """Unpack the verified zip ``source`` into ``fma_dir``; return the completion marker.
 
     Every member name is checked (zip slip) before anything is written. Members go to
@@ -676,16 +744,24 @@ def unpack(source: Path, fma_dir: Path, archive: Archive, *, jobs: int = 1, prog
         total = sum(info.file_size for info, _ in members)
         batches = [[info.filename for info in batch] for batch in _batches(members)]
         n_jobs = min(joblib.cpu_count() if jobs == -1 else max(1, jobs), max(1, len(batches)))
-        log.info(f"{archive.name}: unpacking {len(members)} members ({_human(total)}) into {fma_dir}"
-            + (f" with {n_jobs} processes" if n_jobs > 1 else ""))
-        with tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024,
-                  desc=f"unpacking {archive.name}", disable=not progress) as bar:
+        log.info(
+            f"{archive.name}: unpacking {len(members)} members ({_human(total)}) into {fma_dir}"
+            + (f" with {n_jobs} processes" if n_jobs > 1 else "")
+        )
+        with tqdm(
+            total=total,
+            unit="B",
+            unit_scale=True,
+            unit_divisor=1024,
+            desc=f"unpacking {archive.name}",
+            disable=not progress,
+        ) as bar:
             if n_jobs == 1:
                 results = (_unpack_batch(zf, fma_dir, source, names) for names in batches)
             else:
                 results = joblib.Parallel(n_jobs=n_jobs, return_as="generator_unordered")(
-                    joblib.delayed(_unpack_batch_task)(str(source), str(fma_dir), names)
-                    for names in batches)
+                    joblib.delayed(_unpack_batch_task)(str(source), str(fma_dir), names) for names in batches
+                )
             kept = 0
             for done, batch_kept in results:
                 kept += batch_kept
@@ -710,7 +786,8 @@ def _extract_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, temp: Path, sour
                     raise ArchiveError(
                         f"{source}: member {info.filename} is corrupt ({exc}). Members unpacked so far "
                         f"are kept and the unpack is not marked complete. Delete {source} and "
-                        f"{source}.verified and rerun to download the zip again.") from exc
+                        f"{source}.verified and rerun to download the zip again."
+                    ) from exc
                 if not chunk:
                     break
                 out.write(chunk)
@@ -734,8 +811,10 @@ def _lock(fma_dir: Path) -> Iterator[None]:
         try:
             fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:
-            raise DownloadError(f"another download is running in {fma_dir} (it holds "
-                                f"{fma_dir / '.download.lock'}); wait for it to finish") from exc
+            raise DownloadError(
+                f"another download is running in {fma_dir} (it holds "
+                f"{fma_dir / '.download.lock'}); wait for it to finish"
+            ) from exc
         try:
             yield
         finally:
@@ -747,11 +826,23 @@ def resolve_base_url(base_url: str | None) -> str:
     return base_url or os.environ.get(BASE_URL_ENV) or DEFAULT_BASE_URL
 
 
-def download(fma_dir: str | os.PathLike, subset: str, *, base_url: str | None = None,
-             archives: list[Archive] | None = None, retries: int = 5, retry_wait: float = 2.0,
-             timeout: float = 60.0, reserve_bytes: int = GiB, space_check: bool = True,
-             free_bytes: Callable[[Path], int] = disk_free, remove_zip: bool = False,
-             unpack_audio: bool = True, jobs: int = 1, progress: bool = True) -> list[Path]:
+def download(
+    fma_dir: str | os.PathLike,
+    subset: str,
+    *,
+    base_url: str | None = None,
+    archives: list[Archive] | None = None,
+    retries: int = 5,
+    retry_wait: float = 2.0,
+    timeout: float = 60.0,
+    reserve_bytes: int = GiB,
+    space_check: bool = True,
+    free_bytes: Callable[[Path], int] = disk_free,
+    remove_zip: bool = False,
+    unpack_audio: bool = True,
+    jobs: int = 1,
+    progress: bool = True,
+) -> list[Path]:
     """Fetch, verify and unpack FMA's metadata zip and the audio zip of ``subset`` into ``fma_dir``.
 
     Parameters
@@ -795,8 +886,14 @@ def download(fma_dir: str | os.PathLike, subset: str, *, base_url: str | None = 
     if fma_dir.exists() and not fma_dir.is_dir():
         raise DownloadError(f"--fma-dir {fma_dir} exists and is not a folder")
     if space_check:
-        check_space(fma_dir, archives, reserve_bytes=reserve_bytes, remove_zip=remove_zip,
-                    unpack_audio=unpack_audio, free_bytes=free_bytes)
+        check_space(
+            fma_dir,
+            archives,
+            reserve_bytes=reserve_bytes,
+            remove_zip=remove_zip,
+            unpack_audio=unpack_audio,
+            free_bytes=free_bytes,
+        )
     fma_dir.mkdir(parents=True, exist_ok=True)
     markers = []
     with _lock(fma_dir):
@@ -804,14 +901,28 @@ def download(fma_dir: str | os.PathLike, subset: str, *, base_url: str | None = 
             if is_unpacked(fma_dir, archive):
                 log.info(f"{archive.name}: already unpacked in {fma_dir / archive.folder}")
             elif archive.is_audio and not unpack_audio:
-                obtain_zip(fma_dir, archive, base_url, retries=retries, retry_wait=retry_wait,
-                           timeout=timeout, progress=progress)
+                obtain_zip(
+                    fma_dir,
+                    archive,
+                    base_url,
+                    retries=retries,
+                    retry_wait=retry_wait,
+                    timeout=timeout,
+                    progress=progress,
+                )
                 log.info(f"{archive.name}: kept as a zip (--no-unpack); the features stage reads it directly")
                 markers.append(verified_marker(fma_dir, archive))
                 continue
             else:
-                source = obtain_zip(fma_dir, archive, base_url, retries=retries, retry_wait=retry_wait,
-                                    timeout=timeout, progress=progress)
+                source = obtain_zip(
+                    fma_dir,
+                    archive,
+                    base_url,
+                    retries=retries,
+                    retry_wait=retry_wait,
+                    timeout=timeout,
+                    progress=progress,
+                )
                 unpack(source, fma_dir, archive, jobs=jobs, progress=progress)
                 log.info(f"{archive.name}: unpacked into {fma_dir / archive.folder}")
             if remove_zip and zip_path(fma_dir, archive).exists():
@@ -823,33 +934,75 @@ def download(fma_dir: str | os.PathLike, subset: str, *, base_url: str | None = 
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--fma-dir", default="data", type=Path,
-                        help="folder that receives the zips, fma_metadata/ and fma_<subset>/ (default: data)")
-    parser.add_argument("--subset", choices=SUBSETS, default="large",
-                        help="audio zip to fetch; the metadata zip is always fetched (default: large)")
-    parser.add_argument("--base-url", default=None,
-                        help=f"where the zips are (default: ${BASE_URL_ENV}, else {DEFAULT_BASE_URL})")
-    parser.add_argument("--sums", type=Path, default=None,
-                        help="sha1sum-style file ('<sha1>  fma_small.zip' lines) replacing FMA's "
-                             "published sums, for a mirror that repacked the zips")
-    parser.add_argument("--retries", type=int, default=5,
-                        help="retries in a row for a dropped connection or HTTP 5xx (default: 5)")
-    parser.add_argument("--retry-wait", type=float, default=2.0,
-                        help="seconds before the first retry; doubles each time, at most 60 (default: 2)")
-    parser.add_argument("--timeout", type=float, default=60.0,
-                        help="seconds without data before a connection counts as dropped (default: 60)")
-    parser.add_argument("--reserve", type=float, default=1.0, metavar="GIB",
-                        help="GiB to leave free after unpacking, for the disk-space check (default: 1)")
-    parser.add_argument("--no-space-check", action="store_true",
-                        help="skip the free disk space check")
-    parser.add_argument("--jobs", type=int, default=-1,
-                        help="processes that unpack (bzip2 is CPU-bound; default -1: all cores)")
-    parser.add_argument("--remove-zip", action="store_true",
-                        help="delete each zip once it is unpacked (a rerun then needs only the markers)")
-    parser.add_argument("--no-unpack", dest="unpack_audio", action="store_false",
-                        help="fetch and verify the audio zip and keep it as it is: `make features` reads "
-                             "the tracks it needs straight from it (needs the zip's size on disk, not "
-                             "twice it, and no unpacking time); the metadata zip is still unpacked")
+    parser.add_argument(
+        "--fma-dir",
+        default="data",
+        type=Path,
+        help="folder that receives the zips, fma_metadata/ and fma_<subset>/ (default: data)",
+    )
+    parser.add_argument(
+        "--subset",
+        choices=SUBSETS,
+        default="large",
+        help="audio zip to fetch; the metadata zip is always fetched (default: large)",
+    )
+    parser.add_argument(
+        "--base-url",
+        default=None,
+        help=f"where the zips are (default: ${BASE_URL_ENV}, else {DEFAULT_BASE_URL})",
+    )
+    parser.add_argument(
+        "--sums",
+        type=Path,
+        default=None,
+        help="sha1sum-style file ('<sha1>  fma_small.zip' lines) replacing FMA's "
+        "published sums, for a mirror that repacked the zips",
+    )
+    parser.add_argument(
+        "--retries",
+        type=int,
+        default=5,
+        help="retries in a row for a dropped connection or HTTP 5xx (default: 5)",
+    )
+    parser.add_argument(
+        "--retry-wait",
+        type=float,
+        default=2.0,
+        help="seconds before the first retry; doubles each time, at most 60 (default: 2)",
+    )
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=60.0,
+        help="seconds without data before a connection counts as dropped (default: 60)",
+    )
+    parser.add_argument(
+        "--reserve",
+        type=float,
+        default=1.0,
+        metavar="GIB",
+        help="GiB to leave free after unpacking, for the disk-space check (default: 1)",
+    )
+    parser.add_argument("--no-space-check", action="store_true", help="skip the free disk space check")
+    parser.add_argument(
+        "--jobs",
+        type=int,
+        default=-1,
+        help="processes that unpack (bzip2 is CPU-bound; default -1: all cores)",
+    )
+    parser.add_argument(
+        "--remove-zip",
+        action="store_true",
+        help="delete each zip once it is unpacked (a rerun then needs only the markers)",
+    )
+    parser.add_argument(
+        "--no-unpack",
+        dest="unpack_audio",
+        action="store_false",
+        help="fetch and verify the audio zip and keep it as it is: `make features` reads "
+        "the tracks it needs straight from it (needs the zip's size on disk, not "
+        "twice it, and no unpacking time); the metadata zip is still unpacked",
+    )
 
 
 def main(args: argparse.Namespace) -> int:
@@ -858,15 +1011,28 @@ def main(args: argparse.Namespace) -> int:
     if args.sums is not None:
         archives = with_sums(archives, read_sums(args.sums), str(args.sums))
     try:
-        download(args.fma_dir, args.subset, base_url=args.base_url, archives=archives,
-                 retries=args.retries, retry_wait=args.retry_wait, timeout=args.timeout,
-                 reserve_bytes=int(args.reserve * GiB), space_check=not args.no_space_check,
-                 remove_zip=args.remove_zip, unpack_audio=args.unpack_audio, jobs=args.jobs,
-                 progress=not progress_disabled())
+        download(
+            args.fma_dir,
+            args.subset,
+            base_url=args.base_url,
+            archives=archives,
+            retries=args.retries,
+            retry_wait=args.retry_wait,
+            timeout=args.timeout,
+            reserve_bytes=int(args.reserve * GiB),
+            space_check=not args.no_space_check,
+            remove_zip=args.remove_zip,
+            unpack_audio=args.unpack_audio,
+            jobs=args.jobs,
+            progress=not progress_disabled(),
+        )
     except KeyboardInterrupt:
         log.warning("interrupted: what is downloaded and unpacked is kept; rerun the same command to resume")
         raise
     audio = f"fma_{args.subset}/" if args.unpack_audio else f"fma_{args.subset}.zip"
-    print(f"done: {args.fma_dir} holds fma_metadata/ and {audio}. Next: "
-          f"make features FMA_DIR={args.fma_dir} SUBSET={args.subset}", flush=True)
+    print(
+        f"done: {args.fma_dir} holds fma_metadata/ and {audio}. Next: "
+        f"make features FMA_DIR={args.fma_dir} SUBSET={args.subset}",
+        flush=True,
+    )
     return 0

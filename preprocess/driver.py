@@ -71,6 +71,7 @@ log = logging.getLogger(__name__)
 
 # --------------------------------------------------------------------------- the shard task
 
+
 def software_versions() -> dict:
     """Versions stored with every shard (provenance)."""
     import h5py
@@ -80,10 +81,16 @@ def software_versions() -> dict:
     import soundfile
     import soxr
 
-    return {"python": platform.python_version(), "numpy": numpy.__version__, "scipy": scipy.__version__,
-            "librosa": librosa.__version__, "soundfile": soundfile.__version__,
-            "libsndfile": soundfile.__libsndfile_version__, "soxr": soxr.__version__,
-            "h5py": h5py.__version__}
+    return {
+        "python": platform.python_version(),
+        "numpy": numpy.__version__,
+        "scipy": scipy.__version__,
+        "librosa": librosa.__version__,
+        "soundfile": soundfile.__version__,
+        "libsndfile": soundfile.__libsndfile_version__,
+        "soxr": soxr.__version__,
+        "h5py": h5py.__version__,
+    }
 
 
 def compute_shard(task: dict) -> dict:
@@ -143,12 +150,27 @@ def compute_shard(task: dict) -> dict:
         mel=images[: len(kept)],
         label=np.asarray([spec.labels[i] for i in kept], dtype=np.int64),
         track_id=np.asarray([spec.track_ids[i] for i in kept], dtype=np.int64),
-        split=spec.split, shard_index=spec.shard_index, num_shards=spec.num_shards,
-        subset=task["subset"], recipe=task["recipe"], class_names=task["class_names"],
-        versions=software_versions(), failed=failed, compression=task["compression"], padded=padded,
+        split=spec.split,
+        shard_index=spec.shard_index,
+        num_shards=spec.num_shards,
+        subset=task["subset"],
+        recipe=task["recipe"],
+        class_names=task["class_names"],
+        versions=software_versions(),
+        failed=failed,
+        compression=task["compression"],
+        padded=padded,
     )
-    return {"name": spec.name, "written": len(kept), "failed": failed, "padded": padded, "checksum": checksum,
-            "seconds": time.perf_counter() - start, "pid": os.getpid(), "host": socket.gethostname()}
+    return {
+        "name": spec.name,
+        "written": len(kept),
+        "failed": failed,
+        "padded": padded,
+        "checksum": checksum,
+        "seconds": time.perf_counter() - start,
+        "pid": os.getpid(),
+        "host": socket.gethostname(),
+    }
 
 
 def _spot_check_files(audio: AudioSource, specs: list[ShardSpec], max_failure_fraction: float) -> None:
@@ -171,19 +193,23 @@ def connect_dask(scheduler: str):
     try:
         from distributed import Client
     except ImportError as exc:
-        raise FeaturesError("--backend dask needs the 'distributed' package (pip install '.[cluster]')"
-                            ) from exc
+        raise FeaturesError(
+            "--backend dask needs the 'distributed' package (pip install '.[cluster]')"
+        ) from exc
     if "://" not in scheduler and not Path(scheduler).is_file():
-        raise FeaturesError(f"--scheduler {scheduler!r} is neither an address (tcp://host:port) "
-                            f"nor an existing scheduler file")
+        raise FeaturesError(
+            f"--scheduler {scheduler!r} is neither an address (tcp://host:port) "
+            f"nor an existing scheduler file"
+        )
     try:
         if "://" in scheduler:
             return Client(scheduler, timeout="30s")
         return Client(scheduler_file=scheduler, timeout="30s")
     except (OSError, TimeoutError, ValueError) as exc:
-        raise FeaturesError(f"cannot connect to the dask scheduler {scheduler} ({type(exc).__name__}: "
-                            f"{exc}). Is it running? Start one with `dask scheduler` or dask-jobqueue."
-                            ) from exc
+        raise FeaturesError(
+            f"cannot connect to the dask scheduler {scheduler} ({type(exc).__name__}: "
+            f"{exc}). Is it running? Start one with `dask scheduler` or dask-jobqueue."
+        ) from exc
 
 
 @contextlib.contextmanager
@@ -208,13 +234,15 @@ def parallel_backend(options: FeatureOptions, n_tasks: int):
 
 # --------------------------------------------------------------------------- the run
 
+
 def prepare_out(options: FeatureOptions, plan: ShardPlan) -> None:
     """Check --out against the plan (other settings are refused unless --force); write plan.json."""
     options.out.mkdir(parents=True, exist_ok=True)
     changes = plan_changes(options.out, plan)
     if changes and not options.force:
-        raise changed_plan_error(options.out, changes,
-                                 "Use another --out, or --force to recompute every shard here.")
+        raise changed_plan_error(
+            options.out, changes, "Use another --out, or --force to recompute every shard here."
+        )
     if changes:
         log.warning("--force: replacing the shard set in %s (%s)", options.out, "; ".join(changes))
     if options.force:
@@ -222,8 +250,9 @@ def prepare_out(options: FeatureOptions, plan: ShardPlan) -> None:
     write_plan(options.out, plan)
 
 
-def sort_shards(options: FeatureOptions, plan: ShardPlan, mine: list[ShardSpec]
-                ) -> tuple[list[ShardSpec], list[ShardSpec], Counter, list[float]]:
+def sort_shards(
+    options: FeatureOptions, plan: ShardPlan, mine: list[ShardSpec]
+) -> tuple[list[ShardSpec], list[ShardSpec], Counter, list[float]]:
     """This task's shards to compute, those already complete, and the failure reasons and padded
     clips' lengths recorded in those."""
     todo, complete = [], []
@@ -240,22 +269,35 @@ def sort_shards(options: FeatureOptions, plan: ShardPlan, mine: list[ShardSpec]
             padded += [seconds for _, seconds in contents.padded]
             continue
         if contents is not None and contents.recipe != plan.recipe:
-            raise FeaturesError(f"{options.out / spec.name} was made with another recipe; "
-                                f"use --force to replace it")
+            raise FeaturesError(
+                f"{options.out / spec.name} was made with another recipe; use --force to replace it"
+            )
         todo.append(spec)  # missing, unreadable or incomplete: computed again
     return todo, complete, failed_reasons, padded
 
 
 def shard_task(options: FeatureOptions, plan: ShardPlan, spec: ShardSpec) -> dict:
     """The argument of :func:`compute_shard` for ``spec``: plain data, sent to a worker."""
-    return {"spec": spec.to_dict(), "audio": plan.audio.to_dict(), "out": str(options.out.resolve()),
-            "recipe": plan.recipe, "subset": options.subset, "class_names": list(fma.CLASS_NAMES),
-            "timeout_s": options.track_timeout, "compression": options.compression,
-            "keep_silence": options.keep_silence}
+    return {
+        "spec": spec.to_dict(),
+        "audio": plan.audio.to_dict(),
+        "out": str(options.out.resolve()),
+        "recipe": plan.recipe,
+        "subset": options.subset,
+        "class_names": list(fma.CLASS_NAMES),
+        "timeout_s": options.track_timeout,
+        "compression": options.compression,
+        "keep_silence": options.keep_silence,
+    }
 
 
-def compute_shards(options: FeatureOptions, plan: ShardPlan, todo: list[ShardSpec], results: list[dict],
-                   failed_reasons: Counter) -> None:
+def compute_shards(
+    options: FeatureOptions,
+    plan: ShardPlan,
+    todo: list[ShardSpec],
+    results: list[dict],
+    failed_reasons: Counter,
+) -> None:
     """Compute ``todo``'s shards in parallel, with a progress bar on stderr.
 
     Appends each shard's result to ``results`` as it arrives (so that the caller knows how
@@ -269,12 +311,19 @@ def compute_shards(options: FeatureOptions, plan: ShardPlan, todo: list[ShardSpe
     from shards.cli import progress_disabled
 
     tasks = [shard_task(options, plan, spec) for spec in todo]
-    bar = tqdm(total=sum(len(s.track_ids) for s in todo), unit="track", desc="features", file=sys.stderr,
-               dynamic_ncols=True, disable=not options.progress or progress_disabled())
+    bar = tqdm(
+        total=sum(len(s.track_ids) for s in todo),
+        unit="track",
+        desc="features",
+        file=sys.stderr,
+        dynamic_ncols=True,
+        disable=not options.progress or progress_disabled(),
+    )
     done = failed = 0
     with bar, parallel_backend(options, len(tasks)) as n_jobs:
-        parallel = joblib.Parallel(n_jobs=n_jobs, return_as="generator_unordered", batch_size=1,
-                                   pre_dispatch="n_jobs")
+        parallel = joblib.Parallel(
+            n_jobs=n_jobs, return_as="generator_unordered", batch_size=1, pre_dispatch="n_jobs"
+        )
         outputs = parallel(joblib.delayed(compute_shard)(t) for t in tasks)
         try:
             for result in outputs:
@@ -288,7 +337,8 @@ def compute_shards(options: FeatureOptions, plan: ShardPlan, todo: list[ShardSpe
                     common = ", ".join(f"{r!r} x{c}" for r, c in failed_reasons.most_common(3))
                     raise FeaturesError(
                         f"stopping early: {failed} of {done} tracks failed ({common}). Is --fma-dir "
-                        f"right (audio read from {plan.audio.describe()})? Finished shards are kept.")
+                        f"right (audio read from {plan.audio.describe()})? Finished shards are kept."
+                    )
         finally:
             outputs.close()  # joblib aborts the tasks still running and stops the workers
 
@@ -318,11 +368,19 @@ def run_features(options: FeatureOptions) -> dict:
     mine = select_for_task(plan.specs, options.task_index, options.num_tasks)
     todo, complete, failed_reasons, padded = sort_shards(options, plan, mine)
     _spot_check_files(plan.audio, todo, options.max_failure_fraction)
-    log.info("features: %d shards planned (%d tracks, %d skipped); %d of this task's %d already complete; "
-             "computing %d (%d tracks) with %s backend from %s", len(plan.specs),
-             plan.selection.num_tracks(), sum(len(v) for v in plan.selection.skipped.values()),
-             len(complete), len(mine), len(todo), sum(len(s.track_ids) for s in todo), options.backend,
-             plan.audio.describe())
+    log.info(
+        "features: %d shards planned (%d tracks, %d skipped); %d of this task's %d already complete; "
+        "computing %d (%d tracks) with %s backend from %s",
+        len(plan.specs),
+        plan.selection.num_tracks(),
+        sum(len(v) for v in plan.selection.skipped.values()),
+        len(complete),
+        len(mine),
+        len(todo),
+        sum(len(s.track_ids) for s in todo),
+        options.backend,
+        plan.audio.describe(),
+    )
     results: list[dict] = []
     try:
         if todo:
@@ -331,14 +389,24 @@ def run_features(options: FeatureOptions) -> dict:
         # The workers are stopped: count what is on disk (a shard may have been renamed into place
         # after its result last reached this process).
         now = sum(shard_status(options.out / s.name, s, plan.recipe)[1] is None for s in todo)
-        log.warning("interrupted: %d of %d shards are complete (%d computed in this run); finished shards "
-                    "are kept: rerun the same command to resume", len(complete) + now, len(mine), now)
+        log.warning(
+            "interrupted: %d of %d shards are complete (%d computed in this run); finished shards "
+            "are kept: rerun the same command to resume",
+            len(complete) + now,
+            len(mine),
+            now,
+        )
         raise
     summary = {
-        "planned": len(plan.specs), "mine": len(mine), "already_complete": [s.name for s in complete],
-        "computed": results, "written": sum(r["written"] for r in results),
+        "planned": len(plan.specs),
+        "mine": len(mine),
+        "already_complete": [s.name for s in complete],
+        "computed": results,
+        "written": sum(r["written"] for r in results),
         "skipped": {k: len(v) for k, v in plan.selection.skipped.items()},
-        "failed": dict(failed_reasons), "manifest": None, "missing": [],
+        "failed": dict(failed_reasons),
+        "manifest": None,
+        "missing": [],
         "padded": sorted(padded + [seconds for r in results for _, seconds in r["padded"]]),
     }
     if options.finalize:
@@ -358,27 +426,38 @@ def reason_key(reason: str) -> str:
 
 def format_summary(summary: dict, out: Path) -> str:
     """The run's result in a few lines, for stdout."""
-    lines = [f"features: done in {summary['seconds']:.1f} s: {len(summary['computed'])} shards computed "
-             f"({summary['written']} tracks written), {len(summary['already_complete'])} already complete"]
+    lines = [
+        f"features: done in {summary['seconds']:.1f} s: {len(summary['computed'])} shards computed "
+        f"({summary['written']} tracks written), {len(summary['already_complete'])} already complete"
+    ]
     if summary["skipped"]:
-        lines.append("  skipped (never assigned): " + ", ".join(
-            f"{r} x{c}" for r, c in sorted(summary["skipped"].items(), key=lambda kv: -kv[1])))
+        lines.append(
+            "  skipped (never assigned): "
+            + ", ".join(f"{r} x{c}" for r, c in sorted(summary["skipped"].items(), key=lambda kv: -kv[1]))
+        )
     if summary["failed"]:
-        lines.append("  failed (recorded in the shards): " + ", ".join(
-            f"{r} x{c}" for r, c in sorted(summary["failed"].items(), key=lambda kv: -kv[1])))
+        lines.append(
+            "  failed (recorded in the shards): "
+            + ", ".join(f"{r} x{c}" for r, c in sorted(summary["failed"].items(), key=lambda kv: -kv[1]))
+        )
     if summary["padded"]:
-        lines.append(f"  padded with silence (clips shorter than the recipe's duration; listed in the "
-                     f"manifest): {len(summary['padded'])}, shortest {summary['padded'][0]:.1f} s")
+        lines.append(
+            f"  padded with silence (clips shorter than the recipe's duration; listed in the "
+            f"manifest): {len(summary['padded'])}, shortest {summary['padded'][0]:.1f} s"
+        )
     if summary["manifest"]:
         lines.append(f"  manifest: {summary['manifest']}")
     elif summary["missing"]:
-        lines.append(f"  {len(summary['missing'])} shards of the plan are not done or incomplete (other "
-                     f"array tasks?), e.g. {summary['missing'][0]}; `python -m preprocess finalize {out}` "
-                     f"writes the manifest once they are")
+        lines.append(
+            f"  {len(summary['missing'])} shards of the plan are not done or incomplete (other "
+            f"array tasks?), e.g. {summary['missing'][0]}; `python -m preprocess finalize {out}` "
+            f"writes the manifest once they are"
+        )
     return "\n".join(lines)
 
 
 # --------------------------------------------------------------------------- CLI
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_plan_arguments(parser)

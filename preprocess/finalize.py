@@ -40,29 +40,46 @@ def build_manifest(folder: Path, plan: dict) -> tuple[dict | None, list[str]]:
             problems.append(f"{spec.name}: {problem}")
             continue
         counts = np.bincount(contents.label, minlength=len(class_names)).tolist()
-        entries.append({
-            "name": spec.name, "split": spec.split, "shard_index": spec.shard_index,
-            "num_shards": spec.num_shards, "num_tracks": contents.num_tracks,
-            "num_failed": len(contents.failed), "num_padded": len(contents.padded),
-            "checksum": contents.checksum, "class_counts": counts,
-        })
+        entries.append(
+            {
+                "name": spec.name,
+                "split": spec.split,
+                "shard_index": spec.shard_index,
+                "num_shards": spec.num_shards,
+                "num_tracks": contents.num_tracks,
+                "num_failed": len(contents.failed),
+                "num_padded": len(contents.padded),
+                "checksum": contents.checksum,
+                "class_counts": counts,
+            }
+        )
         failed += [{"track_id": int(t), "reason": r, "shard": spec.name} for t, r in contents.failed]
-        padded += [{"track_id": int(t), "seconds": round(x, 3), "shard": spec.name}
-                   for t, x in contents.padded]
+        padded += [
+            {"track_id": int(t), "seconds": round(x, 3), "shard": spec.name} for t, x in contents.padded
+        ]
         versions = versions or contents.versions
     if problems:
         return None, problems
     totals = {}
     for split in sorted({e["split"] for e in entries}):
         per_class = np.sum([e["class_counts"] for e in entries if e["split"] == split], axis=0)
-        totals[split] = {"tracks": int(per_class.sum()),
-                         "per_class": {name: int(c) for name, c in zip(class_names, per_class, strict=True)}}
+        totals[split] = {
+            "tracks": int(per_class.sum()),
+            "per_class": {name: int(c) for name, c in zip(class_names, per_class, strict=True)},
+        }
     manifest = {
-        "format_version": FORMAT_VERSION, "subset": plan["subset"], "recipe": plan["recipe"],
-        "class_names": class_names, "shard_size": plan["shard_size"], "shards": entries, "totals": totals,
-        "skipped": plan["skipped"], "selection": plan.get("selection", {}),
+        "format_version": FORMAT_VERSION,
+        "subset": plan["subset"],
+        "recipe": plan["recipe"],
+        "class_names": class_names,
+        "shard_size": plan["shard_size"],
+        "shards": entries,
+        "totals": totals,
+        "skipped": plan["skipped"],
+        "selection": plan.get("selection", {}),
         "failed": sorted(failed, key=lambda f: f["track_id"]),
-        "padded": sorted(padded, key=lambda f: f["track_id"]), "versions": versions,
+        "padded": sorted(padded, key=lambda f: f["track_id"]),
+        "versions": versions,
     }
     return manifest, []
 
@@ -103,8 +120,12 @@ def main(args: argparse.Namespace) -> int:
     if path is None:
         for problem in problems:
             log.error("  %s", problem)
-        log.error("%d shards of %s are missing or incomplete (listed above). Rerun `make features` (same "
-                  "settings) or the missing array tasks, then finalize again.", len(problems), args.folder)
+        log.error(
+            "%d shards of %s are missing or incomplete (listed above). Rerun `make features` (same "
+            "settings) or the missing array tasks, then finalize again.",
+            len(problems),
+            args.folder,
+        )
         return EXIT_FAILURES
     print(f"wrote {path}")
     return EXIT_OK

@@ -91,8 +91,7 @@ def load_tracks(path: str | os.PathLike) -> pd.DataFrame:
         raise MetadataError(f"{path}: empty file ({exc}). Download fma_metadata.zip again.") from exc
     except (pd.errors.ParserError, ValueError, IndexError, UnicodeDecodeError) as exc:
         raise MetadataError(
-            f"{path}: cannot be read as FMA's tracks.csv with two header lines "
-            f"({type(exc).__name__}: {exc})"
+            f"{path}: cannot be read as FMA's tracks.csv with two header lines ({type(exc).__name__}: {exc})"
         ) from exc
     if not isinstance(frame.columns, pd.MultiIndex) or frame.columns.nlevels != 2:
         raise MetadataError(f"{path}: expected two header lines (e.g. 'track' / 'genre_top'), found one")
@@ -156,8 +155,9 @@ def select_tracks(
     def skip(reason: str, tid: int) -> None:
         skipped.setdefault(reason, []).append(tid)
 
-    for tid, g, s, d in zip(rows.index.tolist(), genre.tolist(), split.tolist(), duration.tolist(),
-                            strict=True):
+    for tid, g, s, d in zip(
+        rows.index.tolist(), genre.tolist(), split.tolist(), duration.tolist(), strict=True
+    ):
         if g is None or pd.isna(g) or str(g).strip() == "":
             skip("no genre_top", tid)
         elif str(g) not in label_of:
@@ -188,5 +188,6 @@ def load_selection(
     """:func:`load_tracks` on ``FMA_DIR/fma_metadata/tracks.csv``, then :func:`select_tracks`."""
     path = tracks_csv_path(fma_dir)
     frame = load_tracks(path)
-    return select_tracks(frame, subset, skip_known_bad=skip_known_bad, min_duration=min_duration,
-                         source=path.name)
+    return select_tracks(
+        frame, subset, skip_known_bad=skip_known_bad, min_duration=min_duration, source=path.name
+    )

@@ -135,10 +135,18 @@ class FeatureOptions:
 
         For the tasks of an array job (cluster/features-array.sbatch takes those three first).
         """
-        argv = ["--recipe", self.recipe.name, "--shard-size", str(self.shard_size),
-                "--min-duration", repr(-1.0 if self.min_duration is None else self.min_duration),
-                "--track-timeout", repr(self.track_timeout or 0.0),
-                "--max-failure-fraction", repr(self.max_failure_fraction)]
+        argv = [
+            "--recipe",
+            self.recipe.name,
+            "--shard-size",
+            str(self.shard_size),
+            "--min-duration",
+            repr(-1.0 if self.min_duration is None else self.min_duration),
+            "--track-timeout",
+            repr(self.track_timeout or 0.0),
+            "--max-failure-fraction",
+            repr(self.max_failure_fraction),
+        ]
         if not self.skip_known_bad:
             argv.append("--no-skip-known-bad")
         if self.keep_silence:
@@ -158,8 +166,9 @@ def validation_problems(options: FeatureOptions) -> list[str]:
     if options.shard_size < 1:
         problems.append(f"--shard-size must be >= 1, got {options.shard_size}")
     if not 0 <= options.task_index < options.num_tasks:
-        problems.append(f"need 0 <= --task-index < --num-tasks, got {options.task_index} and "
-                        f"{options.num_tasks}")
+        problems.append(
+            f"need 0 <= --task-index < --num-tasks, got {options.task_index} and {options.num_tasks}"
+        )
     if not 0 <= options.max_failure_fraction <= 1:
         problems.append(f"--max-failure-fraction must lie in [0, 1], got {options.max_failure_fraction}")
     if options.track_timeout is not None and options.track_timeout < 0:
@@ -169,8 +178,9 @@ def validation_problems(options: FeatureOptions) -> list[str]:
     if options.backend == "dask" and not options.scheduler:
         problems.append("--backend dask needs --scheduler tcp://host:port or a scheduler-file path")
     if options.compression not in (None, *COMPRESSIONS):
-        problems.append(f"--compression must be one of {', '.join(COMPRESSIONS)}, "
-                        f"got {options.compression!r}")
+        problems.append(
+            f"--compression must be one of {', '.join(COMPRESSIONS)}, got {options.compression!r}"
+        )
     return problems
 
 
@@ -181,56 +191,126 @@ def worker_count(options: FeatureOptions, tasks: int) -> int:
 
 # --------------------------------------------------------------------------- command line
 
+
 def add_plan_arguments(parser: argparse.ArgumentParser) -> None:
     """The dataset and plan options: what every task of one shard set must agree on."""
-    parser.add_argument("--fma-dir", default="data", help="folder holding fma_metadata/ and fma_<subset>/ "
-                        "(default: data; for SLURM, as the compute nodes see it)")
-    parser.add_argument("--subset", default="large", choices=fma.SUBSETS,
-                        help="FMA subset (nested: medium = small + medium tracks; default: large)")
+    parser.add_argument(
+        "--fma-dir",
+        default="data",
+        help="folder holding fma_metadata/ and fma_<subset>/ "
+        "(default: data; for SLURM, as the compute nodes see it)",
+    )
+    parser.add_argument(
+        "--subset",
+        default="large",
+        choices=fma.SUBSETS,
+        help="FMA subset (nested: medium = small + medium tracks; default: large)",
+    )
     parser.add_argument("--out", required=True, help="shard set folder (created)")
-    parser.add_argument("--recipe", default="reference", choices=sorted(RECIPES),
-                        help="feature recipe (reference = the reference project's)")
-    parser.add_argument("--shard-size", type=int, default=DEFAULT_SHARD_SIZE,
-                        help="tracks per shard (one shard = one task; default %(default)s)")
-    parser.add_argument("--min-duration", type=float, default=DEFAULT_MIN_DURATION,
-                        help="skip tracks whose tracks.csv duration is <= this many seconds "
-                             "(negative: keep all; default %(default)s)")
-    parser.add_argument("--no-skip-known-bad", dest="skip_known_bad", action="store_false",
-                        help="also try FMA's known-bad ids (skipped by default)")
-    parser.add_argument("--track-timeout", type=float, default=DEFAULT_TRACK_TIMEOUT,
-                        help="seconds one track may take before it is recorded as failed "
-                             "(0: no limit; default %(default)s)")
-    parser.add_argument("--compression", default=None, choices=COMPRESSIONS,
-                        help="compress images (the training side can then not memory-map them)")
-    parser.add_argument("--audio-zip", default=None, metavar="ZIP",
-                        help="read the MP3s from this zip (FMA's fma_<subset>.zip) instead of the unpacked "
-                             "tree (default: FMA_DIR/fma_<subset>/, else FMA_DIR/fma_<subset>.zip)")
-    parser.add_argument("--max-failure-fraction", type=float, default=0.5,
-                        help="stop early when more than this fraction of tracks fails (default %(default)s)")
-    parser.add_argument("--keep-silence", action="store_true",
-                        help="store clips that are digital silence (default: recorded as failed)")
+    parser.add_argument(
+        "--recipe",
+        default="reference",
+        choices=sorted(RECIPES),
+        help="feature recipe (reference = the reference project's)",
+    )
+    parser.add_argument(
+        "--shard-size",
+        type=int,
+        default=DEFAULT_SHARD_SIZE,
+        help="tracks per shard (one shard = one task; default %(default)s)",
+    )
+    parser.add_argument(
+        "--min-duration",
+        type=float,
+        default=DEFAULT_MIN_DURATION,
+        help="skip tracks whose tracks.csv duration is <= this many seconds "
+        "(negative: keep all; default %(default)s)",
+    )
+    parser.add_argument(
+        "--no-skip-known-bad",
+        dest="skip_known_bad",
+        action="store_false",
+        help="also try FMA's known-bad ids (skipped by default)",
+    )
+    parser.add_argument(
+        "--track-timeout",
+        type=float,
+        default=DEFAULT_TRACK_TIMEOUT,
+        help="seconds one track may take before it is recorded as failed (0: no limit; default %(default)s)",
+    )
+    parser.add_argument(
+        "--compression",
+        default=None,
+        choices=COMPRESSIONS,
+        help="compress images (the training side can then not memory-map them)",
+    )
+    parser.add_argument(
+        "--audio-zip",
+        default=None,
+        metavar="ZIP",
+        help="read the MP3s from this zip (FMA's fma_<subset>.zip) instead of the unpacked "
+        "tree (default: FMA_DIR/fma_<subset>/, else FMA_DIR/fma_<subset>.zip)",
+    )
+    parser.add_argument(
+        "--max-failure-fraction",
+        type=float,
+        default=0.5,
+        help="stop early when more than this fraction of tracks fails (default %(default)s)",
+    )
+    parser.add_argument(
+        "--keep-silence",
+        action="store_true",
+        help="store clips that are digital silence (default: recorded as failed)",
+    )
 
 
 def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     """How this process runs the plan: workers, backend, its array task's share, resumption."""
     parser.add_argument("--jobs", type=int, default=-1, help="worker processes (default: all cores)")
-    parser.add_argument("--task-index", type=int, default=0, metavar="I",
-                        help="compute only the shards at positions k with k %% N == I "
-                             "(this array task's share; default 0)")
-    parser.add_argument("--num-tasks", type=int, default=1, metavar="N",
-                        help="number of array tasks sharing the shards (default 1: this process does all)")
-    parser.add_argument("--shard-index", dest="task_index", type=int, default=argparse.SUPPRESS,
-                        help=argparse.SUPPRESS, action=_deprecated_alias("--task-index"))
-    parser.add_argument("--num-shards", dest="num_tasks", type=int, default=argparse.SUPPRESS,
-                        help=argparse.SUPPRESS, action=_deprecated_alias("--num-tasks"))
-    parser.add_argument("--force", action="store_true",
-                        help="recompute every shard, replacing a shard set made with other settings")
-    parser.add_argument("--backend", default="local", choices=BACKENDS,
-                        help="local process pool, or an existing dask cluster")
-    parser.add_argument("--scheduler", default=None,
-                        help="dask scheduler: tcp://host:port or a scheduler-file path")
-    parser.add_argument("--no-finalize", dest="finalize", action="store_false",
-                        help="do not write manifest.json at the end")
+    parser.add_argument(
+        "--task-index",
+        type=int,
+        default=0,
+        metavar="I",
+        help="compute only the shards at positions k with k %% N == I (this array task's share; default 0)",
+    )
+    parser.add_argument(
+        "--num-tasks",
+        type=int,
+        default=1,
+        metavar="N",
+        help="number of array tasks sharing the shards (default 1: this process does all)",
+    )
+    parser.add_argument(
+        "--shard-index",
+        dest="task_index",
+        type=int,
+        default=argparse.SUPPRESS,
+        help=argparse.SUPPRESS,
+        action=_deprecated_alias("--task-index"),
+    )
+    parser.add_argument(
+        "--num-shards",
+        dest="num_tasks",
+        type=int,
+        default=argparse.SUPPRESS,
+        help=argparse.SUPPRESS,
+        action=_deprecated_alias("--num-tasks"),
+    )
+    parser.add_argument(
+        "--force",
+        action="store_true",
+        help="recompute every shard, replacing a shard set made with other settings",
+    )
+    parser.add_argument(
+        "--backend", default="local", choices=BACKENDS, help="local process pool, or an existing dask cluster"
+    )
+    parser.add_argument(
+        "--scheduler", default=None, help="dask scheduler: tcp://host:port or a scheduler-file path"
+    )
+    parser.add_argument(
+        "--no-finalize", dest="finalize", action="store_false", help="do not write manifest.json at the end"
+    )
     parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
 
 
@@ -240,9 +320,13 @@ def _deprecated_alias(new_flag: str) -> type[argparse.Action]:
     class DeprecatedAlias(argparse.Action):
         def __call__(self, parser, namespace, values, option_string=None):
             # Warned by FeatureOptions.from_args, once logging is set up.
-            namespace.deprecated = [*getattr(namespace, "deprecated", []), (
-                f"{option_string} is deprecated and will be removed: use {new_flag} (same meaning: "
-                f"this array task's share of the shards)")]
+            namespace.deprecated = [
+                *getattr(namespace, "deprecated", []),
+                (
+                    f"{option_string} is deprecated and will be removed: use {new_flag} (same meaning: "
+                    f"this array task's share of the shards)"
+                ),
+            ]
             setattr(namespace, self.dest, values)
 
     return DeprecatedAlias

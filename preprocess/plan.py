@@ -78,21 +78,29 @@ def check_dataset(fma_dir: Path, subset: str, audio_zip: Path | None = None) -> 
 def build_plan(options: FeatureOptions) -> ShardPlan:
     """Select the tracks and cut them into shards: a pure function of tracks.csv and the plan options."""
     audio = check_dataset(options.fma_dir, options.subset, options.audio_zip)
-    selection = load_selection(options.fma_dir, options.subset, skip_known_bad=options.skip_known_bad,
-                               min_duration=options.min_duration)
+    selection = load_selection(
+        options.fma_dir,
+        options.subset,
+        skip_known_bad=options.skip_known_bad,
+        min_duration=options.min_duration,
+    )
     specs = assign_shards(selection.tracks, options.shard_size)
     if not specs:
         raise FeaturesError(
             f"no track of subset {options.subset!r} in {tracks_csv_path(options.fma_dir)} survives the "
-            f"selection (skipped: { {k: len(v) for k, v in selection.skipped.items()} })")
+            f"selection (skipped: { {k: len(v) for k, v in selection.skipped.items()} })"
+        )
     data = {
         "plan_version": PLAN_VERSION,
         "subset": options.subset,
         "recipe": options.recipe.to_dict(),
         "class_names": list(fma.CLASS_NAMES),
         "shard_size": options.shard_size,
-        "selection": {"skip_known_bad": options.skip_known_bad, "min_duration": options.min_duration,
-                      "keep_silence": options.keep_silence},
+        "selection": {
+            "skip_known_bad": options.skip_known_bad,
+            "min_duration": options.min_duration,
+            "keep_silence": options.keep_silence,
+        },
         "shards": [s.to_dict() for s in specs],
         "skipped": selection.skipped,
     }
@@ -135,8 +143,10 @@ def plan_changes(out: Path, plan: ShardPlan) -> list[str]:
 
 def changed_plan_error(out: Path, changes: list[str], fix: str) -> FeaturesError:
     """The refusal to mix shards made with other settings into ``out``."""
-    return FeaturesError(f"{Path(out) / PLAN_NAME} was made with different settings ({'; '.join(changes)}). "
-                         f"Its shards would mix with these. {fix}")
+    return FeaturesError(
+        f"{Path(out) / PLAN_NAME} was made with different settings ({'; '.join(changes)}). "
+        f"Its shards would mix with these. {fix}"
+    )
 
 
 def write_plan(out: Path, plan: ShardPlan) -> None:

@@ -153,8 +153,14 @@ def _analysis(rate: int, recipe: Recipe) -> tuple[np.ndarray, scipy.sparse.csr_m
     n_fft = recipe.n_fft(rate)
     window = scipy.signal.get_window("hann", n_fft, fftbins=True).astype(np.float32)
     basis = librosa.filters.mel(
-        sr=rate, n_fft=n_fft, n_mels=recipe.n_mels, fmin=recipe.fmin, fmax=recipe.fmax,
-        htk=False, norm="slaney", dtype=np.float32,
+        sr=rate,
+        n_fft=n_fft,
+        n_mels=recipe.n_mels,
+        fmin=recipe.fmin,
+        fmax=recipe.fmax,
+        htk=False,
+        norm="slaney",
+        dtype=np.float32,
     )
     nonzero = np.flatnonzero(basis.any(axis=0))
     n_bins = int(nonzero[-1]) + 1 if nonzero.size else 1
@@ -267,8 +273,9 @@ def mel_from_mono(y: np.ndarray, rate: int, recipe: Recipe) -> np.ndarray:
     # transformed FRAME_BLOCK at a time so the working set stays in cache.
     n = y.shape[0]
     inner = min(n // hop - 1, recipe.n_frames - 1)  # frames 1..inner lie inside y
-    frames = np.lib.stride_tricks.as_strided(y, shape=(max(inner, 0), n_fft), strides=(hop * 4, 4),
-                                             writeable=False)
+    frames = np.lib.stride_tricks.as_strided(
+        y, shape=(max(inner, 0), n_fft), strides=(hop * 4, 4), writeable=False
+    )
     mel = np.empty((recipe.n_mels, recipe.n_frames), dtype=np.float32)
     windowed = np.empty((FRAME_BLOCK, n_fft), dtype=np.float32)
     for b0 in range(0, recipe.n_frames, FRAME_BLOCK):

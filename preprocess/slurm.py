@@ -52,8 +52,20 @@ REPO = Path(__file__).resolve().parents[1]
 FEATURES_SCRIPT = REPO / "cluster" / "features-array.sbatch"
 FINALIZE_SCRIPT = REPO / "cluster" / "finalize.sbatch"
 SUBMISSIONS_NAME = "submissions.json"
-ACTIVE_STATES = {"PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "SUSPENDED", "REQUEUED",
-                 "REQUEUE_HOLD", "REQUEUE_FED", "RESIZING", "SIGNALING", "STAGE_OUT", "STOPPED"}
+ACTIVE_STATES = {
+    "PENDING",
+    "RUNNING",
+    "CONFIGURING",
+    "COMPLETING",
+    "SUSPENDED",
+    "REQUEUED",
+    "REQUEUE_HOLD",
+    "REQUEUE_FED",
+    "RESIZING",
+    "SIGNALING",
+    "STAGE_OUT",
+    "STOPPED",
+}
 
 
 log = logging.getLogger(__name__)
@@ -89,27 +101,51 @@ class SubmitPlan:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    add_plan_arguments(parser.add_argument_group(
-        "features options, passed on to every task (as in `preprocess features`)"))
-    parser.add_argument("--cpus-per-task", type=int, default=4, metavar="C",
-                        help="CPUs per array task = joblib workers inside the task (default 4)")
-    parser.add_argument("--shards-per-task", type=int, default=None, metavar="K",
-                        help="shards per array task (default: C, one shard per worker; 1 with "
-                             "--cpus-per-task 1 gives one task per shard). A shard is one worker's "
-                             "unit of work, so K < C leaves CPUs idle")
+    add_plan_arguments(
+        parser.add_argument_group("features options, passed on to every task (as in `preprocess features`)")
+    )
+    parser.add_argument(
+        "--cpus-per-task",
+        type=int,
+        default=4,
+        metavar="C",
+        help="CPUs per array task = joblib workers inside the task (default 4)",
+    )
+    parser.add_argument(
+        "--shards-per-task",
+        type=int,
+        default=None,
+        metavar="K",
+        help="shards per array task (default: C, one shard per worker; 1 with "
+        "--cpus-per-task 1 gives one task per shard). A shard is one worker's "
+        "unit of work, so K < C leaves CPUs idle",
+    )
     parser.add_argument("--partition", help="SLURM partition (default: the cluster's default)")
     parser.add_argument("--time", help="time limit per array task, e.g. 01:00:00 (default: the partition's)")
-    parser.add_argument("--mem", help="memory per array task, e.g. 8G (default: the partition's; "
-                                      "~1 GB per CPU is plenty)")
-    parser.add_argument("--max-running", type=int, metavar="M",
-                        help="run at most M array tasks at once (sbatch --array=...%%M)")
-    parser.add_argument("--python", default=sys.executable,
-                        help="interpreter the jobs run (default: this one, %(default)s)")
-    parser.add_argument("--sbatch-arg", action="append", default=[], metavar="ARG",
-                        help="extra sbatch option for both jobs, e.g. --sbatch-arg=--account=abc "
-                             "(repeatable)")
-    parser.add_argument("--dry-run", action="store_true",
-                        help="print the plan and the sbatch commands, submit nothing, write nothing")
+    parser.add_argument(
+        "--mem", help="memory per array task, e.g. 8G (default: the partition's; ~1 GB per CPU is plenty)"
+    )
+    parser.add_argument(
+        "--max-running",
+        type=int,
+        metavar="M",
+        help="run at most M array tasks at once (sbatch --array=...%%M)",
+    )
+    parser.add_argument(
+        "--python", default=sys.executable, help="interpreter the jobs run (default: this one, %(default)s)"
+    )
+    parser.add_argument(
+        "--sbatch-arg",
+        action="append",
+        default=[],
+        metavar="ARG",
+        help="extra sbatch option for both jobs, e.g. --sbatch-arg=--account=abc (repeatable)",
+    )
+    parser.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print the plan and the sbatch commands, submit nothing, write nothing",
+    )
 
 
 def main(args: argparse.Namespace) -> int:
@@ -122,8 +158,10 @@ def main(args: argparse.Namespace) -> int:
 def submit(args: argparse.Namespace, options: FeatureOptions) -> int:
     """Plan, check the queue, submit; print what was done. Returns the exit code."""
     plan = plan_submission(options, args.shards_per_task)
-    print(f"slurm: {plan.num_shards} shards planned in {options.out}: {plan.complete} complete, "
-          f"{sum(len(v) for v in plan.tasks.values())} missing or incomplete")
+    print(
+        f"slurm: {plan.num_shards} shards planned in {options.out}: {plan.complete} complete, "
+        f"{sum(len(v) for v in plan.tasks.values())} missing or incomplete"
+    )
     if not plan.tasks and not plan.needs_finalize:
         print("slurm: nothing to do: every shard is complete and manifest.json exists")
         return 0
@@ -138,19 +176,24 @@ def submit(args: argparse.Namespace, options: FeatureOptions) -> int:
         return 0
     missing = [tool for tool in ("sbatch", "squeue", "scancel") if shutil.which(tool) is None]
     if missing:
-        raise SlurmError(f"{', '.join(missing)} not found: run this on a SLURM login node (or put SLURM's "
-                         "commands on PATH); --dry-run shows what would be submitted")
+        raise SlurmError(
+            f"{', '.join(missing)} not found: run this on a SLURM login node (or put SLURM's "
+            "commands on PATH); --dry-run shows what would be submitted"
+        )
     records = _read_submissions(options.out)
     cancelled = check_queue(records)
     if cancelled:
-        print(f"slurm: cancelled finalize job(s) {', '.join(cancelled)} of an earlier submission "
-              "whose array job failed (their dependency could never be satisfied)")
+        print(
+            f"slurm: cancelled finalize job(s) {', '.join(cancelled)} of an earlier submission "
+            "whose array job failed (their dependency could never be satisfied)"
+        )
     _submit_jobs(options.out, plan, records, array_cmd, finalize_cmd, args.cpus_per_task)
     return 0
 
 
-def sbatch_commands(args: argparse.Namespace, options: FeatureOptions, plan: SubmitPlan
-                    ) -> tuple[list[str] | None, list[str]]:
+def sbatch_commands(
+    args: argparse.Namespace, options: FeatureOptions, plan: SubmitPlan
+) -> tuple[list[str] | None, list[str]]:
     """The sbatch command lines of the array job (None if no shard is missing) and of the finalize job."""
     logs = options.out / "slurm" / "logs"
     common = [*_optional("--partition", args.partition), *args.sbatch_arg, f"--chdir={REPO}"]
@@ -159,42 +202,80 @@ def sbatch_commands(args: argparse.Namespace, options: FeatureOptions, plan: Sub
         array = format_indices(sorted(plan.tasks))
         if args.max_running:
             array += f"%{args.max_running}"
-        array_cmd = ["sbatch", "--parsable", f"--array={array}", f"--cpus-per-task={args.cpus_per_task}",
-                     *_optional("--time", args.time), *_optional("--mem", args.mem), *common,
-                     f"--output={logs / 'features-%A_%a.out'}", str(FEATURES_SCRIPT), args.python, str(REPO),
-                     str(options.fma_dir), options.subset, str(options.out), str(plan.num_tasks),
-                     *options.plan_argv(), "--no-progress"]
-    finalize_cmd = ["sbatch", "--parsable", *_optional("--time", args.time), *common,
-                    f"--output={logs / 'finalize-%j.out'}", str(FINALIZE_SCRIPT), args.python, str(REPO),
-                    str(options.out)]
+        array_cmd = [
+            "sbatch",
+            "--parsable",
+            f"--array={array}",
+            f"--cpus-per-task={args.cpus_per_task}",
+            *_optional("--time", args.time),
+            *_optional("--mem", args.mem),
+            *common,
+            f"--output={logs / 'features-%A_%a.out'}",
+            str(FEATURES_SCRIPT),
+            args.python,
+            str(REPO),
+            str(options.fma_dir),
+            options.subset,
+            str(options.out),
+            str(plan.num_tasks),
+            *options.plan_argv(),
+            "--no-progress",
+        ]
+    finalize_cmd = [
+        "sbatch",
+        "--parsable",
+        *_optional("--time", args.time),
+        *common,
+        f"--output={logs / 'finalize-%j.out'}",
+        str(FINALIZE_SCRIPT),
+        args.python,
+        str(REPO),
+        str(options.out),
+    ]
     return array_cmd, finalize_cmd
 
 
-def _submit_jobs(out: Path, plan: SubmitPlan, records: list[dict], array_cmd: list[str] | None,
-                 finalize_cmd: list[str], cpus_per_task: int) -> None:
+def _submit_jobs(
+    out: Path,
+    plan: SubmitPlan,
+    records: list[dict],
+    array_cmd: list[str] | None,
+    finalize_cmd: list[str],
+    cpus_per_task: int,
+) -> None:
     """Submit the array job (if any), then the finalize job depending on it; record both."""
     logs = out / "slurm" / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     # Recorded as soon as each job is queued, so that a rerun knows about it even if the next
     # sbatch fails.
-    record = {"submitted_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "array_job_id": None,
-              "finalize_job_id": None, "num_tasks": plan.num_tasks,
-              "tasks": {str(k): v for k, v in sorted(plan.tasks.items())},
-              "commands": [c for c in (array_cmd, finalize_cmd) if c]}
+    record = {
+        "submitted_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "array_job_id": None,
+        "finalize_job_id": None,
+        "num_tasks": plan.num_tasks,
+        "tasks": {str(k): v for k, v in sorted(plan.tasks.items())},
+        "commands": [c for c in (array_cmd, finalize_cmd) if c],
+    }
     records.append(record)
     array_id = None
     if array_cmd:
         array_id = record["array_job_id"] = _sbatch(array_cmd)
         _write_submissions(out, records)
-        print(f"slurm: submitted array job {array_id}: {len(plan.tasks)} task(s) of {plan.num_tasks} "
-              f"({cpus_per_task} CPUs each); logs in {logs}")
+        print(
+            f"slurm: submitted array job {array_id}: {len(plan.tasks)} task(s) of {plan.num_tasks} "
+            f"({cpus_per_task} CPUs each); logs in {logs}"
+        )
         finalize_cmd.insert(2, f"--dependency=afterok:{array_id}")
     finalize_id = record["finalize_job_id"] = _sbatch(finalize_cmd)
     _write_submissions(out, records)
-    print(f"slurm: submitted finalize job {finalize_id}"
-          + (f" (runs after every task of {array_id} succeeds)" if array_id else ""))
-    print(f"slurm: watch with `squeue -j {','.join(i for i in (array_id, finalize_id) if i)}`; "
-          "when it is done, rerun this command to resubmit anything that failed")
+    print(
+        f"slurm: submitted finalize job {finalize_id}"
+        + (f" (runs after every task of {array_id} succeeds)" if array_id else "")
+    )
+    print(
+        f"slurm: watch with `squeue -j {','.join(i for i in (array_id, finalize_id) if i)}`; "
+        "when it is done, rerun this command to resubmit anything that failed"
+    )
 
 
 def plan_submission(options: FeatureOptions, shards_per_task: int) -> SubmitPlan:
@@ -217,8 +298,13 @@ def plan_submission(options: FeatureOptions, shards_per_task: int) -> SubmitPlan
             else:
                 tasks.setdefault(task, []).append(spec.name)
     needs_finalize = bool(tasks) or not (options.out / MANIFEST_NAME).exists()
-    return SubmitPlan(num_tasks=num_tasks, tasks=tasks, num_shards=len(plan.specs), complete=complete,
-                      needs_finalize=needs_finalize)
+    return SubmitPlan(
+        num_tasks=num_tasks,
+        tasks=tasks,
+        num_shards=len(plan.specs),
+        complete=complete,
+        needs_finalize=needs_finalize,
+    )
 
 
 def format_indices(indices: list[int]) -> str:
@@ -248,8 +334,12 @@ def check_queue(records: list[dict]) -> list[str]:
     ours = {str(r[k]) for r in records for k in ("array_job_id", "finalize_job_id") if r.get(k)}
     if not ours:
         return []
-    done = subprocess.run(["squeue", "--me", "--noheader", "--array", "--format=%F|%i|%T|%r"],
-                          capture_output=True, text=True, check=False)
+    done = subprocess.run(
+        ["squeue", "--me", "--noheader", "--array", "--format=%F|%i|%T|%r"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     if done.returncode != 0:
         raise SlurmError(f"`squeue` failed (exit {done.returncode}): {done.stderr.strip()}")
     finalize_ids = {str(r["finalize_job_id"]) for r in records if r.get("finalize_job_id")}
@@ -267,7 +357,8 @@ def check_queue(records: list[dict]) -> list[str]:
         raise SlurmError(
             f"jobs of an earlier submission for this shard set are still queued: {', '.join(busy[:10])}"
             f"{f' and {len(busy) - 10} more' if len(busy) > 10 else ''}. "
-            "Wait for them (squeue) or cancel them (scancel JOBID), then rerun this command.")
+            "Wait for them (squeue) or cancel them (scancel JOBID), then rerun this command."
+        )
     for job in orphans:
         subprocess.run(["scancel", job], capture_output=True, check=False)
     return orphans
@@ -277,15 +368,19 @@ def _sbatch(cmd: list[str]) -> str:
     try:
         done = subprocess.run(cmd, capture_output=True, text=True, check=False)
     except FileNotFoundError as exc:
-        raise SlurmError("`sbatch` not found: run this on a SLURM login node (or put sbatch on PATH)"
-                         ) from exc
+        raise SlurmError(
+            "`sbatch` not found: run this on a SLURM login node (or put sbatch on PATH)"
+        ) from exc
     if done.returncode != 0:
         hint = ""
         if "array" in done.stderr.lower():
-            hint = ("\nhint: the cluster's MaxArraySize (`scontrol show config | grep MaxArraySize`) may be "
-                    "smaller than the number of tasks: raise --shards-per-task or --shard-size")
-        raise SlurmError(f"sbatch failed (exit {done.returncode}): {done.stderr.strip()}\n"
-                         f"command: {shlex.join(cmd)}{hint}")
+            hint = (
+                "\nhint: the cluster's MaxArraySize (`scontrol show config | grep MaxArraySize`) may be "
+                "smaller than the number of tasks: raise --shards-per-task or --shard-size"
+            )
+        raise SlurmError(
+            f"sbatch failed (exit {done.returncode}): {done.stderr.strip()}\ncommand: {shlex.join(cmd)}{hint}"
+        )
     match = re.match(r"\s*(\d+)", done.stdout)
     if not match:
         raise SlurmError(f"could not read a job id from sbatch's output {done.stdout!r}")
@@ -321,9 +416,13 @@ def _validate(args: argparse.Namespace) -> None:
     if args.shards_per_task < 1:
         raise SlurmError(f"--shards-per-task must be >= 1, got {args.shards_per_task}")
     if args.shards_per_task < args.cpus_per_task:
-        log.warning("slurm: --shards-per-task %d < --cpus-per-task %d: each task can keep only %d CPU(s) "
-                    "busy (one shard per worker)", args.shards_per_task, args.cpus_per_task,
-                    args.shards_per_task)
+        log.warning(
+            "slurm: --shards-per-task %d < --cpus-per-task %d: each task can keep only %d CPU(s) "
+            "busy (one shard per worker)",
+            args.shards_per_task,
+            args.cpus_per_task,
+            args.shards_per_task,
+        )
     if args.max_running is not None and args.max_running < 1:
         raise SlurmError(f"--max-running must be >= 1, got {args.max_running}")
     if not Path(args.python).exists():

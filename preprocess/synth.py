@@ -58,14 +58,34 @@ from shards.errors import FmaGenreError
 
 # Tracks with genre_top per genre in fma_medium (docs/fma.md): the imbalance we imitate.
 FMA_MEDIUM_COUNTS = {
-    "Rock": 7103, "Electronic": 6314, "Experimental": 2251, "Hip-Hop": 2201, "Folk": 1519,
-    "Instrumental": 1350, "Pop": 1186, "International": 1018, "Classical": 619,
-    "Old-Time / Historic": 510, "Jazz": 384, "Country": 178, "Soul-RnB": 154, "Spoken": 118,
-    "Blues": 74, "Easy Listening": 21,
+    "Rock": 7103,
+    "Electronic": 6314,
+    "Experimental": 2251,
+    "Hip-Hop": 2201,
+    "Folk": 1519,
+    "Instrumental": 1350,
+    "Pop": 1186,
+    "International": 1018,
+    "Classical": 619,
+    "Old-Time / Historic": 510,
+    "Jazz": 384,
+    "Country": 178,
+    "Soul-RnB": 154,
+    "Spoken": 118,
+    "Blues": 74,
+    "Easy Listening": 21,
 }
 # fma_small's 8 balanced genres: only these can be in the small subset.
-SMALL_GENRES = ("Electronic", "Experimental", "Folk", "Hip-Hop", "Instrumental", "International", "Pop",
-                "Rock")
+SMALL_GENRES = (
+    "Electronic",
+    "Experimental",
+    "Folk",
+    "Hip-Hop",
+    "Instrumental",
+    "International",
+    "Pop",
+    "Rock",
+)
 # Kinds of bad file, in the order they are handed out (so small sets get the common ones first).
 BAD_KINDS = ("truncated", "silence", "random_bytes", "zero_byte", "short", "missing")
 KINDS = ("good",) + BAD_KINDS
@@ -82,6 +102,7 @@ class SynthError(FmaGenreError, ValueError):
 
 
 # --------------------------------------------------------------------------- planning (pure)
+
 
 def _bad_kinds(n_tracks: int, rng: np.random.Generator) -> tuple[list[str], list[tuple[int, str]]]:
     """Kinds of the generic bad files, and (real errata id, kind) rows."""
@@ -110,8 +131,18 @@ def _genre_counts(n_genre: int, rng: np.random.Generator) -> dict[str, int]:
     return counts
 
 
-_SMALL_GENRE_SPLITS = ("training", "test", "training", "validation", "training", "training", "test",
-                       "training", "validation", "training")
+_SMALL_GENRE_SPLITS = (
+    "training",
+    "test",
+    "training",
+    "validation",
+    "training",
+    "training",
+    "test",
+    "training",
+    "validation",
+    "training",
+)
 
 
 def _genre_splits(counts: dict[str, int]) -> list[tuple[str, str]]:
@@ -151,8 +182,12 @@ def _audio_format(rng: np.random.Generator, forced: tuple | None) -> tuple[int, 
 # (format, variant) pairs every set of >= 10 good tracks contains (as many as it has good tracks,
 # in this order): FMA's common formats first, then what real releases have that plain clips lack.
 _FORCED = (
-    ((48000, 2, 320, False), {}), ((32000, 2, 320, False), {}), ((22050, 2, 128, False), {}),
-    ((44100, 1, 320, False), {}), ((44100, 2, 256, False), {}), ((44100, 2, 128, False), {}),
+    ((48000, 2, 320, False), {}),
+    ((32000, 2, 320, False), {}),
+    ((22050, 2, 128, False), {}),
+    ((44100, 1, 320, False), {}),
+    ((44100, 2, 256, False), {}),
+    ((44100, 2, 128, False), {}),
     ((44100, 2, 192, True), {}),
     ((44100, 2, 320, False), {"master": {"level": "loud", "drive_db": 18.0}}),
     ((44100, 2, 128, False), {"master": {"level": "loud", "drive_db": 20.0}}),  # joint stereo
@@ -173,8 +208,13 @@ _FORCED = (
 
 def _variant(rng: np.random.Generator, channels: int, forced: dict | None) -> dict:
     """Mastering and packaging of one good track: drawn (a few percent each), or ``forced``."""
-    variant = {"master": {"level": "normal"}, "true_stereo": False, "seconds": SECONDS, "xing": True,
-               "id3v1": False}
+    variant = {
+        "master": {"level": "normal"},
+        "true_stereo": False,
+        "seconds": SECONDS,
+        "xing": True,
+        "id3v1": False,
+    }
     if forced is not None:
         return {**variant, **forced}
     master = variant["master"]
@@ -234,8 +274,9 @@ def plan(n_tracks: int, seed: int) -> list[dict]:
     forced = list(_FORCED) if n_good >= 10 else []
     forced_cover = n_good >= 10
     good_positions = [i for i, s in enumerate(specs) if s["kind"] == "good"]
-    forced_at = {good_positions[j]: f
-                 for j, f in zip(rng.permutation(len(good_positions)), forced, strict=False)}
+    forced_at = {
+        good_positions[j]: f for j, f in zip(rng.permutation(len(good_positions)), forced, strict=False)
+    }
     for i, spec in enumerate(specs):
         _fill_spec(spec, rng, forced_at.get(i))
         if forced_cover and spec["kind"] == "good":
@@ -256,8 +297,9 @@ def _fill_spec(spec: dict, rng: np.random.Generator, forced: tuple | None) -> No
         genres, styles = [], [str(rng.choice(names))]
     else:  # genres from two top genres: no genre_top, audio a mix of both
         a, b = rng.choice(names, 2, replace=False)
-        genres = sorted({int(rng.choice(genres_under(TOP_ID[str(a)]))),
-                         int(rng.choice(genres_under(TOP_ID[str(b)])))})
+        genres = sorted(
+            {int(rng.choice(genres_under(TOP_ID[str(a)]))), int(rng.choice(genres_under(TOP_ID[str(b)])))}
+        )
         styles = [str(a), str(b)]
     spec["genres"] = genres
     spec["genres_all"] = sorted({a for g in genres for a in genre_ancestors(g)})
@@ -281,9 +323,17 @@ def _fill_spec(spec: dict, rng: np.random.Generator, forced: tuple | None) -> No
     else:
         spec["sample_rate"] = spec["channels"] = spec["bitrate_kbps"] = spec["vbr"] = None
     spec["cover_art"] = bool(kind == "good" and rng.random() < 0.25)
-    spec.update(_variant(rng, spec["channels"], forced_variant) if kind == "good" else
-                {"master": {"level": "normal"}, "true_stereo": False, "seconds": SECONDS, "xing": True,
-                 "id3v1": False})
+    spec.update(
+        _variant(rng, spec["channels"], forced_variant)
+        if kind == "good"
+        else {
+            "master": {"level": "normal"},
+            "true_stereo": False,
+            "seconds": SECONDS,
+            "xing": True,
+            "id3v1": False,
+        }
+    )
     if kind == "short":
         spec["seconds"] = round(float(rng.uniform(0.5, 1.9)), 2)
     elif kind not in ("good", "truncated", "silence"):
@@ -317,7 +367,7 @@ def _assign_artists(specs: list[dict], rng: np.random.Generator) -> None:
             album_id += int(rng.integers(1, 50))
             artist_name = _name(rng, 2)
             album_title = _name(rng, 3)
-            for number, s in enumerate(members[i:i + size], start=1):
+            for number, s in enumerate(members[i : i + size], start=1):
                 s["artist_id"], s["artist"] = artist_id, artist_name
                 no_album = rng.random() < 0.03
                 s["album_id"] = -1 if no_album else album_id
@@ -328,8 +378,27 @@ def _assign_artists(specs: list[dict], rng: np.random.Generator) -> None:
             i += size
 
 
-_NAME_WORDS = ("Blue", "Night", "Échos", "Motör", "Sigur", "Kaffee", "Otoño", "Ghost", "River", "Ñandú",
-               "Machine", "Static", "Λάμψη", "Hollow", "Dust", "Garden", "Le Chat", "O'Brien", "Mr. \"X\"")
+_NAME_WORDS = (
+    "Blue",
+    "Night",
+    "Échos",
+    "Motör",
+    "Sigur",
+    "Kaffee",
+    "Otoño",
+    "Ghost",
+    "River",
+    "Ñandú",
+    "Machine",
+    "Static",
+    "Λάμψη",
+    "Hollow",
+    "Dust",
+    "Garden",
+    "Le Chat",
+    "O'Brien",
+    'Mr. "X"',
+)
 
 
 def _name(rng: np.random.Generator, k: int) -> str:
@@ -337,6 +406,7 @@ def _name(rng: np.random.Generator, k: int) -> str:
 
 
 # --------------------------------------------------------------------------- one track's file
+
 
 def make_track(fma_dir: str, spec: dict, seed: int) -> dict:
     """Write one track's file (or nothing, for ``missing``) and return its truth entry.
@@ -377,8 +447,14 @@ def make_track(fma_dir: str, spec: dict, seed: int) -> dict:
         if kind == "silence":
             samples = np.zeros((int(spec["seconds"] * sr), ch), dtype=np.float32)
         else:
-            samples = synthesize([STYLES[g] for g in spec["styles"]], rng, sr, spec["seconds"], ch,
-                                 true_stereo=spec["true_stereo"])
+            samples = synthesize(
+                [STYLES[g] for g in spec["styles"]],
+                rng,
+                sr,
+                spec["seconds"],
+                ch,
+                true_stereo=spec["true_stereo"],
+            )
             samples = apply_master(samples, sr, Master(**spec["master"]))
         mp3 = encode_mp3(samples, sr, bitrate, spec["vbr"], xing=spec["xing"])
         version, mode = stream_info(mp3)
@@ -386,15 +462,25 @@ def make_track(fma_dir: str, spec: dict, seed: int) -> dict:
         if spec["vbr"]:
             bitrate = int(round(len(mp3) * 8 / duration_s / 1000))
         cover = cover_png(rng) if spec["cover_art"] else None
-        tag = id3_tag(spec["title"], spec["artist"], spec["album"] if isinstance(spec["album"], str) else "",
-                      spec["genre_top"] or (spec["styles"][0] if spec["styles"] else None),
-                      max(spec["number"], 1), spec["year"], cover)
+        tag = id3_tag(
+            spec["title"],
+            spec["artist"],
+            spec["album"] if isinstance(spec["album"], str) else "",
+            spec["genre_top"] or (spec["styles"][0] if spec["styles"] else None),
+            max(spec["number"], 1),
+            spec["year"],
+            cover,
+        )
         data = tag + mp3
         if spec["id3v1"]:
-            data += id3v1_tag(spec["title"], spec["artist"],
-                              spec["album"] if isinstance(spec["album"], str) else "", spec["year"])
+            data += id3v1_tag(
+                spec["title"],
+                spec["artist"],
+                spec["album"] if isinstance(spec["album"], str) else "",
+                spec["year"],
+            )
         if kind == "truncated":
-            data = data[:int(len(data) * TRUNCATE_KEEP)]
+            data = data[: int(len(data) * TRUNCATE_KEEP)]
             duration_s = round((len(data) - len(tag)) / len(mp3) * duration_s, 2)  # roughly what decodes
     if data is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -402,18 +488,32 @@ def make_track(fma_dir: str, spec: dict, seed: int) -> dict:
         tmp.write_bytes(data)
         os.replace(tmp, path)
     return {
-        "genre_top": spec["genre_top"], "split": spec["split"], "subset": spec["subset"], "kind": kind,
-        "sample_rate": spec["sample_rate"], "channels": spec["channels"], "bitrate_kbps": bitrate,
-        "vbr": spec["vbr"], "duration_s": duration_s, "cover_art": spec["cover_art"], "path": rel,
-        "mpeg_version": version, "channel_mode": mode, "master": spec["master"]["level"],
-        "drive_db": spec["master"].get("drive_db"), "peak_dbfs": spec["master"].get("peak_dbfs"),
+        "genre_top": spec["genre_top"],
+        "split": spec["split"],
+        "subset": spec["subset"],
+        "kind": kind,
+        "sample_rate": spec["sample_rate"],
+        "channels": spec["channels"],
+        "bitrate_kbps": bitrate,
+        "vbr": spec["vbr"],
+        "duration_s": duration_s,
+        "cover_art": spec["cover_art"],
+        "path": rel,
+        "mpeg_version": version,
+        "channel_mode": mode,
+        "master": spec["master"]["level"],
+        "drive_db": spec["master"].get("drive_db"),
+        "peak_dbfs": spec["master"].get("peak_dbfs"),
         "dc_offset": spec["master"].get("dc_offset", 0.0),
-        "lead_in_s": spec["master"].get("lead_in_s", 0.0), "true_stereo": spec["true_stereo"],
-        "xing": bool(spec["vbr"] and spec["xing"]), "id3v1": spec["id3v1"],
+        "lead_in_s": spec["master"].get("lead_in_s", 0.0),
+        "true_stereo": spec["true_stereo"],
+        "xing": bool(spec["vbr"] and spec["xing"]),
+        "id3v1": spec["id3v1"],
     }
 
 
 # --------------------------------------------------------------------------- driver
+
 
 def _prepare_out_dir(out: Path) -> None:
     """Make ``out``; clear a previous generation there; refuse to touch anything else."""
@@ -425,14 +525,16 @@ def _prepare_out_dir(out: Path) -> None:
             if not ours:
                 raise SynthError(
                     f"{folder} exists and was not made by preprocess.synth (no synth_truth.json in {out}). "
-                    "It may be real FMA data: choose another --out, or remove it yourself.")
+                    "It may be real FMA data: choose another --out, or remove it yourself."
+                )
             shutil.rmtree(folder)
     (out / IN_PROGRESS).write_text("preprocess.synth is writing this folder\n", encoding="utf-8")
     (out / "synth_truth.json").unlink(missing_ok=True)
 
 
-def generate(out_dir: str | os.PathLike, n_tracks: int, seed: int, jobs: int = -1,
-             progress: bool = False) -> dict:
+def generate(
+    out_dir: str | os.PathLike, n_tracks: int, seed: int, jobs: int = -1, progress: bool = False
+) -> dict:
     """Generate a mini-FMA under ``out_dir``; return the truth dict (also saved as synth_truth.json).
 
     Parameters
@@ -470,8 +572,11 @@ def generate(out_dir: str | os.PathLike, n_tracks: int, seed: int, jobs: int = -
 
     from shards import atomic_path, atomic_write_text
 
-    if isinstance(n_tracks, bool) or not isinstance(n_tracks, (int, np.integer)) or not (
-            1 <= n_tracks <= MAX_TRACKS):
+    if (
+        isinstance(n_tracks, bool)
+        or not isinstance(n_tracks, (int, np.integer))
+        or not (1 <= n_tracks <= MAX_TRACKS)
+    ):
         raise SynthError(f"n_tracks (--tracks) must be an integer from 1 to {MAX_TRACKS}, got {n_tracks!r}")
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise SynthError(f"seed (--seed) must be a non-negative integer, got {seed!r}")
@@ -485,14 +590,28 @@ def generate(out_dir: str | os.PathLike, n_tracks: int, seed: int, jobs: int = -
 
     rows = {}
     for spec, entry in zip(specs, entries, strict=True):
-        bit_rate = entry["bitrate_kbps"] * 1000 if entry["bitrate_kbps"] else int(
-            np.random.default_rng([int(seed), spec["track_id"]]).choice([320000, 256000]))
+        bit_rate = (
+            entry["bitrate_kbps"] * 1000
+            if entry["bitrate_kbps"]
+            else int(np.random.default_rng([int(seed), spec["track_id"]]).choice([320000, 256000]))
+        )
         rows[spec["track_id"]] = track_row(
-            np.random.default_rng([int(seed), spec["track_id"], 1]), track_id=spec["track_id"],
-            artist_id=spec["artist_id"], album_id=spec["album_id"], title=spec["title"],
-            artist=spec["artist"], album=spec["album"], split=spec["split"], subset=spec["subset"],
-            genre_top=spec["genre_top"], genres=spec["genres"], genres_all=spec["genres_all"],
-            bit_rate=bit_rate, duration=spec["csv_duration"], number=spec["number"])
+            np.random.default_rng([int(seed), spec["track_id"], 1]),
+            track_id=spec["track_id"],
+            artist_id=spec["artist_id"],
+            album_id=spec["album_id"],
+            title=spec["title"],
+            artist=spec["artist"],
+            album=spec["album"],
+            split=spec["split"],
+            subset=spec["subset"],
+            genre_top=spec["genre_top"],
+            genres=spec["genres"],
+            genres_all=spec["genres_all"],
+            bit_rate=bit_rate,
+            duration=spec["csv_duration"],
+            number=spec["number"],
+        )
     meta = out / "fma_metadata"
     meta.mkdir(parents=True, exist_ok=True)
     with atomic_path(meta / "tracks.csv") as tmp:
@@ -500,8 +619,11 @@ def generate(out_dir: str | os.PathLike, n_tracks: int, seed: int, jobs: int = -
     with atomic_path(meta / "genres.csv") as tmp:
         genres_frame([s["genres_all"] for s in specs]).to_csv(tmp)
 
-    truth = {"seed": int(seed), "n_tracks": int(n_tracks),
-             "tracks": {str(s["track_id"]): e for s, e in zip(specs, entries, strict=True)}}
+    truth = {
+        "seed": int(seed),
+        "n_tracks": int(n_tracks),
+        "tracks": {str(s["track_id"]): e for s, e in zip(specs, entries, strict=True)},
+    }
     atomic_write_text(out / "synth_truth.json", json.dumps(truth, indent=1, ensure_ascii=False) + "\n")
     (out / IN_PROGRESS).unlink()
     return truth
@@ -517,25 +639,39 @@ def summary(truth: dict) -> str:
 
     genres = ", ".join(f"{g} {sum(t['genre_top'] == g for t in tracks)}" for g in CLASS_NAMES)
     no_top = sum(t["genre_top"] is None for t in tracks)
-    return "\n".join([
-        f"{truth['n_tracks']} tracks (seed {truth['seed']})",
-        f"  kind:   {count('kind', KINDS)}",
-        f"  split:  {count('split', ('training', 'validation', 'test'))}",
-        f"  subset: {count('subset', ('small', 'medium', 'large'))}",
-        f"  genre_top: {genres}, none {no_top}",
-    ])
+    return "\n".join(
+        [
+            f"{truth['n_tracks']} tracks (seed {truth['seed']})",
+            f"  kind:   {count('kind', KINDS)}",
+            f"  split:  {count('split', ('training', 'validation', 'test'))}",
+            f"  subset: {count('subset', ('small', 'medium', 'large'))}",
+            f"  genre_top: {genres}, none {no_top}",
+        ]
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m preprocess.synth", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", required=True, type=Path,
-                        help="folder to write (gets fma_metadata/, fma_large/, synth_truth.json)")
-    parser.add_argument("--tracks", type=int, default=400,
-                        help="rows in tracks.csv, good and bad files together (default 400)")
+    parser = argparse.ArgumentParser(
+        prog="python -m preprocess.synth",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--out",
+        required=True,
+        type=Path,
+        help="folder to write (gets fma_metadata/, fma_large/, synth_truth.json)",
+    )
+    parser.add_argument(
+        "--tracks",
+        type=int,
+        default=400,
+        help="rows in tracks.csv, good and bad files together (default 400)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="random seed; same seed, same bytes (default 0)")
-    parser.add_argument("--jobs", type=int, default=-1,
-                        help="worker processes (default -1: all cores; 1: no pool)")
+    parser.add_argument(
+        "--jobs", type=int, default=-1, help="worker processes (default -1: all cores; 1: no pool)"
+    )
     return parser
 
 

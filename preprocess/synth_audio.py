@@ -32,81 +32,272 @@ class Style:
     Levels are linear amplitudes relative to the melody (0 = absent).
     """
 
-    tempo: tuple[float, float]          # beats per minute
-    notes_per_beat: tuple[int, ...]     # melody subdivision choices
-    pitch: tuple[int, int]              # melody MIDI note range
-    brightness: tuple[float, float]     # harmonic roll-off r: harmonic k has amplitude r**(k-1)
-    harmonics: int                      # number of harmonics of the melody voice
-    legato: tuple[float, float]         # note decay time as a fraction of the note length
+    tempo: tuple[float, float]  # beats per minute
+    notes_per_beat: tuple[int, ...]  # melody subdivision choices
+    pitch: tuple[int, int]  # melody MIDI note range
+    brightness: tuple[float, float]  # harmonic roll-off r: harmonic k has amplitude r**(k-1)
+    harmonics: int  # number of harmonics of the melody voice
+    legato: tuple[float, float]  # note decay time as a fraction of the note length
     kick: tuple[float, float]
     snare: tuple[float, float]
     hat: tuple[float, float]
-    noise: tuple[float, float]          # background noise level
-    noise_colour: tuple[float, float]   # one-pole low-pass coefficient of the noise (0 white .. 0.99 dark)
+    noise: tuple[float, float]  # background noise level
+    noise_colour: tuple[float, float]  # one-pole low-pass coefficient of the noise (0 white .. 0.99 dark)
     bass: tuple[float, float]
     lowpass: tuple[float, float] = (0.0, 0.0)  # one-pole low-pass on the mix (0 = none)
     crackle: tuple[float, float] = (0.0, 0.0)  # vinyl-like clicks per second
-    chord: int = 1                      # simultaneous melody voices (1..3)
+    chord: int = 1  # simultaneous melody voices (1..3)
     vibrato: tuple[float, float] = (0.0, 0.0)  # depth in semitones
-    speech: bool = False                # syllable gating and gliding pitch instead of notes
+    speech: bool = False  # syllable gating and gliding pitch instead of notes
 
 
 # One style per top-level genre title (see preprocess.fma.TOP_GENRES).
 STYLES: dict[str, Style] = {
-    "Rock": Style(tempo=(110, 150), notes_per_beat=(2,), pitch=(40, 64), brightness=(0.8, 0.92),
-                  harmonics=8, legato=(0.6, 1.0), kick=(0.6, 0.9), snare=(0.6, 0.9), hat=(0.2, 0.4),
-                  noise=(0.08, 0.15), noise_colour=(0.3, 0.6), bass=(0.4, 0.6), chord=2),
-    "Electronic": Style(tempo=(120, 140), notes_per_beat=(4,), pitch=(55, 80), brightness=(0.6, 0.85),
-                        harmonics=6, legato=(0.2, 0.5), kick=(0.9, 1.2), snare=(0.2, 0.4), hat=(0.4, 0.7),
-                        noise=(0.0, 0.03), noise_colour=(0.0, 0.3), bass=(0.6, 0.9)),
-    "Experimental": Style(tempo=(40, 200), notes_per_beat=(1, 3, 5), pitch=(30, 96), brightness=(0.3, 0.95),
-                          harmonics=7, legato=(0.1, 1.0), kick=(0.0, 0.5), snare=(0.0, 0.3), hat=(0.0, 0.5),
-                          noise=(0.1, 0.4), noise_colour=(0.0, 0.95), bass=(0.0, 0.4), crackle=(0, 20)),
-    "Hip-Hop": Style(tempo=(80, 100), notes_per_beat=(1, 2), pitch=(48, 67), brightness=(0.4, 0.6),
-                     harmonics=4, legato=(0.3, 0.7), kick=(1.0, 1.3), snare=(0.6, 0.9), hat=(0.3, 0.5),
-                     noise=(0.01, 0.05), noise_colour=(0.5, 0.8), bass=(0.8, 1.1), crackle=(0, 3)),
-    "Folk": Style(tempo=(80, 120), notes_per_beat=(2,), pitch=(52, 76), brightness=(0.5, 0.7),
-                  harmonics=6, legato=(0.3, 0.6), kick=(0.0, 0.15), snare=(0.0, 0.1), hat=(0.0, 0.1),
-                  noise=(0.01, 0.04), noise_colour=(0.4, 0.7), bass=(0.1, 0.3), chord=3),
-    "Instrumental": Style(tempo=(70, 110), notes_per_beat=(1, 2), pitch=(55, 84), brightness=(0.3, 0.5),
-                          harmonics=4, legato=(0.7, 1.0), kick=(0.0, 0.3), snare=(0.0, 0.2), hat=(0.0, 0.2),
-                          noise=(0.0, 0.03), noise_colour=(0.6, 0.9), bass=(0.2, 0.4), chord=2),
-    "Pop": Style(tempo=(95, 125), notes_per_beat=(2,), pitch=(60, 79), brightness=(0.55, 0.75),
-                 harmonics=5, legato=(0.4, 0.8), kick=(0.6, 0.8), snare=(0.5, 0.7), hat=(0.3, 0.5),
-                 noise=(0.0, 0.03), noise_colour=(0.3, 0.6), bass=(0.4, 0.6), chord=2, vibrato=(0.1, 0.3)),
-    "International": Style(tempo=(90, 140), notes_per_beat=(3,), pitch=(57, 81), brightness=(0.6, 0.8),
-                           harmonics=6, legato=(0.2, 0.5), kick=(0.2, 0.5), snare=(0.1, 0.3),
-                           hat=(0.4, 0.7), noise=(0.01, 0.05), noise_colour=(0.2, 0.5), bass=(0.2, 0.4),
-                           vibrato=(0.3, 0.7)),
-    "Classical": Style(tempo=(50, 90), notes_per_beat=(1, 2), pitch=(55, 88), brightness=(0.7, 0.85),
-                       harmonics=8, legato=(0.9, 1.0), kick=(0.0, 0.0), snare=(0.0, 0.0), hat=(0.0, 0.0),
-                       noise=(0.0, 0.01), noise_colour=(0.7, 0.9), bass=(0.2, 0.4), chord=3,
-                       vibrato=(0.1, 0.25)),
-    "Old-Time / Historic": Style(tempo=(90, 130), notes_per_beat=(2,), pitch=(55, 76), brightness=(0.6, 0.8),
-                                 harmonics=6, legato=(0.4, 0.8), kick=(0.0, 0.2), snare=(0.0, 0.2),
-                                 hat=(0.0, 0.1), noise=(0.05, 0.12), noise_colour=(0.0, 0.3),
-                                 bass=(0.1, 0.3), lowpass=(0.75, 0.85), crackle=(10, 40), chord=2),
-    "Jazz": Style(tempo=(100, 180), notes_per_beat=(3,), pitch=(50, 82), brightness=(0.5, 0.7),
-                  harmonics=5, legato=(0.4, 0.7), kick=(0.1, 0.3), snare=(0.1, 0.3), hat=(0.5, 0.8),
-                  noise=(0.01, 0.04), noise_colour=(0.3, 0.6), bass=(0.5, 0.8), chord=3),
-    "Country": Style(tempo=(100, 130), notes_per_beat=(2,), pitch=(52, 74), brightness=(0.65, 0.8),
-                     harmonics=7, legato=(0.2, 0.4), kick=(0.4, 0.6), snare=(0.4, 0.6), hat=(0.1, 0.3),
-                     noise=(0.01, 0.04), noise_colour=(0.3, 0.6), bass=(0.4, 0.6), chord=2,
-                     vibrato=(0.0, 0.1)),
-    "Soul-RnB": Style(tempo=(65, 95), notes_per_beat=(2,), pitch=(55, 75), brightness=(0.45, 0.65),
-                      harmonics=5, legato=(0.6, 0.9), kick=(0.6, 0.9), snare=(0.5, 0.8), hat=(0.2, 0.4),
-                      noise=(0.0, 0.03), noise_colour=(0.4, 0.7), bass=(0.7, 1.0), chord=3,
-                      vibrato=(0.2, 0.4)),
-    "Spoken": Style(tempo=(220, 300), notes_per_beat=(1,), pitch=(45, 60), brightness=(0.75, 0.9),
-                    harmonics=10, legato=(0.5, 0.8), kick=(0.0, 0.0), snare=(0.0, 0.0), hat=(0.0, 0.0),
-                    noise=(0.01, 0.05), noise_colour=(0.0, 0.4), bass=(0.0, 0.0), speech=True),
-    "Blues": Style(tempo=(60, 90), notes_per_beat=(3,), pitch=(45, 70), brightness=(0.6, 0.8),
-                   harmonics=6, legato=(0.5, 0.8), kick=(0.3, 0.5), snare=(0.3, 0.5), hat=(0.2, 0.4),
-                   noise=(0.02, 0.05), noise_colour=(0.4, 0.7), bass=(0.5, 0.7), vibrato=(0.3, 0.6)),
-    "Easy Listening": Style(tempo=(70, 100), notes_per_beat=(1,), pitch=(60, 84), brightness=(0.2, 0.4),
-                            harmonics=3, legato=(0.8, 1.0), kick=(0.1, 0.2), snare=(0.0, 0.1),
-                            hat=(0.1, 0.2), noise=(0.0, 0.01), noise_colour=(0.6, 0.9), bass=(0.2, 0.4),
-                            chord=3),
+    "Rock": Style(
+        tempo=(110, 150),
+        notes_per_beat=(2,),
+        pitch=(40, 64),
+        brightness=(0.8, 0.92),
+        harmonics=8,
+        legato=(0.6, 1.0),
+        kick=(0.6, 0.9),
+        snare=(0.6, 0.9),
+        hat=(0.2, 0.4),
+        noise=(0.08, 0.15),
+        noise_colour=(0.3, 0.6),
+        bass=(0.4, 0.6),
+        chord=2,
+    ),
+    "Electronic": Style(
+        tempo=(120, 140),
+        notes_per_beat=(4,),
+        pitch=(55, 80),
+        brightness=(0.6, 0.85),
+        harmonics=6,
+        legato=(0.2, 0.5),
+        kick=(0.9, 1.2),
+        snare=(0.2, 0.4),
+        hat=(0.4, 0.7),
+        noise=(0.0, 0.03),
+        noise_colour=(0.0, 0.3),
+        bass=(0.6, 0.9),
+    ),
+    "Experimental": Style(
+        tempo=(40, 200),
+        notes_per_beat=(1, 3, 5),
+        pitch=(30, 96),
+        brightness=(0.3, 0.95),
+        harmonics=7,
+        legato=(0.1, 1.0),
+        kick=(0.0, 0.5),
+        snare=(0.0, 0.3),
+        hat=(0.0, 0.5),
+        noise=(0.1, 0.4),
+        noise_colour=(0.0, 0.95),
+        bass=(0.0, 0.4),
+        crackle=(0, 20),
+    ),
+    "Hip-Hop": Style(
+        tempo=(80, 100),
+        notes_per_beat=(1, 2),
+        pitch=(48, 67),
+        brightness=(0.4, 0.6),
+        harmonics=4,
+        legato=(0.3, 0.7),
+        kick=(1.0, 1.3),
+        snare=(0.6, 0.9),
+        hat=(0.3, 0.5),
+        noise=(0.01, 0.05),
+        noise_colour=(0.5, 0.8),
+        bass=(0.8, 1.1),
+        crackle=(0, 3),
+    ),
+    "Folk": Style(
+        tempo=(80, 120),
+        notes_per_beat=(2,),
+        pitch=(52, 76),
+        brightness=(0.5, 0.7),
+        harmonics=6,
+        legato=(0.3, 0.6),
+        kick=(0.0, 0.15),
+        snare=(0.0, 0.1),
+        hat=(0.0, 0.1),
+        noise=(0.01, 0.04),
+        noise_colour=(0.4, 0.7),
+        bass=(0.1, 0.3),
+        chord=3,
+    ),
+    "Instrumental": Style(
+        tempo=(70, 110),
+        notes_per_beat=(1, 2),
+        pitch=(55, 84),
+        brightness=(0.3, 0.5),
+        harmonics=4,
+        legato=(0.7, 1.0),
+        kick=(0.0, 0.3),
+        snare=(0.0, 0.2),
+        hat=(0.0, 0.2),
+        noise=(0.0, 0.03),
+        noise_colour=(0.6, 0.9),
+        bass=(0.2, 0.4),
+        chord=2,
+    ),
+    "Pop": Style(
+        tempo=(95, 125),
+        notes_per_beat=(2,),
+        pitch=(60, 79),
+        brightness=(0.55, 0.75),
+        harmonics=5,
+        legato=(0.4, 0.8),
+        kick=(0.6, 0.8),
+        snare=(0.5, 0.7),
+        hat=(0.3, 0.5),
+        noise=(0.0, 0.03),
+        noise_colour=(0.3, 0.6),
+        bass=(0.4, 0.6),
+        chord=2,
+        vibrato=(0.1, 0.3),
+    ),
+    "International": Style(
+        tempo=(90, 140),
+        notes_per_beat=(3,),
+        pitch=(57, 81),
+        brightness=(0.6, 0.8),
+        harmonics=6,
+        legato=(0.2, 0.5),
+        kick=(0.2, 0.5),
+        snare=(0.1, 0.3),
+        hat=(0.4, 0.7),
+        noise=(0.01, 0.05),
+        noise_colour=(0.2, 0.5),
+        bass=(0.2, 0.4),
+        vibrato=(0.3, 0.7),
+    ),
+    "Classical": Style(
+        tempo=(50, 90),
+        notes_per_beat=(1, 2),
+        pitch=(55, 88),
+        brightness=(0.7, 0.85),
+        harmonics=8,
+        legato=(0.9, 1.0),
+        kick=(0.0, 0.0),
+        snare=(0.0, 0.0),
+        hat=(0.0, 0.0),
+        noise=(0.0, 0.01),
+        noise_colour=(0.7, 0.9),
+        bass=(0.2, 0.4),
+        chord=3,
+        vibrato=(0.1, 0.25),
+    ),
+    "Old-Time / Historic": Style(
+        tempo=(90, 130),
+        notes_per_beat=(2,),
+        pitch=(55, 76),
+        brightness=(0.6, 0.8),
+        harmonics=6,
+        legato=(0.4, 0.8),
+        kick=(0.0, 0.2),
+        snare=(0.0, 0.2),
+        hat=(0.0, 0.1),
+        noise=(0.05, 0.12),
+        noise_colour=(0.0, 0.3),
+        bass=(0.1, 0.3),
+        lowpass=(0.75, 0.85),
+        crackle=(10, 40),
+        chord=2,
+    ),
+    "Jazz": Style(
+        tempo=(100, 180),
+        notes_per_beat=(3,),
+        pitch=(50, 82),
+        brightness=(0.5, 0.7),
+        harmonics=5,
+        legato=(0.4, 0.7),
+        kick=(0.1, 0.3),
+        snare=(0.1, 0.3),
+        hat=(0.5, 0.8),
+        noise=(0.01, 0.04),
+        noise_colour=(0.3, 0.6),
+        bass=(0.5, 0.8),
+        chord=3,
+    ),
+    "Country": Style(
+        tempo=(100, 130),
+        notes_per_beat=(2,),
+        pitch=(52, 74),
+        brightness=(0.65, 0.8),
+        harmonics=7,
+        legato=(0.2, 0.4),
+        kick=(0.4, 0.6),
+        snare=(0.4, 0.6),
+        hat=(0.1, 0.3),
+        noise=(0.01, 0.04),
+        noise_colour=(0.3, 0.6),
+        bass=(0.4, 0.6),
+        chord=2,
+        vibrato=(0.0, 0.1),
+    ),
+    "Soul-RnB": Style(
+        tempo=(65, 95),
+        notes_per_beat=(2,),
+        pitch=(55, 75),
+        brightness=(0.45, 0.65),
+        harmonics=5,
+        legato=(0.6, 0.9),
+        kick=(0.6, 0.9),
+        snare=(0.5, 0.8),
+        hat=(0.2, 0.4),
+        noise=(0.0, 0.03),
+        noise_colour=(0.4, 0.7),
+        bass=(0.7, 1.0),
+        chord=3,
+        vibrato=(0.2, 0.4),
+    ),
+    "Spoken": Style(
+        tempo=(220, 300),
+        notes_per_beat=(1,),
+        pitch=(45, 60),
+        brightness=(0.75, 0.9),
+        harmonics=10,
+        legato=(0.5, 0.8),
+        kick=(0.0, 0.0),
+        snare=(0.0, 0.0),
+        hat=(0.0, 0.0),
+        noise=(0.01, 0.05),
+        noise_colour=(0.0, 0.4),
+        bass=(0.0, 0.0),
+        speech=True,
+    ),
+    "Blues": Style(
+        tempo=(60, 90),
+        notes_per_beat=(3,),
+        pitch=(45, 70),
+        brightness=(0.6, 0.8),
+        harmonics=6,
+        legato=(0.5, 0.8),
+        kick=(0.3, 0.5),
+        snare=(0.3, 0.5),
+        hat=(0.2, 0.4),
+        noise=(0.02, 0.05),
+        noise_colour=(0.4, 0.7),
+        bass=(0.5, 0.7),
+        vibrato=(0.3, 0.6),
+    ),
+    "Easy Listening": Style(
+        tempo=(70, 100),
+        notes_per_beat=(1,),
+        pitch=(60, 84),
+        brightness=(0.2, 0.4),
+        harmonics=3,
+        legato=(0.8, 1.0),
+        kick=(0.1, 0.2),
+        snare=(0.0, 0.1),
+        hat=(0.1, 0.2),
+        noise=(0.0, 0.01),
+        noise_colour=(0.6, 0.9),
+        bass=(0.2, 0.4),
+        chord=3,
+    ),
 }
 if set(STYLES) != set(TOP_GENRES.values()):  # pragma: no cover - a programming error, caught on import
     raise RuntimeError("STYLES must have exactly one entry per top-level genre")
@@ -143,7 +334,7 @@ def _place(out: np.ndarray, kernel: np.ndarray, starts: np.ndarray, gains: np.nd
         if s >= n:
             break
         m = min(kernel.shape[0], n - s)
-        out[s:s + m] += g * kernel[:m]
+        out[s : s + m] += g * kernel[:m]
 
 
 def _harmonic_sum(phase: np.ndarray, n_harm: int, r: float) -> np.ndarray:
@@ -162,8 +353,14 @@ def _harmonic_sum(phase: np.ndarray, n_harm: int, r: float) -> np.ndarray:
     return total
 
 
-def synthesize(styles: list[Style], rng: np.random.Generator, sample_rate: int, seconds: float,
-               channels: int, true_stereo: bool = False) -> np.ndarray:
+def synthesize(
+    styles: list[Style],
+    rng: np.random.Generator,
+    sample_rate: int,
+    seconds: float,
+    channels: int,
+    true_stereo: bool = False,
+) -> np.ndarray:
     """Synthesize one excerpt in the given style(s).
 
     Parameters
@@ -312,7 +509,7 @@ def _voice(style: Style, rng: np.random.Generator, sr: int, n: int) -> np.ndarra
 
     r = _uniform(rng, style.brightness)
     out = np.zeros(n, dtype=np.float32)
-    for v, interval in enumerate((0, 4, 7)[:style.chord]):
+    for v, interval in enumerate((0, 4, 7)[: style.chord]):
         f_note = 440.0 * 2 ** ((midi + interval - 69) / 12)  # per note, Hz
         if style.speech:
             phase, f_max = speech_phase, float(f_speech.max())
@@ -331,8 +528,11 @@ def _voice(style: Style, rng: np.random.Generator, sr: int, n: int) -> np.ndarra
     bass = _uniform(rng, style.bass)
     if bass > 0:
         ph = (2 * np.pi * 440.0 * 2 ** ((midi - 24 - 69) / 12)).astype(np.float32)[idx] * t_in
-        out += np.float32(bass) * (np.sin(ph) + np.float32(0.3) * np.sin(2 * ph)) * np.exp(
-            t_in * np.float32(-0.5 / decay))
+        out += (
+            np.float32(bass)
+            * (np.sin(ph) + np.float32(0.3) * np.sin(2 * ph))
+            * np.exp(t_in * np.float32(-0.5 / decay))
+        )
 
     # Drums: kick on steps 0, 4, ...; snare on 2, 6, ...; hi-hat on every step.
     kick, snare, hat = _uniform(rng, style.kick), _uniform(rng, style.snare), _uniform(rng, style.hat)
@@ -355,8 +555,9 @@ def _voice(style: Style, rng: np.random.Generator, sr: int, n: int) -> np.ndarra
 
     noise_level = _uniform(rng, style.noise)
     if noise_level > 0:
-        out += noise_level * _one_pole(rng.standard_normal(n).astype(np.float32),
-                                       _uniform(rng, style.noise_colour))
+        out += noise_level * _one_pole(
+            rng.standard_normal(n).astype(np.float32), _uniform(rng, style.noise_colour)
+        )
     clicks = _uniform(rng, style.crackle)
     if clicks > 0:
         k = rng.poisson(clicks * n / sr)
@@ -368,8 +569,9 @@ def _voice(style: Style, rng: np.random.Generator, sr: int, n: int) -> np.ndarra
     return out
 
 
-def encode_mp3(samples: np.ndarray, sample_rate: int, bitrate_kbps: int, vbr: bool,
-               xing: bool = True) -> bytes:
+def encode_mp3(
+    samples: np.ndarray, sample_rate: int, bitrate_kbps: int, vbr: bool, xing: bool = True
+) -> bytes:
     """Encode float samples as MP3 with LAME (fast quality setting).
 
     Parameters
@@ -411,19 +613,25 @@ def cover_png(rng: np.random.Generator, size: int = 32) -> bytes:
     """A small deterministic PNG (RGB gradient with noise) for ID3 cover art."""
     y, x = np.mgrid[0:size, 0:size]
     base = rng.integers(0, 256, 3)
-    img = (base[None, None, :] + 3 * x[..., None] + 2 * y[..., None]
-           + rng.integers(0, 30, (size, size, 3))) % 256
+    img = (
+        base[None, None, :] + 3 * x[..., None] + 2 * y[..., None] + rng.integers(0, 30, (size, size, 3))
+    ) % 256
     raw = b"".join(b"\x00" + img[row].astype(np.uint8).tobytes() for row in range(size))
 
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", size, size, 8, 2, 0, 0, 0))
-            + chunk(b"IDAT", zlib.compress(raw, 9)) + chunk(b"IEND", b""))
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", struct.pack(">IIBBBBB", size, size, 8, 2, 0, 0, 0))
+        + chunk(b"IDAT", zlib.compress(raw, 9))
+        + chunk(b"IEND", b"")
+    )
 
 
-def id3_tag(title: str, artist: str, album: str, genre: str | None, track_number: int, year: int,
-            cover: bytes | None) -> bytes:
+def id3_tag(
+    title: str, artist: str, album: str, genre: str | None, track_number: int, year: int, cover: bytes | None
+) -> bytes:
     """The bytes of an ID3v2.4 tag (to put in front of an MP3 stream).
 
     mutagen writes no time stamps, so equal arguments give equal bytes.
@@ -447,6 +655,7 @@ def id3_tag(title: str, artist: str, album: str, genre: str | None, track_number
 
 def id3v1_tag(title: str, artist: str, album: str, year: int) -> bytes:
     """The 128 bytes of an ID3v1 tag (appended after the MP3 stream by many taggers)."""
+
     def field(text: str, size: int) -> bytes:
         return text.encode("latin-1", "replace")[:size].ljust(size, b"\x00")
 
@@ -496,7 +705,7 @@ def add_xing_header(mp3: bytes) -> bytes:
     """
     frames, pos = 0, 0
     while pos + 4 <= len(mp3):
-        length, mpeg1, mono = _frame_info(mp3[pos:pos + 4])
+        length, mpeg1, mono = _frame_info(mp3[pos : pos + 4])
         if length <= 0:
             raise ValueError(f"bad MP3 frame length at byte {pos}")
         frames += 1

@@ -15,34 +15,119 @@ from preprocess.fma import TOP_GENRES
 
 # FMA's tracks.csv columns, in file order (level 0, level 1).
 TRACKS_COLUMNS: tuple[tuple[str, str], ...] = tuple(
-    [("album", c) for c in ("comments", "date_created", "date_released", "engineer", "favorites", "id",
-                            "information", "listens", "producer", "tags", "title", "tracks", "type")]
-    + [("artist", c) for c in ("active_year_begin", "active_year_end", "associated_labels", "bio",
-                               "comments", "date_created", "favorites", "id", "latitude", "location",
-                               "longitude", "members", "name", "related_projects", "tags", "website",
-                               "wikipedia_page")]
+    [
+        ("album", c)
+        for c in (
+            "comments",
+            "date_created",
+            "date_released",
+            "engineer",
+            "favorites",
+            "id",
+            "information",
+            "listens",
+            "producer",
+            "tags",
+            "title",
+            "tracks",
+            "type",
+        )
+    ]
+    + [
+        ("artist", c)
+        for c in (
+            "active_year_begin",
+            "active_year_end",
+            "associated_labels",
+            "bio",
+            "comments",
+            "date_created",
+            "favorites",
+            "id",
+            "latitude",
+            "location",
+            "longitude",
+            "members",
+            "name",
+            "related_projects",
+            "tags",
+            "website",
+            "wikipedia_page",
+        )
+    ]
     + [("set", c) for c in ("split", "subset")]
-    + [("track", c) for c in ("bit_rate", "comments", "composer", "date_created", "date_recorded",
-                              "duration", "favorites", "genre_top", "genres", "genres_all", "information",
-                              "interest", "language_code", "license", "listens", "lyricist", "number",
-                              "publisher", "tags", "title")]
+    + [
+        ("track", c)
+        for c in (
+            "bit_rate",
+            "comments",
+            "composer",
+            "date_created",
+            "date_recorded",
+            "duration",
+            "favorites",
+            "genre_top",
+            "genres",
+            "genres_all",
+            "information",
+            "interest",
+            "language_code",
+            "license",
+            "listens",
+            "lyricist",
+            "number",
+            "publisher",
+            "tags",
+            "title",
+        )
+    ]
 )
 # Columns holding Python list literals (FMA's loader runs ast.literal_eval on them).
 LIST_COLUMNS: tuple[tuple[str, str], ...] = (
-    ("track", "tags"), ("album", "tags"), ("artist", "tags"), ("track", "genres"), ("track", "genres_all"),
+    ("track", "tags"),
+    ("album", "tags"),
+    ("artist", "tags"),
+    ("track", "genres"),
+    ("track", "genres_all"),
 )
 
 # Sub-genres (genre_id, parent_id, title); parents are top-level genres or other sub-genres.
 SUB_GENRES: tuple[tuple[int, int, str], ...] = (
-    (25, 12, "Punk"), (26, 12, "Post-Rock"), (27, 12, "Lo-Fi"), (45, 12, "Loud-Rock"), (31, 45, "Metal"),
-    (66, 12, "Indie-Rock"), (181, 15, "Techno"), (182, 15, "House"), (236, 15, "IDM"),
-    (42, 15, "Ambient Electronic"), (468, 15, "Dubstep"), (539, 21, "Rap"), (580, 21, "Abstract Hip-Hop"),
-    (76, 10, "Experimental Pop"), (362, 10, "Synth-Pop"), (1, 38, "Avant-Garde"), (32, 38, "Noise"),
-    (250, 38, "Drone"), (103, 17, "Freak-Folk"), (49, 17, "Singer-Songwriter"), (37, 4, "Jazz: Vocal"),
-    (97, 4, "Jazz: Out"), (187, 5, "Composed Music"), (322, 5, "Chamber Music"), (77, 2, "French"),
-    (79, 2, "Reggae - Dub"), (92, 2, "African"), (63, 9, "Bluegrass"), (651, 9, "Rockabilly"),
-    (107, 13, "Lounge"), (11, 14, "Disco"), (7, 20, "Comedy"), (138, 20, "Audio Collage"),
-    (18, 1235, "Soundtrack"), (167, 31, "Black-Metal"),
+    (25, 12, "Punk"),
+    (26, 12, "Post-Rock"),
+    (27, 12, "Lo-Fi"),
+    (45, 12, "Loud-Rock"),
+    (31, 45, "Metal"),
+    (66, 12, "Indie-Rock"),
+    (181, 15, "Techno"),
+    (182, 15, "House"),
+    (236, 15, "IDM"),
+    (42, 15, "Ambient Electronic"),
+    (468, 15, "Dubstep"),
+    (539, 21, "Rap"),
+    (580, 21, "Abstract Hip-Hop"),
+    (76, 10, "Experimental Pop"),
+    (362, 10, "Synth-Pop"),
+    (1, 38, "Avant-Garde"),
+    (32, 38, "Noise"),
+    (250, 38, "Drone"),
+    (103, 17, "Freak-Folk"),
+    (49, 17, "Singer-Songwriter"),
+    (37, 4, "Jazz: Vocal"),
+    (97, 4, "Jazz: Out"),
+    (187, 5, "Composed Music"),
+    (322, 5, "Chamber Music"),
+    (77, 2, "French"),
+    (79, 2, "Reggae - Dub"),
+    (92, 2, "African"),
+    (63, 9, "Bluegrass"),
+    (651, 9, "Rockabilly"),
+    (107, 13, "Lounge"),
+    (11, 14, "Disco"),
+    (7, 20, "Comedy"),
+    (138, 20, "Audio Collage"),
+    (18, 1235, "Soundtrack"),
+    (167, 31, "Black-Metal"),
 )
 GENRE_PARENT: dict[int, int] = {**{g: 0 for g in TOP_GENRES}, **{g: p for g, p, _ in SUB_GENRES}}
 GENRE_TITLE: dict[int, str] = {**TOP_GENRES, **{g: t for g, _, t in SUB_GENRES}}
@@ -79,21 +164,47 @@ def genres_frame(genres_all: list[list[int]]) -> pd.DataFrame:
         for g in lst:
             counts[g] += 1
     ids = sorted(GENRE_PARENT)
-    frame = pd.DataFrame({
-        "#tracks": [counts[g] for g in ids],
-        "parent": [GENRE_PARENT[g] for g in ids],
-        "title": [GENRE_TITLE[g] for g in ids],
-        "top_level": [genre_root(g) for g in ids],
-    }, index=pd.Index(ids, name="genre_id"))
+    frame = pd.DataFrame(
+        {
+            "#tracks": [counts[g] for g in ids],
+            "parent": [GENRE_PARENT[g] for g in ids],
+            "title": [GENRE_TITLE[g] for g in ids],
+            "top_level": [genre_root(g) for g in ids],
+        },
+        index=pd.Index(ids, name="genre_id"),
+    )
     return frame
 
 
 # Bits of free text, with commas, quotes, newlines and non-ASCII as FMA's have.
-_WORDS = ("night", "river", "Café", "señor", "Björk-ish", "über", "東京", "ночь", "déjà vu", "naïve",
-          "sound", "echo", "garden", "machine", "blue", "ghost", "Zürich", "mañana", "light", "dust")
-_LICENSES = ("Attribution-NonCommercial-ShareAlike 3.0 International",
-             "Attribution-Noncommercial-No Derivative Works 3.0 United States",
-             "Creative Commons Attribution 4.0 International", "Public Domain Mark 1.0")
+_WORDS = (
+    "night",
+    "river",
+    "Café",
+    "señor",
+    "Björk-ish",
+    "über",
+    "東京",
+    "ночь",
+    "déjà vu",
+    "naïve",
+    "sound",
+    "echo",
+    "garden",
+    "machine",
+    "blue",
+    "ghost",
+    "Zürich",
+    "mañana",
+    "light",
+    "dust",
+)
+_LICENSES = (
+    "Attribution-NonCommercial-ShareAlike 3.0 International",
+    "Attribution-Noncommercial-No Derivative Works 3.0 United States",
+    "Creative Commons Attribution 4.0 International",
+    "Public Domain Mark 1.0",
+)
 _LOCATIONS = ("Brooklyn, NY", "Berlin, Germany", "São Paulo, Brasil", "Montréal, QC", "Tokyo", "Reykjavík")
 _TAGS = ("awol", "lo-fi", "field recording", "live", "instrumental", "vinyl", "wfmu", "netlabel")
 
@@ -110,7 +221,8 @@ def _text(rng: np.random.Generator) -> str:
 
 def _date(rng: np.random.Generator, year_lo: int = 2008, year_hi: int = 2017) -> str:
     ts = pd.Timestamp(f"{year_lo}-01-01") + pd.Timedelta(
-        seconds=int(rng.integers(0, (year_hi - year_lo) * 365 * 86400)))
+        seconds=int(rng.integers(0, (year_hi - year_lo) * 365 * 86400))
+    )
     return ts.strftime("%Y-%m-%d %H:%M:%S")
 
 
@@ -126,10 +238,24 @@ def _tags(rng: np.random.Generator) -> list[str]:
     return [str(t) for t in rng.choice(_TAGS, int(rng.integers(0, 3)), replace=False)]
 
 
-def track_row(rng: np.random.Generator, *, track_id: int, artist_id: int, album_id: int, title: str,
-              artist: str, album: str, split: str, subset: str, genre_top: str | None,
-              genres: list[int], genres_all: list[int], bit_rate: int, duration: int,
-              number: int) -> dict[tuple[str, str], object]:
+def track_row(
+    rng: np.random.Generator,
+    *,
+    track_id: int,
+    artist_id: int,
+    album_id: int,
+    title: str,
+    artist: str,
+    album: str,
+    split: str,
+    subset: str,
+    genre_top: str | None,
+    genres: list[int],
+    genres_all: list[int],
+    bit_rate: int,
+    duration: int,
+    number: int,
+) -> dict[tuple[str, str], object]:
     """One row of tracks.csv, keyed by (level-0, level-1) column; lists as Python literals.
 
     The given fields are used as is; the rest (counts, dates, text) come from ``rng``.
@@ -147,8 +273,9 @@ def track_row(rng: np.random.Generator, *, track_id: int, artist_id: int, album_
         ("album", "tags"): repr(_tags(rng)),
         ("album", "title"): album,
         ("album", "tracks"): int(rng.integers(1, 20)),
-        ("album", "type"): _maybe(rng, 0.95, str(rng.choice(["Album", "Single Tracks", "Live Performance",
-                                                             "Radio Program"]))),
+        ("album", "type"): _maybe(
+            rng, 0.95, str(rng.choice(["Album", "Single Tracks", "Live Performance", "Radio Program"]))
+        ),
         ("artist", "active_year_begin"): _maybe(rng, 0.2, f"{int(rng.integers(1960, 2015))}-01-01 00:00:00"),
         ("artist", "active_year_end"): _maybe(rng, 0.05, f"{int(rng.integers(2000, 2017))}-01-01 00:00:00"),
         ("artist", "associated_labels"): _maybe(rng, 0.15, _phrase(rng, 2).title()),

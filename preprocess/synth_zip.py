@@ -38,8 +38,9 @@ def fma_zip_bytes(members: dict[str, bytes]) -> bytes:
     return buffer.getvalue()
 
 
-def zip_audio_tree(fma_dir: str | os.PathLike, folder: str = "fma_large",
-                   zip_path: str | os.PathLike | None = None) -> Path:
+def zip_audio_tree(
+    fma_dir: str | os.PathLike, folder: str = "fma_large", zip_path: str | os.PathLike | None = None
+) -> Path:
     """Pack ``fma_dir/folder/`` into ``fma_dir/<folder>.zip`` (or ``zip_path``) as FMA packs it.
 
     Members are every file under the folder, named ``<folder>/<relative path>``, in
@@ -70,8 +71,11 @@ def zip_only_copy(fma_dir: str | os.PathLike, dest: str | os.PathLike, folder: s
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m preprocess.synth_zip", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m preprocess.synth_zip",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("fma_dir", type=Path, help="folder holding the unpacked audio folder")
     parser.add_argument("--folder", default="fma_large", help="audio folder to pack (default fma_large)")
     args = parser.parse_args(argv)

@@ -55,8 +55,10 @@ def verify_shards(folder: str | Path, progress: bool = False) -> list[str]:
         if contents.num_tracks and (contents.label.min() < 0 or contents.label.max() >= n_classes):
             problems.append(f"{path}: labels outside [0, {n_classes})")
         if contents.checksum != entry["checksum"]:
-            problems.append(f"{path}: checksum {contents.checksum} differs from the manifest's "
-                            f"{entry['checksum']} (shard replaced after finalize? rerun finalize)")
+            problems.append(
+                f"{path}: checksum {contents.checksum} differs from the manifest's "
+                f"{entry['checksum']} (shard replaced after finalize? rerun finalize)"
+            )
         if contents.num_tracks != entry["num_tracks"]:
             problems.append(f"{path}: {contents.num_tracks} tracks, the manifest says {entry['num_tracks']}")
         if contents.recipe != recipe:
@@ -86,8 +88,12 @@ def main(args: argparse.Namespace) -> int:
     for p in problems:
         log.error("%s", p)
     if problems:
-        log.warning("verify: %d problems in %s. Delete the named shards and rerun `make features` (it "
-                    "recomputes missing shards only), then `make finalize`.", len(problems), args.folder)
+        log.warning(
+            "verify: %d problems in %s. Delete the named shards and rerun `make features` (it "
+            "recomputes missing shards only), then `make finalize`.",
+            len(problems),
+            args.folder,
+        )
         return EXIT_FAILURES
     print(f"verify: {args.folder} OK")
     return EXIT_OK

@@ -87,8 +87,9 @@ def window_starts(n_samples: int, window: int, hop: int) -> list[int]:
     return starts
 
 
-def cut_windows(blocks: Iterable[np.ndarray], window: int, hop: int,
-                first_only: bool = False) -> Iterator[tuple[int, np.ndarray]]:
+def cut_windows(
+    blocks: Iterable[np.ndarray], window: int, hop: int, first_only: bool = False
+) -> Iterator[tuple[int, np.ndarray]]:
     """The planned windows of a stream of sample blocks, in order.
 
     Parameters
@@ -184,8 +185,9 @@ def _timed(blocks: Iterator[np.ndarray], clock: list[float]) -> Iterator[np.ndar
         yield block
 
 
-def window_images(source: Source, recipe: Recipe, hop_s: float | None = None,
-                  first_only: bool = False) -> WindowImages:
+def window_images(
+    source: Source, recipe: Recipe, hop_s: float | None = None, first_only: bool = False
+) -> WindowImages:
     """Decode a file window by window and make each window's image (streamed: memory bounded).
 
     Parameters
@@ -238,13 +240,20 @@ def window_images(source: Source, recipe: Recipe, hop_s: float | None = None,
             failure = None
     if failure is not None:
         raise failure from None
-    return WindowImages(starts_s=np.asarray(starts, dtype=np.float64), images=np.stack(images),
-                        silent=silent, seconds=end / rate, decode_s=clock[0], image_s=image_s,
-                        cpu_s=time.process_time() - cpu_start)
+    return WindowImages(
+        starts_s=np.asarray(starts, dtype=np.float64),
+        images=np.stack(images),
+        silent=silent,
+        seconds=end / rate,
+        decode_s=clock[0],
+        image_s=image_s,
+        cpu_s=time.process_time() - cpu_start,
+    )
 
 
-def file_window_images(path: str | os.PathLike, recipe: dict, hop_s: float | None = None,
-                       first_only: bool = False) -> tuple[WindowImages | None, str | None]:
+def file_window_images(
+    path: str | os.PathLike, recipe: dict, hop_s: float | None = None, first_only: bool = False
+) -> tuple[WindowImages | None, str | None]:
     """:func:`window_images` for a process pool: ``(images, None)`` or ``(None, reason)``.
 
     ``recipe`` is the plain dict stored in checkpoints and ONNX metadata.

@@ -57,10 +57,15 @@ def add_logging_arguments(parser: argparse.ArgumentParser) -> None:
     after the subcommand name (``python -m train fit --quiet ...``).
     """
     group = parser.add_mutually_exclusive_group()
-    group.add_argument("-q", "--quiet", action="store_true",
-                       help="print only warnings, errors and results; no progress bars")
-    group.add_argument("-v", "--verbose", action="store_true",
-                       help="also print debugging detail, each line with the module it comes from")
+    group.add_argument(
+        "-q", "--quiet", action="store_true", help="print only warnings, errors and results; no progress bars"
+    )
+    group.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        help="also print debugging detail, each line with the module it comes from",
+    )
 
 
 def log_level(args: argparse.Namespace) -> int:

@@ -100,9 +100,7 @@ def _validate(mel, label, track_id, class_names, split, failed) -> None:
         raise ValueError(f"mel must be float32 of shape (N, H, W), got {mel.dtype} {mel.shape}")
     n = mel.shape[0]
     if label.shape != (n,) or track_id.shape != (n,):
-        raise ValueError(
-            f"label {label.shape} and track_id {track_id.shape} must both have shape ({n},)"
-        )
+        raise ValueError(f"label {label.shape} and track_id {track_id.shape} must both have shape ({n},)")
     if n and not np.isfinite(mel).all():
         raise ValueError("mel holds NaN or infinite values")
     if n and (label.min() < 0 or label.max() >= len(class_names)):
@@ -122,8 +120,13 @@ def _create_mel(f: h5py.File, shape: tuple[int, int, int], compression: str | No
         return f.create_dataset("mel", shape=shape, dtype="<f4", track_times=False)
     if compression is not None:
         return f.create_dataset(
-            "mel", shape=shape, dtype="<f4", chunks=(1, height, width),
-            compression=compression, shuffle=True, track_times=False,
+            "mel",
+            shape=shape,
+            dtype="<f4",
+            chunks=(1, height, width),
+            compression=compression,
+            shuffle=True,
+            track_times=False,
         )
     # Early allocation + libver='latest' lays the chunks out in order with no
     # index nodes between them: one memmap covers the whole dataset.
@@ -214,25 +217,30 @@ def write_shard(
     # The file is built in memory and written with one plain write: a full disk (or a
     # file size limit) then fails cleanly in Python, never inside HDF5's own I/O,
     # which leaves the library in a state that can crash the process at exit.
-    with h5py.File(f"{path.name}.in-memory", "w", driver="core", backing_store=False,
-                   libver="latest") as f:
+    with h5py.File(f"{path.name}.in-memory", "w", driver="core", backing_store=False, libver="latest") as f:
         dset = _create_mel(f, mel.shape, compression)
         if mel.shape[0]:
             dset.write_direct(np.ascontiguousarray(mel))
         f.create_dataset("label", data=label, track_times=False)
         f.create_dataset("track_id", data=track_id, track_times=False)
         f.create_dataset(
-            "failed_track_id", data=np.array([t for t, _ in failed], dtype=np.int64),
+            "failed_track_id",
+            data=np.array([t for t, _ in failed], dtype=np.int64),
             track_times=False,
         )
         f.create_dataset(
-            "failed_reason", data=[r for _, r in failed], dtype=h5py.string_dtype(),
-            shape=(len(failed),), track_times=False,
+            "failed_reason",
+            data=[r for _, r in failed],
+            dtype=h5py.string_dtype(),
+            shape=(len(failed),),
+            track_times=False,
         )
-        f.create_dataset("padded_track_id", data=np.array([t for t, _ in padded], dtype=np.int64),
-                         track_times=False)
-        f.create_dataset("padded_seconds", data=np.array([x for _, x in padded], dtype=np.float64),
-                         track_times=False)
+        f.create_dataset(
+            "padded_track_id", data=np.array([t for t, _ in padded], dtype=np.int64), track_times=False
+        )
+        f.create_dataset(
+            "padded_seconds", data=np.array([x for _, x in padded], dtype=np.float64), track_times=False
+        )
         for key, value in attrs.items():
             f.attrs[key] = value
         f.flush()
@@ -299,8 +307,9 @@ def read_shard(path: str | os.PathLike, *, verify: bool = False) -> ShardContent
             failed = list(zip(f["failed_track_id"][()].tolist(), reasons, strict=True))
             padded = []  # absent from shards written before short clips were counted
             if "padded_track_id" in f and "padded_seconds" in f:
-                padded = list(zip(f["padded_track_id"][()].tolist(), f["padded_seconds"][()].tolist(),
-                                  strict=True))
+                padded = list(
+                    zip(f["padded_track_id"][()].tolist(), f["padded_seconds"][()].tolist(), strict=True)
+                )
             contents = ShardContents(
                 path=path,
                 name=str(attrs["name"]),
@@ -396,8 +405,11 @@ def data_layout(path: str | os.PathLike, name: str = "mel") -> Layout | None:
     except (OSError, KeyError) as exc:
         raise _fail(path, f"cannot be read as a shard ({type(exc).__name__}: {exc})") from exc
     if offset + nbytes > path.stat().st_size:
-        raise _fail(path, f"file is truncated: {name!r} needs bytes up to {offset + nbytes}, "
-                          f"file has {path.stat().st_size}")
+        raise _fail(
+            path,
+            f"file is truncated: {name!r} needs bytes up to {offset + nbytes}, "
+            f"file has {path.stat().st_size}",
+        )
     return Layout(offset=int(offset), shape=shape, dtype=dtype)
 
 

@@ -18,14 +18,34 @@ SHARD_SIZE = 16
 
 def features_argv(python: str, fma_dir: Path, out: Path, *more: str) -> list[str]:
     """``python -m preprocess features`` over the whole generated mini-FMA into ``out``."""
-    return [python, "-m", "preprocess", "features", "--fma-dir", str(fma_dir), "--subset", "large",
-            "--out", str(out), "--shard-size", str(SHARD_SIZE), "--no-progress", *more]
+    return [
+        python,
+        "-m",
+        "preprocess",
+        "features",
+        "--fma-dir",
+        str(fma_dir),
+        "--subset",
+        "large",
+        "--out",
+        str(out),
+        "--shard-size",
+        str(SHARD_SIZE),
+        "--no-progress",
+        *more,
+    ]
 
 
 def run_local(python: str, fma_dir: Path, out: Path, env: dict) -> Path:
     """The reference: a local run with joblib's process pool (2 workers), manifest included."""
-    done = subprocess.run(features_argv(python, fma_dir, out, "--jobs", "2"), env=env,
-                          capture_output=True, text=True, timeout=600, check=False)
+    done = subprocess.run(
+        features_argv(python, fma_dir, out, "--jobs", "2"),
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
     assert done.returncode == 0, f"local features run failed:\n{done.stdout}\n{done.stderr}"
     assert (out / "manifest.json").exists()
     return out
@@ -82,11 +102,14 @@ def assert_same_shards_from_zip(expected: Path, actual: Path) -> None:
     a zip names as ``missing file: no member ... in <zip>``; and ``verify`` accepts it."""
     assert shard_names(actual) == shard_names(expected) and shard_names(expected)
     ours, theirs = read_manifest(actual), read_manifest(expected)
-    assert [(e["name"], e["checksum"]) for e in ours["shards"]] == \
-        [(e["name"], e["checksum"]) for e in theirs["shards"]]
+    assert [(e["name"], e["checksum"]) for e in ours["shards"]] == [
+        (e["name"], e["checksum"]) for e in theirs["shards"]
+    ]
     reasons = {f["track_id"]: f["reason"] for f in theirs["failed"]}
     named = "missing file: no member "
-    assert {f["track_id"]: "missing file" if f["reason"].startswith(named) else f["reason"]
-            for f in ours["failed"]} == reasons
+    assert {
+        f["track_id"]: "missing file" if f["reason"].startswith(named) else f["reason"]
+        for f in ours["failed"]
+    } == reasons
     assert json.loads((actual / "plan.json").read_text()) == json.loads((expected / "plan.json").read_text())
     assert verify_shards(actual) == [], f"verify found problems in {actual}"

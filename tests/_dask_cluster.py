@@ -74,17 +74,47 @@ class DaskCluster:
 
     def start(self, timeout_s: float = 60.0) -> None:
         (self.root / "log").mkdir(parents=True, exist_ok=True)
-        self.scheduler = self._spawn("scheduler", [
-            *self.cmd, "scheduler", "--host", "127.0.0.1", "--port", "0", "--no-dashboard",
-            "--scheduler-file", str(self.scheduler_file)])
+        self.scheduler = self._spawn(
+            "scheduler",
+            [
+                *self.cmd,
+                "scheduler",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                "0",
+                "--no-dashboard",
+                "--scheduler-file",
+                str(self.scheduler_file),
+            ],
+        )
         self._wait(self._scheduler_file_ready, timeout_s, "the scheduler file")
         for i in range(self.n_workers):
-            self.workers.append(self._spawn(f"worker-{i}", [
-                *self.cmd, "worker", "--scheduler-file", str(self.scheduler_file), "--nthreads", "1",
-                "--no-dashboard", "--host", "127.0.0.1", "--name", f"worker-{i}",
-                "--local-directory", str(self.root / f"worker-{i}")]))
-        self._wait(lambda: self.connected_workers() >= self.n_workers, timeout_s,
-                   f"{self.n_workers} workers to connect")
+            self.workers.append(
+                self._spawn(
+                    f"worker-{i}",
+                    [
+                        *self.cmd,
+                        "worker",
+                        "--scheduler-file",
+                        str(self.scheduler_file),
+                        "--nthreads",
+                        "1",
+                        "--no-dashboard",
+                        "--host",
+                        "127.0.0.1",
+                        "--name",
+                        f"worker-{i}",
+                        "--local-directory",
+                        str(self.root / f"worker-{i}"),
+                    ],
+                )
+            )
+        self._wait(
+            lambda: self.connected_workers() >= self.n_workers,
+            timeout_s,
+            f"{self.n_workers} workers to connect",
+        )
         self.worker_pids = set(self.worker_pids_by_address().values())
 
     def connected_workers(self) -> int:
@@ -124,13 +154,22 @@ class DaskCluster:
         self.workers, self.scheduler, self.worker_pids = [], None, set()
 
     def log_tail(self, chars: int = 3000) -> str:
-        return "\n".join(f"--- {p.name}\n{p.read_text(errors='replace')[-chars:]}"
-                         for p in sorted((self.root / "log").glob("*.log")))
+        return "\n".join(
+            f"--- {p.name}\n{p.read_text(errors='replace')[-chars:]}"
+            for p in sorted((self.root / "log").glob("*.log"))
+        )
 
     def _spawn(self, name: str, cmd: list[str]) -> subprocess.Popen:
         with open(self.root / "log" / f"{name}.log", "wb") as log:
-            return subprocess.Popen(cmd, env=self.env, stdout=log, stderr=subprocess.STDOUT,
-                                    stdin=subprocess.DEVNULL, cwd=self.root, start_new_session=True)
+            return subprocess.Popen(
+                cmd,
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                cwd=self.root,
+                start_new_session=True,
+            )
 
     def _scheduler_file_ready(self) -> bool:
         try:
@@ -143,8 +182,10 @@ class DaskCluster:
         while time.monotonic() < deadline:
             for proc in [self.scheduler, *self.workers]:
                 if proc is not None and proc.poll() is not None:
-                    raise RuntimeError(f"a dask process exited with {proc.returncode} while waiting for "
-                                       f"{what}: {proc.args}\n{self.log_tail()}")
+                    raise RuntimeError(
+                        f"a dask process exited with {proc.returncode} while waiting for "
+                        f"{what}: {proc.args}\n{self.log_tail()}"
+                    )
             try:
                 if ready():
                     return

@@ -34,8 +34,9 @@ def kill_group(proc: subprocess.Popen) -> None:
 
 def file_digests(folder: Path) -> dict[str, str]:
     """SHA-256 of every file in ``folder`` (hidden temporary files included), by name."""
-    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir())
-            if p.is_file()}
+    return {
+        p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir()) if p.is_file()
+    }
 
 
 def shard_data(path: Path) -> dict:
@@ -43,9 +44,18 @@ def shard_data(path: Path) -> dict:
     contents = shards.read_shard(path, verify=True)
     with h5py.File(path, "r") as f:
         mel = f["mel"][()]
-    return {"mel": mel, "label": contents.label, "track_id": contents.track_id, "failed": contents.failed,
-            "checksum": contents.checksum, "recipe": contents.recipe, "class_names": contents.class_names,
-            "split": contents.split, "subset": contents.subset, "versions": contents.versions}
+    return {
+        "mel": mel,
+        "label": contents.label,
+        "track_id": contents.track_id,
+        "failed": contents.failed,
+        "checksum": contents.checksum,
+        "recipe": contents.recipe,
+        "class_names": contents.class_names,
+        "split": contents.split,
+        "subset": contents.subset,
+        "versions": contents.versions,
+    }
 
 
 def assert_same_shard(a: Path, b: Path) -> None:

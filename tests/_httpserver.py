@@ -1,11 +1,11 @@
 """A real HTTP file server on 127.0.0.1 for tests: Range support and injectable faults.
 
-    with FileServer({"fma_small.zip": data}) as server:
-        server.url                  # 'http://127.0.0.1:PORT/'
-        server.cut_once["fma_small.zip"] = 1000   # next GET sends 1000 body bytes, then hangs up
-        server.status["fma_small.zip"] = 500      # every GET answers 500
-        server.ignore_range = True                # answer 200 with the whole file to Range requests
-        server.requests                           # one Request per GET: path, range, status, bytes sent
+with FileServer({"fma_small.zip": data}) as server:
+    server.url                  # 'http://127.0.0.1:PORT/'
+    server.cut_once["fma_small.zip"] = 1000   # next GET sends 1000 body bytes, then hangs up
+    server.status["fma_small.zip"] = 500      # every GET answers 500
+    server.ignore_range = True                # answer 200 with the whole file to Range requests
+    server.requests                           # one Request per GET: path, range, status, bytes sent
 """
 
 from __future__ import annotations
@@ -37,8 +37,9 @@ class FileServer:
         self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
         self._httpd.daemon_threads = True
         self.url = f"http://127.0.0.1:{self._httpd.server_address[1]}/"
-        self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05},
-                                        daemon=True)
+        self._thread = threading.Thread(
+            target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        )
 
     def __enter__(self) -> "FileServer":
         self._thread.start()

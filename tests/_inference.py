@@ -13,8 +13,9 @@ from train.inference import load_model
 from train.models import ModelConfig, build_model
 
 
-def make_checkpoint(path, name: str, num_classes: int = 6, seed: int = 0,
-                    class_names: list | None = None) -> dict:
+def make_checkpoint(
+    path, name: str, num_classes: int = 6, seed: int = 0, class_names: list | None = None
+) -> dict:
     """A checkpoint of a random model (non-trivial BatchNorm statistics, confident logits)."""
     torch.manual_seed(seed)
     model = build_model(ModelConfig(name, num_classes))
@@ -32,10 +33,17 @@ def make_checkpoint(path, name: str, num_classes: int = 6, seed: int = 0,
     state = {
         "model": ModelConfig(name, num_classes).to_dict(),
         "state_dict": {k: v.detach().clone() for k, v in model.state_dict().items()},
-        "epoch": 3, "best_metric": 0.5, "metric_name": "macro_f1", "history": [], "config": {},
-        "class_names": class_names or [f"genre{i}" for i in range(num_classes)], "recipe": Recipe().to_dict(),
-        "normalization": {"mean": torch.from_numpy(rng.normal(-40, 5, 128).astype(np.float32)),
-                          "std": torch.from_numpy(rng.uniform(5, 15, 128).astype(np.float32))},
+        "epoch": 3,
+        "best_metric": 0.5,
+        "metric_name": "macro_f1",
+        "history": [],
+        "config": {},
+        "class_names": class_names or [f"genre{i}" for i in range(num_classes)],
+        "recipe": Recipe().to_dict(),
+        "normalization": {
+            "mean": torch.from_numpy(rng.normal(-40, 5, 128).astype(np.float32)),
+            "std": torch.from_numpy(rng.uniform(5, 15, 128).astype(np.float32)),
+        },
     }
     save_checkpoint(path, state)
     return load_checkpoint(path)

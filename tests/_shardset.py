@@ -20,12 +20,18 @@ def band_images(labels: np.ndarray, num_classes: int, rng: np.random.Generator) 
     images = rng.normal(-40.0, 4.0, size=(len(labels), 128, 128)).astype(np.float32)
     band = 128 // num_classes
     for i, c in enumerate(labels):
-        images[i, c * band:(c + 1) * band, :] += 12.0
+        images[i, c * band : (c + 1) * band, :] += 12.0
     return images
 
 
-def make_shard_set(folder: Path, counts: dict[str, list[int]], num_classes: int = 4, seed: int = 0,
-                   compression: str | None = None, label_noise: float = 0.0) -> dict:
+def make_shard_set(
+    folder: Path,
+    counts: dict[str, list[int]],
+    num_classes: int = 4,
+    seed: int = 0,
+    compression: str | None = None,
+    label_noise: float = 0.0,
+) -> dict:
     """Write a shard set: ``counts[split]`` = tracks per shard of that split, plus manifest.json.
 
     ``label_noise``: this fraction of the stored labels is replaced by a random class
@@ -50,21 +56,46 @@ def make_shard_set(folder: Path, counts: dict[str, list[int]], num_classes: int 
             next_id += n + 3
             name = shards.shard_name(split, index, len(per_shard))
             checksum = shards.write_shard(
-                folder / name, mel=mel, label=label, track_id=track_id, split=split, shard_index=index,
-                num_shards=len(per_shard), subset="large", recipe=RECIPE, class_names=class_names,
+                folder / name,
+                mel=mel,
+                label=label,
+                track_id=track_id,
+                split=split,
+                shard_index=index,
+                num_shards=len(per_shard),
+                subset="large",
+                recipe=RECIPE,
+                class_names=class_names,
                 compression=compression,
             )
-            entries.append({"name": name, "split": split, "shard_index": index,
-                            "num_shards": len(per_shard), "num_tracks": n, "num_failed": 0,
-                            "checksum": checksum,
-                            "class_counts": np.bincount(label, minlength=num_classes).tolist()})
+            entries.append(
+                {
+                    "name": name,
+                    "split": split,
+                    "shard_index": index,
+                    "num_shards": len(per_shard),
+                    "num_tracks": n,
+                    "num_failed": 0,
+                    "checksum": checksum,
+                    "class_counts": np.bincount(label, minlength=num_classes).tolist(),
+                }
+            )
             mels.append(mel)
             labels.append(label)
             ids.append(track_id)
         data[split] = (np.concatenate(mels), np.concatenate(labels).astype(np.int64), np.concatenate(ids))
         totals[split] = {"tracks": int(sum(per_shard))}
-    manifest = {"format_version": shards.FORMAT_VERSION, "subset": "large", "recipe": RECIPE,
-                "class_names": class_names, "shard_size": max(max(v) for v in counts.values()),
-                "shards": entries, "totals": totals, "skipped": {}, "failed": [], "versions": {}}
+    manifest = {
+        "format_version": shards.FORMAT_VERSION,
+        "subset": "large",
+        "recipe": RECIPE,
+        "class_names": class_names,
+        "shard_size": max(max(v) for v in counts.values()),
+        "shards": entries,
+        "totals": totals,
+        "skipped": {},
+        "failed": [],
+        "versions": {},
+    }
     shards.write_manifest(folder, manifest)
     return {"manifest": manifest, "data": data}

@@ -59,17 +59,23 @@ def ensure_installed() -> str | None:
     if not missing_binaries():
         return None
     if os.geteuid() != 0:
-        return (f"SLURM binaries {missing_binaries()} are missing and the tests are not running as root, "
-                f"so they cannot be installed: run `apt-get install {' '.join(PACKAGES)}` as root")
+        return (
+            f"SLURM binaries {missing_binaries()} are missing and the tests are not running as root, "
+            f"so they cannot be installed: run `apt-get install {' '.join(PACKAGES)}` as root"
+        )
     if shutil.which("apt-get") is None:
         return f"SLURM binaries {missing_binaries()} are missing and there is no apt-get to install them"
     env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-    for cmd in (["apt-get", "update", "-q"],
-                ["apt-get", "install", "-y", "-q", "--no-install-recommends", *PACKAGES]):
+    for cmd in (
+        ["apt-get", "update", "-q"],
+        ["apt-get", "install", "-y", "-q", "--no-install-recommends", *PACKAGES],
+    ):
         done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900, check=False)
         if done.returncode != 0:
-            raise InstallError(f"`{' '.join(cmd)}` failed (exit {done.returncode}): "
-                               f"{(done.stderr or done.stdout).strip()[-1500:]}")
+            raise InstallError(
+                f"`{' '.join(cmd)}` failed (exit {done.returncode}): "
+                f"{(done.stderr or done.stdout).strip()[-1500:]}"
+            )
     if missing_binaries():
         raise InstallError(f"installed {PACKAGES} but {missing_binaries()} are still missing")
     return None
@@ -172,26 +178,56 @@ class SlurmCluster:
         self._run(["mungekey", "--create", "--keyfile", str(key)])
         os.chmod(key, 0o600)
         ctld_port, slurmd_port = free_ports(2)
-        self.conf.write_text(SLURM_CONF.format(
-            cluster_name=f"t{os.getpid()}", ctld_port=ctld_port, slurmd_port=slurmd_port,
-            user=getpass.getuser(), munge_socket=self.munge_socket, root=self.root,
-            cpus=self.cpus, memory_mb=512))
-        self._spawn("munged", ["munged", "--foreground", "--force", "--socket", str(self.munge_socket),
-                               "--key-file", str(key), "--pid-file", str(self.root / "run" / "munged.pid"),
-                               "--seed-file", str(self.root / "munge" / "munged.seed"),
-                               "--log-file", str(self.root / "log" / "munged.log")])
+        self.conf.write_text(
+            SLURM_CONF.format(
+                cluster_name=f"t{os.getpid()}",
+                ctld_port=ctld_port,
+                slurmd_port=slurmd_port,
+                user=getpass.getuser(),
+                munge_socket=self.munge_socket,
+                root=self.root,
+                cpus=self.cpus,
+                memory_mb=512,
+            )
+        )
+        self._spawn(
+            "munged",
+            [
+                "munged",
+                "--foreground",
+                "--force",
+                "--socket",
+                str(self.munge_socket),
+                "--key-file",
+                str(key),
+                "--pid-file",
+                str(self.root / "run" / "munged.pid"),
+                "--seed-file",
+                str(self.root / "munge" / "munged.seed"),
+                "--log-file",
+                str(self.root / "log" / "munged.log"),
+            ],
+        )
         self._wait(lambda: self.munge_socket.exists(), timeout_s, "munged to create its socket")
         self._spawn("slurmctld", ["slurmctld", "-D", "-c", "-f", str(self.conf)])
-        self._wait(lambda: self._ok(["scontrol", "ping"]) and "UP" in self._out(["scontrol", "ping"]),
-                   timeout_s, "slurmctld to answer `scontrol ping`")
+        self._wait(
+            lambda: self._ok(["scontrol", "ping"]) and "UP" in self._out(["scontrol", "ping"]),
+            timeout_s,
+            "slurmctld to answer `scontrol ping`",
+        )
         self._spawn("slurmd", ["slurmd", "-D", "-f", str(self.conf), "-N", "localhost"])
         self._wait(self._node_ready, timeout_s, "node localhost to become idle in `sinfo`")
 
     def stop(self) -> None:
         """Cancel every job, then stop slurmd, slurmctld and munged by pid (TERM, then KILL)."""
         if "slurmctld" in self.procs and self.procs["slurmctld"].poll() is None:
-            subprocess.run(["scancel", "--full", "--user", getpass.getuser()], env=self.env,
-                           capture_output=True, timeout=30, check=False)
+            subprocess.run(
+                ["scancel", "--full", "--user", getpass.getuser()],
+                env=self.env,
+                capture_output=True,
+                timeout=30,
+                check=False,
+            )
             deadline = time.monotonic() + 15
             while time.monotonic() < deadline and self.job_ids():
                 time.sleep(0.3)
@@ -209,16 +245,28 @@ class SlurmCluster:
     # -- queries ----------------------------------------------------------------------------
     def job_ids(self) -> list[str]:
         """Ids of every job still in the queue (pending or running), array tasks listed one by one."""
-        done = subprocess.run(["squeue", "--noheader", "--array", "--format=%i"], env=self.env,
-                              capture_output=True, text=True, timeout=30, check=False)
+        done = subprocess.run(
+            ["squeue", "--noheader", "--array", "--format=%i"],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
         if done.returncode != 0:
             return ["<squeue failed>"]
         return done.stdout.split()
 
     def queue(self) -> list[tuple[str, str, str]]:
         """(job id, state, reason) of every queued job, array tasks one by one."""
-        done = subprocess.run(["squeue", "--noheader", "--array", "--format=%i|%T|%r"], env=self.env,
-                              capture_output=True, text=True, timeout=30, check=True)
+        done = subprocess.run(
+            ["squeue", "--noheader", "--array", "--format=%i|%T|%r"],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=True,
+        )
         return [tuple(line.strip().split("|", 2)) for line in done.stdout.splitlines() if line.strip()]
 
     def wait_until(self, ready, timeout_s: float, what: str) -> None:
@@ -239,8 +287,14 @@ class SlurmCluster:
     def _spawn(self, name: str, cmd: list[str]) -> None:
         log = open(self.root / "log" / f"{name}.stdout", "wb")  # noqa: SIM115 - closed with the child
         try:
-            self.procs[name] = subprocess.Popen(cmd, env=self.env, stdout=log, stderr=subprocess.STDOUT,
-                                                stdin=subprocess.DEVNULL, start_new_session=True)
+            self.procs[name] = subprocess.Popen(
+                cmd,
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
         finally:
             log.close()
 
@@ -252,8 +306,9 @@ class SlurmCluster:
         return subprocess.run(cmd, env=self.env, capture_output=True, timeout=30, check=False).returncode == 0
 
     def _out(self, cmd: list[str]) -> str:
-        return subprocess.run(cmd, env=self.env, capture_output=True, text=True, timeout=30,
-                              check=False).stdout
+        return subprocess.run(
+            cmd, env=self.env, capture_output=True, text=True, timeout=30, check=False
+        ).stdout
 
     def _run(self, cmd: list[str]) -> None:
         done = subprocess.run(cmd, env=self.env, capture_output=True, text=True, timeout=60, check=False)
@@ -265,8 +320,10 @@ class SlurmCluster:
         while time.monotonic() < deadline:
             for name, proc in self.procs.items():
                 if proc.poll() is not None:
-                    raise RuntimeError(f"{name} exited with {proc.returncode} while waiting for {what}\n"
-                                       f"{self._stdout_tail(name)}\n{self.log_tail()}")
+                    raise RuntimeError(
+                        f"{name} exited with {proc.returncode} while waiting for {what}\n"
+                        f"{self._stdout_tail(name)}\n{self.log_tail()}"
+                    )
             if ready():
                 return
             time.sleep(0.2)

@@ -10,9 +10,11 @@ from shards import parse_shard_name
 
 def _tracks(n_train, n_val, n_test):
     ids = iter(range(1000, 1000 + 7 * (n_train + n_val + n_test) + 1, 7))
-    return {"train": [(next(ids), i % 16) for i in range(n_train)],
-            "validation": [(next(ids), i % 16) for i in range(n_val)],
-            "test": [(next(ids), i % 16) for i in range(n_test)]}
+    return {
+        "train": [(next(ids), i % 16) for i in range(n_train)],
+        "validation": [(next(ids), i % 16) for i in range(n_val)],
+        "test": [(next(ids), i % 16) for i in range(n_test)],
+    }
 
 
 def test_shards_cover_every_track_once_in_near_equal_sorted_parts():
@@ -27,8 +29,9 @@ def test_shards_cover_every_track_once_in_near_equal_sorted_parts():
     assert [len(s.track_ids) for s in by_split["validation"]] == [250]
     assert "test" not in by_split  # an empty split gets no shard
     for split, items in tracks.items():
-        got = [(t, lab) for s in by_split.get(split, [])
-               for t, lab in zip(s.track_ids, s.labels, strict=True)]
+        got = [
+            (t, lab) for s in by_split.get(split, []) for t, lab in zip(s.track_ids, s.labels, strict=True)
+        ]
         assert got == sorted(items)
 
 
@@ -36,8 +39,9 @@ def test_assignment_depends_only_on_the_tracks_not_their_order():
     tracks = _tracks(600, 70, 70)
     shuffled = {k: list(reversed(v)) for k, v in tracks.items()}
     assert assign_shards(tracks, 100) == assign_shards(shuffled, 100)
-    assert [s.to_dict() for s in assign_shards(tracks, 100)] == \
-        [s.to_dict() for s in assign_shards(tracks, 100)]
+    assert [s.to_dict() for s in assign_shards(tracks, 100)] == [
+        s.to_dict() for s in assign_shards(tracks, 100)
+    ]
     assert assign_shards(tracks, 100)[0].name == "train-00000-of-00006.h5"
 
 

@@ -40,21 +40,23 @@ def lame_info_frame(stream: bytes, n_samples: int, delay: int = 1105) -> bytes:
     frame[:4] = bytes([header[0], header[1], header[2] & 0xFD, header[3]])
     o = 4 + 32  # after the stereo side info
     n_frames = -(-(n_samples + delay) // 1152) + 1
-    frame[o:o + 8] = b"Info" + struct.pack(">I", 0x0F)
-    frame[o + 8:o + 16] = struct.pack(">II", n_frames, len(stream) + size)
-    frame[o + 16:o + 116] = bytes(range(100))
+    frame[o : o + 8] = b"Info" + struct.pack(">I", 0x0F)
+    frame[o + 8 : o + 16] = struct.pack(">II", n_frames, len(stream) + size)
+    frame[o + 16 : o + 116] = bytes(range(100))
     lame = o + 120
-    frame[lame:lame + 9] = b"LAME3.100"
+    frame[lame : lame + 9] = b"LAME3.100"
     padding = n_frames * 1152 - n_samples - delay
-    frame[lame + 21:lame + 24] = ((delay - 529) << 12 | padding).to_bytes(3, "big")
+    frame[lame + 21 : lame + 24] = ((delay - 529) << 12 | padding).to_bytes(3, "big")
     return bytes(frame)
 
 
 def signal(seconds: float, seed: int = 0) -> np.ndarray:
     rng = np.random.default_rng(seed)
     t = np.arange(int(SR * seconds)) / SR
-    return (0.3 * np.sin(2 * np.pi * (300 + 200 * t) * t) * (np.sin(2 * np.pi * 3 * t) > 0)
-            + 0.05 * rng.standard_normal(t.size)).astype(np.float32)
+    return (
+        0.3 * np.sin(2 * np.pi * (300 + 200 * t) * t) * (np.sin(2 * np.pi * 3 * t) > 0)
+        + 0.05 * rng.standard_normal(t.size)
+    ).astype(np.float32)
 
 
 @pytest.fixture(scope="module")
@@ -83,7 +85,7 @@ def test_decode_is_librosa_load(mp3s, name):
     assert np.array_equal(from_memory, ours)
     # The gapless header really was honoured by both: the first sample is the signal's first.
     lag = {"gapless.mp3": 0, "plain.mp3": 1105, "xing.mp3": 1105 - 529}[name]
-    start = ours[0, 5000 + lag: 15000 + lag]
+    start = ours[0, 5000 + lag : 15000 + lag]
     assert np.corrcoef(start, y[5000:15000])[0, 1] > 0.9
 
 
@@ -100,12 +102,15 @@ def test_images_match_librosa_on_real_mp3(mp3s):
         assert np.array_equal(mel_from_file(folder / name, recipe.to_dict()), ours)
 
 
-@pytest.mark.parametrize("name,reason", [
-    ("missing.mp3", "missing file"),
-    ("empty.mp3", "empty file"),
-    ("noise.mp3", "cannot decode: "),
-    ("short.mp3", "too short: 1.2 s < 5 s"),
-])
+@pytest.mark.parametrize(
+    "name,reason",
+    [
+        ("missing.mp3", "missing file"),
+        ("empty.mp3", "empty file"),
+        ("noise.mp3", "cannot decode: "),
+        ("short.mp3", "too short: 1.2 s < 5 s"),
+    ],
+)
 def test_failures_are_classified(mp3s, name, reason):
     folder, _ = mp3s
     with pytest.raises(TrackFailure) as info:
@@ -159,6 +164,7 @@ def test_decoder_messages_go_into_the_reason_not_the_terminal(tmp_path, capfd):
 
 # --------------------------------------------------------------------------- every kind of generated file
 
+
 def generated_kinds(info: dict) -> list[str]:
     """The kinds of real-world file a good generated track is (from synth_truth.json)."""
     kinds = [info["master"]] if info["master"] != "normal" else []
@@ -178,11 +184,42 @@ def ffmpeg_decode(path, seconds: float) -> tuple[np.ndarray, int]:
     import json
     import subprocess
 
-    probe = json.loads(subprocess.run(
-        ["ffprobe", "-v", "error", "-select_streams", "a:0", "-show_entries", "stream=sample_rate,channels",
-         "-of", "json", str(path)], check=True, capture_output=True).stdout)["streams"][0]
-    raw = subprocess.run(["ffmpeg", "-v", "error", "-i", str(path), "-t", str(seconds), "-f", "f32le",
-                          "-c:a", "pcm_f32le", "-"], check=True, capture_output=True).stdout
+    probe = json.loads(
+        subprocess.run(
+            [
+                "ffprobe",
+                "-v",
+                "error",
+                "-select_streams",
+                "a:0",
+                "-show_entries",
+                "stream=sample_rate,channels",
+                "-of",
+                "json",
+                str(path),
+            ],
+            check=True,
+            capture_output=True,
+        ).stdout
+    )["streams"][0]
+    raw = subprocess.run(
+        [
+            "ffmpeg",
+            "-v",
+            "error",
+            "-i",
+            str(path),
+            "-t",
+            str(seconds),
+            "-f",
+            "f32le",
+            "-c:a",
+            "pcm_f32le",
+            "-",
+        ],
+        check=True,
+        capture_output=True,
+    ).stdout
     channels = int(probe["channels"])
     return np.frombuffer(raw, "<f4").reshape(-1, channels).T, int(probe["sample_rate"])
 
@@ -225,8 +262,22 @@ def test_every_generated_kind_decodes_as_librosa_load(mini_fma):
             row = worst.setdefault(kind, [0, 0.0, 0.0, 0.0])
             row[:] = [row[0] + 1, max(row[1], wave_diff), max(row[2], image_diff), max(row[3], peak)]
     # Every kind occurs, and the loud masters really overshoot full scale (clamping would show).
-    assert set(worst) >= {"loud", "quiet", "mpeg2", "mpeg2.5", "mono", "joint_stereo", "stereo",
-                          "true_stereo", "dc_offset", "lead_in", "vbr", "vbr_no_xing", "full_length", "id3v1"}
+    assert set(worst) >= {
+        "loud",
+        "quiet",
+        "mpeg2",
+        "mpeg2.5",
+        "mono",
+        "joint_stereo",
+        "stereo",
+        "true_stereo",
+        "dc_offset",
+        "lead_in",
+        "vbr",
+        "vbr_no_xing",
+        "full_length",
+        "id3v1",
+    }
     assert min(loud_peaks) > 1.0 and max(loud_peaks) >= 1.25, loud_peaks
     _report("kind: files, max |mono - librosa.load|, max |image - plain librosa| (dB), max peak", worst)
 

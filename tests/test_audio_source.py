@@ -60,9 +60,9 @@ def _central_entry(data: bytes, name: str) -> int:
     with zipfile.ZipFile(io.BytesIO(data)) as zf:
         offset = zf.start_dir
         for _ in zf.infolist():
-            assert data[offset:offset + 4] == b"PK\x01\x02"
-            n, m, k = struct.unpack("<HHH", data[offset + 28:offset + 34])
-            if data[offset + 46:offset + 46 + n].decode() == name:
+            assert data[offset : offset + 4] == b"PK\x01\x02"
+            n, m, k = struct.unpack("<HHH", data[offset + 28 : offset + 34])
+            if data[offset + 46 : offset + 46 + n].decode() == name:
                 return offset
             offset += 46 + n + m + k
     raise KeyError(name)
@@ -108,8 +108,15 @@ def test_nothing_found_says_where_it_looked(tmp_path):
     with pytest.raises(AudioSourceError) as info:
         find_audio_source(tmp_path, "medium")
     message = str(info.value)
-    for name in ("fma_medium/", "fma_large/", "fma_medium.zip", "fma_large.zip", "make download", "UNPACK=0",
-                 "--audio-zip"):
+    for name in (
+        "fma_medium/",
+        "fma_large/",
+        "fma_medium.zip",
+        "fma_large.zip",
+        "make download",
+        "UNPACK=0",
+        "--audio-zip",
+    ):
         assert name in message
     (tmp_path / "fma_large.zip.part").write_bytes(b"PK")
     with pytest.raises(AudioSourceError, match="fma_large.zip.part is an unfinished download"):
@@ -160,8 +167,14 @@ def test_missing_member_fails_only_its_track(tree):
     assert str(info.value) == f"missing file: no member fma_large/001/001039.mp3 in {source.path}"
 
 
-@pytest.mark.parametrize("damage,said", [("crc", "Bad CRC-32"), ("bzip2 data", "Invalid data stream"),
-                                          ("local header", "Bad magic number for file header")])
+@pytest.mark.parametrize(
+    "damage,said",
+    [
+        ("crc", "Bad CRC-32"),
+        ("bzip2 data", "Invalid data stream"),
+        ("local header", "Bad magic number for file header"),
+    ],
+)
 def test_damaged_member_fails_its_track_naming_zip_and_member(tree, damage, said):
     zip_path = _zip_only(tree)
     data = bytearray(zip_path.read_bytes())
@@ -193,8 +206,9 @@ SHARD_SIZE = 16
 
 def _run(fma_dir: Path, out: Path, **more):
     """``run_features`` with the test's shard size, 2 workers, no progress bar."""
-    return driver.run_features(FeatureOptions(fma_dir, out, **{"jobs": 2, "shard_size": SHARD_SIZE,
-                                                               "progress": False, **more}))
+    return driver.run_features(
+        FeatureOptions(fma_dir, out, **{"jobs": 2, "shard_size": SHARD_SIZE, "progress": False, **more})
+    )
 
 
 def _failed(out: Path) -> dict[int, str]:
@@ -239,8 +253,9 @@ def test_shards_from_the_zip_equal_shards_from_the_tree(tree_and_zip_runs, mini_
     root, zip_dir, from_tree, from_zip, lines, junk = tree_and_zip_runs
     assert any(f"from the zip {(zip_dir / 'fma_large.zip').absolute()}" in line for line in lines), lines
     tree, zipped = read_manifest(root / "tree"), read_manifest(root / "zip")
-    assert [(e["name"], e["checksum"]) for e in zipped["shards"]] == \
-        [(e["name"], e["checksum"]) for e in tree["shards"]]
+    assert [(e["name"], e["checksum"]) for e in zipped["shards"]] == [
+        (e["name"], e["checksum"]) for e in tree["shards"]
+    ]
     assert zipped["totals"] == tree["totals"] and zipped["skipped"] == tree["skipped"]
     assert from_zip["written"] == from_tree["written"] > 50
     # The same tracks failed for the same reasons; a missing file is named in the zip.
@@ -254,8 +269,9 @@ def test_shards_from_the_zip_equal_shards_from_the_tree(tree_and_zip_runs, mini_
         else:
             assert zip_failed[tid] == reason, (tid, kinds[tid])
     assert {kinds[t] for t in tree_failed} >= {"missing", "zero_byte", "random_bytes"}
-    assert junk not in zip_failed and any(junk in read_shard(root / "zip" / e["name"]).track_id
-                                          for e in zipped["shards"])
+    assert junk not in zip_failed and any(
+        junk in read_shard(root / "zip" / e["name"]).track_id for e in zipped["shards"]
+    )
     assert verify_shards(root / "zip") == []
 
 
@@ -291,15 +307,27 @@ def test_damaged_members_fail_their_tracks_and_the_rest_is_unchanged(tree_and_zi
         assert np.array_equal(b["mel"][()], a["mel"][()][keep])
 
 
-def test_damaged_zip_directory_stops_the_run_naming_the_zip(tree_and_zip_runs, tmp_path, python,
-                                                           subprocess_env, repo_root):
+def test_damaged_zip_directory_stops_the_run_naming_the_zip(
+    tree_and_zip_runs, tmp_path, python, subprocess_env, repo_root
+):
     root, zip_dir, *_ = tree_and_zip_runs
     fma_dir = tmp_path / "fma"
     shutil.copytree(zip_dir / "fma_metadata", fma_dir / "fma_metadata")
     data = (zip_dir / "fma_large.zip").read_bytes()
     (fma_dir / "fma_large.zip").write_bytes(data[: len(data) * 2 // 3])  # cut short: no directory
-    cmd = [python, "-m", "preprocess", "features", "--fma-dir", str(fma_dir), "--out", str(tmp_path / "out"),
-           "--no-progress", "--shard-size", str(SHARD_SIZE)]
+    cmd = [
+        python,
+        "-m",
+        "preprocess",
+        "features",
+        "--fma-dir",
+        str(fma_dir),
+        "--out",
+        str(tmp_path / "out"),
+        "--no-progress",
+        "--shard-size",
+        str(SHARD_SIZE),
+    ]
     done = subprocess.run(cmd, env=subprocess_env, cwd=repo_root, capture_output=True, text=True, timeout=120)
     assert done.returncode == 2, done.stderr
     assert str((fma_dir / "fma_large.zip").absolute()) in done.stderr
@@ -309,7 +337,13 @@ def test_damaged_zip_directory_stops_the_run_naming_the_zip(tree_and_zip_runs, t
     # one shard is enough to show it is read.
     names = [e["name"] for e in read_manifest(root / "zip")["shards"]]
     one_shard = ["--jobs", "1", "--task-index", "0", "--num-tasks", str(len(names)), "--no-finalize"]
-    done = subprocess.run(cmd + ["--audio-zip", str(zip_dir / "fma_large.zip"), *one_shard],
-                          env=subprocess_env, cwd=repo_root, capture_output=True, text=True, timeout=600)
+    done = subprocess.run(
+        cmd + ["--audio-zip", str(zip_dir / "fma_large.zip"), *one_shard],
+        env=subprocess_env,
+        cwd=repo_root,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert done.returncode == 0, done.stderr
     assert read_shard(tmp_path / "out" / names[0]).checksum == read_shard(root / "zip" / names[0]).checksum

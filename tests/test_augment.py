@@ -30,12 +30,12 @@ def test_frequency_mask_zeroes_whole_bands_and_nothing_else():
     s = AugmentSettings(freq_masks=2, freq_mask_width=20)
     out, targets = augment_batch(x, y, 4, s, _gen())
     assert torch.equal(targets, y)
-    zero_bands = (out == 0).all(dim=3)[:, 0]           # (B, F): band zero over all frames
-    assert zero_bands.any(dim=1).sum() >= 6           # most images got a masked band
-    assert zero_bands.sum(dim=1).max() <= 40          # at most 2 masks of <= 20 bands
+    zero_bands = (out == 0).all(dim=3)[:, 0]  # (B, F): band zero over all frames
+    assert zero_bands.any(dim=1).sum() >= 6  # most images got a masked band
+    assert zero_bands.sum(dim=1).max() <= 40  # at most 2 masks of <= 20 bands
     kept = ~zero_bands.view(8, 1, 128, 1).expand_as(x)
-    assert torch.equal(out[kept], x[kept])            # the rest untouched
-    assert not (out == 0).all(dim=2).any()            # no time frame fully zeroed
+    assert torch.equal(out[kept], x[kept])  # the rest untouched
+    assert not (out == 0).all(dim=2).any()  # no time frame fully zeroed
 
 
 def test_time_mask_zeroes_whole_frames():
@@ -75,8 +75,8 @@ def test_mixup_mixes_images_and_labels_with_the_same_weight():
     out, targets = augment_batch(x, y, 4, AugmentSettings(mixup_alpha=0.4), _gen(5))
     assert targets.shape == (8, 4) and targets.dtype == torch.float32
     assert torch.allclose(targets.sum(dim=1), torch.ones(8))
-    mixed = (targets.max(dim=1).values < 1.0)
-    assert mixed.any()                                  # some rows really hold two labels
+    mixed = targets.max(dim=1).values < 1.0
+    assert mixed.any()  # some rows really hold two labels
     # out_i = lam x_i + (1 - lam) x_j: recover lam from the own-label weight and check the image
     lam = targets[torch.arange(8), y]
     for i in range(8):
@@ -87,8 +87,9 @@ def test_mixup_mixes_images_and_labels_with_the_same_weight():
 
 def test_same_seed_same_batch_other_seed_other_batch():
     x, y = _batch()
-    s = AugmentSettings(freq_masks=2, freq_mask_width=20, time_masks=2, time_mask_width=20, time_shift=0.3,
-                        mixup_alpha=0.3)
+    s = AugmentSettings(
+        freq_masks=2, freq_mask_width=20, time_masks=2, time_mask_width=20, time_shift=0.3, mixup_alpha=0.3
+    )
     a = augment_batch(x, y, 4, s, torch.Generator().manual_seed(batch_seed(0, 1, 2)))
     b = augment_batch(x, y, 4, s, torch.Generator().manual_seed(batch_seed(0, 1, 2)))
     c = augment_batch(x, y, 4, s, torch.Generator().manual_seed(batch_seed(0, 1, 3)))

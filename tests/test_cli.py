@@ -31,8 +31,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def _python(*args: str, **kwargs) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    return subprocess.run([sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=120, **kwargs)
+    return subprocess.run(
+        [sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120, **kwargs
+    )
 
 
 # A tiny command built the way every command of the project is built.
@@ -116,8 +117,14 @@ def test_keyboard_interrupt_in_process_gives_130(capsys):
 
 def test_sigint_to_a_running_command_gives_130():
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.Popen([sys.executable, "-c", _COMMAND, "sleep"], cwd=ROOT, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _COMMAND, "sleep"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert proc.stdout.readline().strip() == "ready"
         time.sleep(0.2)
@@ -130,14 +137,24 @@ def test_sigint_to_a_running_command_gives_130():
     assert "interrupted" in err and "Traceback" not in err
 
 
-@pytest.mark.parametrize("flags, shown, hidden", [
-    ((), ["working on ok", "warning: a warning"], ["debug detail", "demo.command"]),
-    (("--quiet",), ["warning: a warning"], ["working on ok", "debug detail"]),
-    (("-q",), ["warning: a warning"], ["working on ok"]),
-    (("--verbose",), ["debug demo.command: debug detail", "info demo.command: working on ok",
-                      "warning demo.command: a warning"], []),
-    (("-v",), ["debug demo.command: debug detail"], []),
-])
+@pytest.mark.parametrize(
+    "flags, shown, hidden",
+    [
+        ((), ["working on ok", "warning: a warning"], ["debug detail", "demo.command"]),
+        (("--quiet",), ["warning: a warning"], ["working on ok", "debug detail"]),
+        (("-q",), ["warning: a warning"], ["working on ok"]),
+        (
+            ("--verbose",),
+            [
+                "debug demo.command: debug detail",
+                "info demo.command: working on ok",
+                "warning demo.command: a warning",
+            ],
+            [],
+        ),
+        (("-v",), ["debug demo.command: debug detail"], []),
+    ],
+)
 def test_quiet_and_verbose_change_what_is_logged(flags, shown, hidden):
     result = _python("-c", _COMMAND, "ok", *flags)
     assert result.returncode == 0
@@ -145,7 +162,7 @@ def test_quiet_and_verbose_change_what_is_logged(flags, shown, hidden):
         assert text in result.stderr
     for text in hidden:
         assert text not in result.stderr
-    assert result.stdout == "result line\n"   # results go to stdout whatever the level
+    assert result.stdout == "result line\n"  # results go to stdout whatever the level
 
 
 def test_quiet_and_verbose_exclude_each_other():
@@ -176,8 +193,19 @@ def test_setup_logging_is_idempotent_and_quiet_disables_progress(capsys):
 
 
 def test_train_bad_shards_folder_is_one_line_exit_2(tmp_path):
-    result = _python("-m", "train", "fit", "--shards", str(tmp_path / "nowhere"),
-                     "--run", str(tmp_path / "run"), "--epochs", "1", "--device", "cpu")
+    result = _python(
+        "-m",
+        "train",
+        "fit",
+        "--shards",
+        str(tmp_path / "nowhere"),
+        "--run",
+        str(tmp_path / "run"),
+        "--epochs",
+        "1",
+        "--device",
+        "cpu",
+    )
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
     lines = result.stderr.strip().splitlines()

@@ -39,13 +39,19 @@ def local_shards(mini_fma, tmp_path_factory, python, subprocess_env):
     return run_local(python, mini_fma[0], tmp_path_factory.mktemp("local") / "shards", subprocess_env)
 
 
-def test_cli_with_dask_backend_equals_local_run(dask_cluster, local_shards, mini_fma, tmp_path, python,
-                                                subprocess_env):
+def test_cli_with_dask_backend_equals_local_run(
+    dask_cluster, local_shards, mini_fma, tmp_path, python, subprocess_env
+):
     """What `make features BACKEND=dask SCHEDULER=tcp://host:port` runs."""
     out = tmp_path / "shards"
-    done = subprocess.run(features_argv(python, mini_fma[0], out, "--backend", "dask",
-                                        "--scheduler", dask_cluster.address),
-                          env=subprocess_env, capture_output=True, text=True, timeout=600, check=False)
+    done = subprocess.run(
+        features_argv(python, mini_fma[0], out, "--backend", "dask", "--scheduler", dask_cluster.address),
+        env=subprocess_env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
     assert done.returncode == 0, done.stdout + done.stderr + dask_cluster.log_tail()
     assert "with dask backend" in done.stderr
     assert_same_shard_set(local_shards, out)
@@ -54,9 +60,17 @@ def test_cli_with_dask_backend_equals_local_run(dask_cluster, local_shards, mini
 def test_shards_are_computed_in_the_worker_processes(dask_cluster, local_shards, mini_fma, tmp_path):
     """The driver reports where each shard task ran; through a scheduler file this time."""
     out = tmp_path / "shards"
-    summary = driver.run_features(FeatureOptions(
-        mini_fma[0], out, subset="large", shard_size=SHARD_SIZE, backend="dask",
-        scheduler=str(dask_cluster.scheduler_file), progress=False))
+    summary = driver.run_features(
+        FeatureOptions(
+            mini_fma[0],
+            out,
+            subset="large",
+            shard_size=SHARD_SIZE,
+            backend="dask",
+            scheduler=str(dask_cluster.scheduler_file),
+            progress=False,
+        )
+    )
     ran = {r["name"]: r["pid"] for r in summary["computed"]}
     assert sorted(ran) == shard_names(local_shards), "every shard is computed once"
     assert os.getpid() not in ran.values(), "a shard was computed in the client process"
@@ -69,9 +83,18 @@ def test_dask_workers_read_the_zip(dask_cluster, local_shards, mini_fma, tmp_pat
     """--audio-zip: the workers open the zip themselves and read their shards' members from it."""
     zip_path = zip_audio_tree(mini_fma[0], "fma_large", zip_path=tmp_path / "fma_large.zip")
     out = tmp_path / "shards"
-    summary = driver.run_features(FeatureOptions(
-        mini_fma[0], out, subset="large", shard_size=SHARD_SIZE, backend="dask", audio_zip=zip_path,
-        scheduler=dask_cluster.address, progress=False))
+    summary = driver.run_features(
+        FeatureOptions(
+            mini_fma[0],
+            out,
+            subset="large",
+            shard_size=SHARD_SIZE,
+            backend="dask",
+            audio_zip=zip_path,
+            scheduler=dask_cluster.address,
+            progress=False,
+        )
+    )
     assert set(r["pid"] for r in summary["computed"]) <= dask_cluster.worker_pids
     assert summary["failed"]["missing file"] >= 1
     assert_same_shards_from_zip(local_shards, out)
@@ -79,9 +102,22 @@ def test_dask_workers_read_the_zip(dask_cluster, local_shards, mini_fma, tmp_pat
 
 def test_bad_scheduler_is_a_clear_error(mini_fma, tmp_path, python, subprocess_env):
     out = tmp_path / "shards"
-    done = subprocess.run(features_argv(python, mini_fma[0], out, "--backend", "dask",
-                                        "--scheduler", str(tmp_path / "no-such-scheduler.json")),
-                          env=subprocess_env, capture_output=True, text=True, timeout=120, check=False)
+    done = subprocess.run(
+        features_argv(
+            python,
+            mini_fma[0],
+            out,
+            "--backend",
+            "dask",
+            "--scheduler",
+            str(tmp_path / "no-such-scheduler.json"),
+        ),
+        env=subprocess_env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     assert done.returncode != 0
     assert "scheduler" in done.stderr and "no-such-scheduler.json" in done.stderr, done.stderr
     assert not list(out.glob("*.h5"))

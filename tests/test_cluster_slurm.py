@@ -41,11 +41,33 @@ def local_shards(mini_fma, tmp_path_factory, python, subprocess_env):
 
 
 def submit(slurm: SlurmCluster, python: str, env: dict, fma_dir: Path, out: Path, *more: str):
-    cmd = [python, "-m", "preprocess", "slurm", "--fma-dir", str(fma_dir), "--subset", "large",
-           "--out", str(out), "--shard-size", str(SHARD_SIZE), "--shards-per-task", str(SHARDS_PER_TASK),
-           "--cpus-per-task", "1", *more]
-    return subprocess.run(cmd, env={**env, **slurm.env, "PYTHONPATH": env["PYTHONPATH"]},
-                          capture_output=True, text=True, timeout=120, check=False)
+    cmd = [
+        python,
+        "-m",
+        "preprocess",
+        "slurm",
+        "--fma-dir",
+        str(fma_dir),
+        "--subset",
+        "large",
+        "--out",
+        str(out),
+        "--shard-size",
+        str(SHARD_SIZE),
+        "--shards-per-task",
+        str(SHARDS_PER_TASK),
+        "--cpus-per-task",
+        "1",
+        *more,
+    ]
+    return subprocess.run(
+        cmd,
+        env={**env, **slurm.env, "PYTHONPATH": env["PYTHONPATH"]},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
 
 
 def submissions(out: Path) -> list[dict]:
@@ -55,8 +77,14 @@ def submissions(out: Path) -> list[dict]:
 
 def job_records(slurm: SlurmCluster, job_id: str) -> list[dict]:
     """`scontrol show job -o JOB`: one dict per job (each array task is its own record)."""
-    done = subprocess.run(["scontrol", "show", "job", "-o", job_id], env=slurm.env, capture_output=True,
-                          text=True, timeout=30, check=True)
+    done = subprocess.run(
+        ["scontrol", "show", "job", "-o", job_id],
+        env=slurm.env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    )
     return [dict(re.findall(r"(\w+)=(\S*)", line)) for line in done.stdout.splitlines() if line.strip()]
 
 
@@ -79,7 +107,8 @@ def stamp(path: Path) -> tuple[int, int]:
 
 
 def test_slurm_array_equals_local_run_and_reruns_repair_only_what_is_missing(
-        slurm, local_shards, mini_fma, tmp_path, python, subprocess_env):
+    slurm, local_shards, mini_fma, tmp_path, python, subprocess_env
+):
     fma_dir = mini_fma[0]
     out = tmp_path / "shards"
     names = shard_names(local_shards)
@@ -109,8 +138,11 @@ def test_slurm_array_equals_local_run_and_reruns_repair_only_what_is_missing(
     control = {"env": slurm.env, "check": True, "capture_output": True, "timeout": 30}
     subprocess.run(["scancel", f"{array_id}_0"], **control)
     subprocess.run(["scontrol", "release", array_id, finalize_id], **control)
-    slurm.wait_until(lambda: slurm.queue() == [(finalize_id, "PENDING", "DependencyNeverSatisfied")],
-                     QUEUE_TIMEOUT_S, "only the finalize job to be left, with a never-satisfied dependency")
+    slurm.wait_until(
+        lambda: slurm.queue() == [(finalize_id, "PENDING", "DependencyNeverSatisfied")],
+        QUEUE_TIMEOUT_S,
+        "only the finalize job to be left, with a never-satisfied dependency",
+    )
     states = {t["ArrayTaskId"]: t["JobState"] for t in job_records(slurm, array_id)}
     assert states.pop("0", "CANCELLED") == "CANCELLED"  # a task cancelled while pending may not be listed
     assert states == {str(t): "COMPLETED" for t in range(1, num_tasks)}
@@ -158,8 +190,9 @@ def test_slurm_array_equals_local_run_and_reruns_repair_only_what_is_missing(
     assert len(submissions(out)) == 3 and slurm.job_ids() == []
 
 
-def test_slurm_array_reads_the_zip_and_equals_the_local_run(slurm, local_shards, mini_fma, tmp_path, python,
-                                                            subprocess_env):
+def test_slurm_array_reads_the_zip_and_equals_the_local_run(
+    slurm, local_shards, mini_fma, tmp_path, python, subprocess_env
+):
     """FMA_DIR holds fma_large.zip and no tree (make download UNPACK=0): the array tasks find the zip
     and read their tracks from it; the shards are the local tree run's."""
     fma_dir = zip_only_copy(mini_fma[0], tmp_path / "fma")
@@ -180,14 +213,21 @@ def test_batch_script_refuses_to_run_outside_an_array(tmp_path, python, repo_roo
     """Run by hand without --array, the script says how to submit it instead of computing shard 0."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
     script = repo_root / "cluster" / "features-array.sbatch"
-    done = subprocess.run(["bash", str(script), python, str(repo_root), str(tmp_path), "large",
-                           str(tmp_path / "out"), "4"], env=env,
-                          capture_output=True, text=True, timeout=30, check=False)
+    done = subprocess.run(
+        ["bash", str(script), python, str(repo_root), str(tmp_path), "large", str(tmp_path / "out"), "4"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
     assert done.returncode == 2 and "sbatch --array" in done.stderr, done.stderr
     assert not (tmp_path / "out").exists()
 
 
-@pytest.mark.parametrize(("indices", "spec"), [([0], "0"), ([0, 1, 2, 3], "0-3"), ([3], "3"),
-                                               ([0, 1, 2, 5, 7, 8], "0-2,5,7-8"), ([1, 3, 5], "1,3,5")])
+@pytest.mark.parametrize(
+    ("indices", "spec"),
+    [([0], "0"), ([0, 1, 2, 3], "0-3"), ([3], "3"), ([0, 1, 2, 5, 7, 8], "0-2,5,7-8"), ([1, 3, 5], "1,3,5")],
+)
 def test_array_spec_lists_exactly_the_given_tasks(indices, spec):
     assert format_indices(indices) == spec

@@ -21,8 +21,9 @@ from train.models import ModelConfig, build_model
 pytestmark = [pytest.mark.cluster, pytest.mark.slow, pytest.mark.timeout(600)]
 
 
-def test_sbatch_trains_with_two_tasks_in_one_rendezvous_and_writes_best(slurm, tmp_path, python, repo_root,
-                                                                         subprocess_env):
+def test_sbatch_trains_with_two_tasks_in_one_rendezvous_and_writes_best(
+    slurm, tmp_path, python, repo_root, subprocess_env
+):
     shards = tmp_path / "shards"
     make_shard_set(shards, {"train": [24, 24], "validation": [16], "test": [8]}, num_classes=4, seed=3)
     run = tmp_path / "run"
@@ -30,9 +31,23 @@ def test_sbatch_trains_with_two_tasks_in_one_rendezvous_and_writes_best(slurm, t
     env = {**subprocess_env, **slurm.env, "RDZV_PORT": str(port), "OMP_NUM_THREADS": "1"}
     # `make train-slurm` as a user runs it; PY is this interpreter, STAMP= skips `make setup`.
     # Two agents on the one node stand for two nodes; --batch-size 32 (default) is 16 per rank.
-    cmd = ["make", "--no-print-directory", "-C", str(repo_root), "train-slurm", f"PY={python}", "STAMP=",
-           f"RUN={run}", f"SHARDS={shards}", "MODEL=seed", "EPOCHS=2", "DEVICE=cpu", "NPROC=1", "GPUS=0",
-           "SLURM_ARGS=--ntasks-per-node=2 --cpus-per-task=1"]
+    cmd = [
+        "make",
+        "--no-print-directory",
+        "-C",
+        str(repo_root),
+        "train-slurm",
+        f"PY={python}",
+        "STAMP=",
+        f"RUN={run}",
+        f"SHARDS={shards}",
+        "MODEL=seed",
+        "EPOCHS=2",
+        "DEVICE=cpu",
+        "NPROC=1",
+        "GPUS=0",
+        "SLURM_ARGS=--ntasks-per-node=2 --cpus-per-task=1",
+    ]
     submitted = time.monotonic()
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=60, check=False)
     assert done.returncode == 0, done.stdout + done.stderr

@@ -54,8 +54,11 @@ def test_batch_gather_equals_per_item_access(which, request):
     folder, made = request.getfixturevalue(which)
     ds = ShardDataset(folder, "train")
     rng = np.random.default_rng(3)
-    for indices in (rng.permutation(len(ds))[:40], np.sort(rng.choice(len(ds), 20, replace=False)),
-                    np.array([5, 5, 55, 0, 54, 5])):
+    for indices in (
+        rng.permutation(len(ds))[:40],
+        np.sort(rng.choice(len(ds), 20, replace=False)),
+        np.array([5, 5, 55, 0, 54, 5]),
+    ):
         x, y = ds[indices]
         assert x.shape == (len(indices), 1, 128, 128) and y.shape == (len(indices),)
         singles = [ds[int(i)] for i in indices]
@@ -191,7 +194,8 @@ def test_train_imports_without_librosa(python, subprocess_env):
         "assert 'librosa' not in [m for m, v in sys.modules.items() if v is not None]\n"
         "print('ok')\n"
     )
-    out = subprocess.run([python, "-c", code], env=subprocess_env, capture_output=True, text=True,
-                         timeout=120)
+    out = subprocess.run(
+        [python, "-c", code], env=subprocess_env, capture_output=True, text=True, timeout=120
+    )
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "ok"

@@ -35,8 +35,12 @@ def _declared(extras: bool) -> set[str]:
     project = _pyproject()
     names = {_name(r) for r in project["dependencies"]}
     if extras:
-        names |= {_name(r) for reqs in project["optional-dependencies"].values() for r in reqs
-                  if not r.startswith("fma-genre")}
+        names |= {
+            _name(r)
+            for reqs in project["optional-dependencies"].values()
+            for r in reqs
+            if not r.startswith("fma-genre")
+        }
     return names
 
 

@@ -42,14 +42,17 @@ ATOL, RTOL = 1e-5, 1e-4
 
 # -- the partition of each global batch (pure) ----------------------------------------------------
 
+
 @pytest.mark.parametrize("world_size", [1, 2, 3, 4])
 def test_ranks_share_every_global_batch_whatever_the_world_size(world_size):
     """Rank parts are disjoint, equal in size, and together are the 1-process batch (trimmed)."""
     base = EpochBatchSampler(50, 12, shuffle=True, seed=7, drop_last=False)
     base.set_epoch(3)
     one_process = list(base)
-    ranks = [RankBatchSampler(EpochBatchSampler(50, 12, shuffle=True, seed=7), r, world_size)
-             for r in range(world_size)]
+    ranks = [
+        RankBatchSampler(EpochBatchSampler(50, 12, shuffle=True, seed=7), r, world_size)
+        for r in range(world_size)
+    ]
     for sampler in ranks:
         sampler.set_epoch(3)
     per_rank = [list(sampler) for sampler in ranks]
@@ -72,8 +75,12 @@ def test_rank_part_trims_only_a_remainder_and_rejects_bad_ranks():
 
 
 def test_epochs_differ_and_each_epoch_covers_the_split_once_per_rank_set():
-    parts = [np.concatenate([rank_part(b, r, 2) for b in batch_indices(epoch_order(64, 1, e), 16)
-                             for r in range(2)]) for e in (0, 1)]
+    parts = [
+        np.concatenate(
+            [rank_part(b, r, 2) for b in batch_indices(epoch_order(64, 1, e), 16) for r in range(2)]
+        )
+        for e in (0, 1)
+    ]
     assert sorted(parts[0].tolist()) == list(range(64)) == sorted(parts[1].tolist())
     assert not np.array_equal(parts[0], parts[1])
 
@@ -99,6 +106,7 @@ def test_world_from_torchrun_environment():
 
 # -- real torchrun jobs ------------------------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def shard_set(tmp_path_factory):
     folder = tmp_path_factory.mktemp("ddp-shards")
@@ -107,8 +115,23 @@ def shard_set(tmp_path_factory):
 
 
 def fit_argv(shards: Path, run: Path, *extra: str) -> list[str]:
-    return ["fit", "--shards", str(shards), "--run", str(run), "--model", "seed",
-            "--device", "cpu", "--batch-size", "16", "--seed", "4", "--no-verify-shards", *extra]
+    return [
+        "fit",
+        "--shards",
+        str(shards),
+        "--run",
+        str(run),
+        "--model",
+        "seed",
+        "--device",
+        "cpu",
+        "--batch-size",
+        "16",
+        "--seed",
+        "4",
+        "--no-verify-shards",
+        *extra,
+    ]
 
 
 def torchrun(python: str, nproc: int, argv: list[str], *options: str) -> list[str]:
@@ -118,14 +141,29 @@ def torchrun(python: str, nproc: int, argv: list[str], *options: str) -> list[st
     an abbreviation of its ``--run-path`` and stop).
     """
     (port,) = free_ports(1)
-    return [python, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc), "--master-addr",
-            "127.0.0.1", "--master-port", str(port), *options, "-m", "--", "train", *argv]
+    return [
+        python,
+        "-m",
+        "torch.distributed.run",
+        "--nproc-per-node",
+        str(nproc),
+        "--master-addr",
+        "127.0.0.1",
+        "--master-port",
+        str(port),
+        *options,
+        "-m",
+        "--",
+        "train",
+        *argv,
+    ]
 
 
 def run(cmd: list[str], env: dict, timeout: float = 300) -> subprocess.CompletedProcess:
     # One thread per process: the runs compare summation orders, not thread schedules.
-    done = subprocess.run(cmd, env={**env, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
-                          timeout=timeout, check=False)
+    done = subprocess.run(
+        cmd, env={**env, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=timeout, check=False
+    )
     assert done.returncode == 0, f"{cmd} failed ({done.returncode}):\n{done.stdout}\n{done.stderr[-4000:]}"
     return done
 
@@ -141,14 +179,21 @@ def test_two_ranks_train_the_weights_of_one_process(shard_set, tmp_path, python,
     """2 ranks x batch 8 = 1 process x batch 16 (same seed), weights and their EMA; resume under torchrun is
     exact; rank 0 alone writes."""
     common = ("--norm", "group", "--max-steps-per-epoch", "3", "--ema-decay", "0.5")
-    run([python, "-m", "train", *fit_argv(shard_set, tmp_path / "one", "--epochs", "2", *common)],
-        subprocess_env)
-    two = run(torchrun(python, 2, fit_argv(shard_set, tmp_path / "two", "--epochs", "2", *common)),
-              subprocess_env)
-    run(torchrun(python, 2, fit_argv(shard_set, tmp_path / "resumed", "--epochs", "1", *common)),
-        subprocess_env)
-    run(torchrun(python, 2, ["fit", "--run", str(tmp_path / "resumed"), "--resume", "--epochs", "2"]),
-        subprocess_env)
+    run(
+        [python, "-m", "train", *fit_argv(shard_set, tmp_path / "one", "--epochs", "2", *common)],
+        subprocess_env,
+    )
+    two = run(
+        torchrun(python, 2, fit_argv(shard_set, tmp_path / "two", "--epochs", "2", *common)), subprocess_env
+    )
+    run(
+        torchrun(python, 2, fit_argv(shard_set, tmp_path / "resumed", "--epochs", "1", *common)),
+        subprocess_env,
+    )
+    run(
+        torchrun(python, 2, ["fit", "--run", str(tmp_path / "resumed"), "--resume", "--epochs", "2"]),
+        subprocess_env,
+    )
 
     one_ckpt, two_ckpt = (load_checkpoint(tmp_path / name / "last.pt") for name in ("one", "two"))
     a, b = one_ckpt["state_dict"], two_ckpt["state_dict"]
@@ -205,11 +250,17 @@ def _worker_pid(parent: int, rank: int) -> int | None:
 def test_a_lost_rank_stops_the_job_with_a_clear_error(how, shard_set, tmp_path, python, subprocess_env):
     """SIGKILL (a crash) or SIGSTOP (a hang) of rank 1 mid-run: torchrun exits non-zero in bounded time."""
     timeout_s = 8
-    cmd = torchrun(python, 2, fit_argv(shard_set, tmp_path / "run", "--epochs", "200",
-                                       "--dist-timeout", str(timeout_s)))
+    cmd = torchrun(
+        python, 2, fit_argv(shard_set, tmp_path / "run", "--epochs", "200", "--dist-timeout", str(timeout_s))
+    )
     log = (tmp_path / "torchrun.log").open("w+")
-    proc = subprocess.Popen(cmd, env={**subprocess_env, "OMP_NUM_THREADS": "1"}, stdout=log,
-                            stderr=subprocess.STDOUT, start_new_session=True)
+    proc = subprocess.Popen(
+        cmd,
+        env={**subprocess_env, "OMP_NUM_THREADS": "1"},
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     try:
         deadline = time.monotonic() + 180
         while not (tmp_path / "run" / "last.pt").exists():  # training has started on both ranks

@@ -18,8 +18,9 @@ _LINK = re.compile(r"!?\[[^\]]*\]\(\s*<?([^)\s>]+)>?(?:\s+\"[^\"]*\")?\s*\)")
 _CODE_SPAN = re.compile(r"(`+)(?:(?!\1).)+?\1")
 _SCHEME = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*:")
 # Notes that live beside the repository, not in it. Built from pieces so this file does not match.
-_OUTSIDE_NOTES = re.compile("|".join([r"\bshared" + "/", "fma" + "-facts", "cluster" + "-notes",
-                                      r"\bseed" + r"\.md\b"]))
+_OUTSIDE_NOTES = re.compile(
+    "|".join([r"\bshared" + "/", "fma" + "-facts", "cluster" + "-notes", r"\bseed" + r"\.md\b"])
+)
 
 
 def doc_files(root: Path = ROOT) -> list[Path]:
@@ -78,8 +79,9 @@ def broken_links(page: Path, root: Path = ROOT) -> list[str]:
 def tracked_files(root: Path = ROOT) -> list[Path]:
     """The files git tracks (every file but build outputs when there is no git checkout)."""
     try:
-        out = subprocess.run(["git", "-C", str(root), "ls-files", "-z"], check=True,
-                             capture_output=True).stdout
+        out = subprocess.run(
+            ["git", "-C", str(root), "ls-files", "-z"], check=True, capture_output=True
+        ).stdout
         return [root / name for name in out.decode().split("\0") if name]
     except (OSError, subprocess.CalledProcessError):
         skip = {".git", ".venv", "data", "runs", "__pycache__", ".pytest_cache", ".ruff_cache"}
@@ -103,7 +105,8 @@ def mentions_of_outside_notes(files: list[Path], root: Path = ROOT) -> list[str]
 def test_readme_is_a_front_page_that_reaches_its_commands_early():
     lines = (ROOT / "README.md").read_text(encoding="utf-8").splitlines()
     assert len(lines) <= README_MAX_LINES, (
-        f"README.md has {len(lines)} lines (at most {README_MAX_LINES}): move detail to a docs/ page")
+        f"README.md has {len(lines)} lines (at most {README_MAX_LINES}): move detail to a docs/ page"
+    )
     first_command = next(i for i, line in enumerate(lines, start=1) if line.startswith("make "))
     assert first_command <= QUICK_START_BY_LINE, f"the first command is on line {first_command}"
 
@@ -132,7 +135,9 @@ def test_link_checker_catches_planted_broken_links(tmp_path):
         "[bad anchor](docs/a.md#third)\n"
         "[outside](../elsewhere.md)\n"
         "```\n[in a code block](docs/c.md)\n```\n"
-        "`[in code](docs/d.md)`\n", encoding="utf-8")
+        "`[in code](docs/d.md)`\n",
+        encoding="utf-8",
+    )
     (tmp_path.parent / "elsewhere.md").write_text("x", encoding="utf-8")
     problems = broken_links(page, root=tmp_path)
     assert [p.split(": ", 1)[0] for p in problems] == ["README.md:4", "README.md:5", "README.md:6"]
@@ -152,4 +157,5 @@ def test_outside_notes_check_catches_a_planted_reference(tmp_path):
     clean = tmp_path / "y.md"
     clean.write_text("a shared file system, docs/fma.md\n", encoding="utf-8")
     assert mentions_of_outside_notes([planted, clean], root=tmp_path) == [
-        "x.py:1: # see " + "shared" + "/fma" + "-facts.md"]
+        "x.py:1: # see " + "shared" + "/fma" + "-facts.md"
+    ]

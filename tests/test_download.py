@@ -31,7 +31,7 @@ TRACKS_CSV = (
     "track_id,,,,\n"
     "2,AWOL - A Way Of Life,Hip-Hop,training,small\n"
     "5,AWOL - A Way Of Life,Hip-Hop,training,small\n"
-    "1039,\"Quotes, \"\"and\"\" commas\",Rock,test,small\n"
+    '1039,"Quotes, ""and"" commas",Rock,test,small\n'
 )
 GENRES_CSV = "genre_id,#tracks,parent,title,top_level\n12,32923,0,Rock,12\n21,8389,0,Hip-Hop,21\n"
 
@@ -61,16 +61,24 @@ def _zip(members: dict[str, bytes]) -> bytes:
 @pytest.fixture(scope="module")
 def members() -> dict[str, dict[str, bytes]]:
     """Zip name -> {member name: bytes}, laid out like FMA's zips."""
-    audio = {f"fma_small/{tid[:3]}/{tid}.mp3": _mp3(3.0, freq)
-             for tid, freq in (("000002", 220.0), ("000005", 330.0), ("001039", 440.0))}
-    checksums = "".join(f"{hashlib.sha1(data).hexdigest()}  {name[len('fma_small/'):]}\n"
-                        for name, data in audio.items())
+    audio = {
+        f"fma_small/{tid[:3]}/{tid}.mp3": _mp3(3.0, freq)
+        for tid, freq in (("000002", 220.0), ("000005", 330.0), ("001039", 440.0))
+    }
+    checksums = "".join(
+        f"{hashlib.sha1(data).hexdigest()}  {name[len('fma_small/') :]}\n" for name, data in audio.items()
+    )
     return {
-        META: {"fma_metadata/README.txt": b"FMA metadata (test copy)\n",
-               "fma_metadata/tracks.csv": TRACKS_CSV.encode(),
-               "fma_metadata/genres.csv": GENRES_CSV.encode()},
-        SMALL: {"fma_small/README.txt": b"fma_small (test copy)\n",
-                "fma_small/checksums": checksums.encode(), **audio},
+        META: {
+            "fma_metadata/README.txt": b"FMA metadata (test copy)\n",
+            "fma_metadata/tracks.csv": TRACKS_CSV.encode(),
+            "fma_metadata/genres.csv": GENRES_CSV.encode(),
+        },
+        SMALL: {
+            "fma_small/README.txt": b"fma_small (test copy)\n",
+            "fma_small/checksums": checksums.encode(),
+            **audio,
+        },
     }
 
 
@@ -82,8 +90,10 @@ def zips(members) -> dict[str, bytes]:
 def _table(zips: dict[str, bytes], **sha1: str) -> list[dl.Archive]:
     """Archives for the served zips with their true sums (or those given as META=..., SMALL=...)."""
     overrides = {META: sha1.get("META"), SMALL: sha1.get("SMALL")}
-    return [dl.Archive(name, overrides[name] or hashlib.sha1(data).hexdigest(), len(data), 2 * len(data))
-            for name, data in zips.items()]
+    return [
+        dl.Archive(name, overrides[name] or hashlib.sha1(data).hexdigest(), len(data), 2 * len(data))
+        for name, data in zips.items()
+    ]
 
 
 @pytest.fixture
@@ -143,7 +153,9 @@ def test_normal_run_unpacks_fma_layout_and_checks_sums(tmp_path, server, zips, m
         assert dl.verified_marker(fma_dir, archive).is_file()
         assert not dl.part_path(fma_dir, archive).exists()
     assert [(r.path, r.range, r.status) for r in server.requests] == [
-        ("/" + META, None, 200), ("/" + SMALL, None, 200)]
+        ("/" + META, None, 200),
+        ("/" + SMALL, None, 200),
+    ]
     assert not list(fma_dir.rglob("*.unpacking"))
     # The bzip2 members really are bzip2 (what some unzip tools reject).
     with zipfile.ZipFile(fma_dir / SMALL) as zf:
@@ -244,8 +256,9 @@ def test_wrong_checksum_keeps_bad_zip_aside_and_unpacked_files(tmp_path, server,
     assert not (fma_dir / SMALL).exists() and not (fma_dir / (SMALL + ".part")).exists()
     after = _tree(fma_dir)
     del after[bad.name]
-    assert {k: v for k, v in after.items() if not k.endswith(".verified")} == \
-        {k: v for k, v in before.items() if not k.endswith(".verified")}  # nothing unpacked lost
+    assert {k: v for k, v in after.items() if not k.endswith(".verified")} == {
+        k: v for k, v in before.items() if not k.endswith(".verified")
+    }  # nothing unpacked lost
     assert not dl.unpacked_marker(fma_dir, archives[1]).exists()
 
 
@@ -260,8 +273,9 @@ def test_existing_zip_with_wrong_checksum_is_moved_aside(tmp_path, server, zips)
     assert server.requests_for(SMALL) == []
 
 
-@pytest.mark.parametrize("evil", ["../outside.mp3", "fma_small/../../outside.mp3", "/tmp/outside.mp3",
-                                  "C:/outside.mp3"])
+@pytest.mark.parametrize(
+    "evil", ["../outside.mp3", "fma_small/../../outside.mp3", "/tmp/outside.mp3", "C:/outside.mp3"]
+)
 def test_zip_slip_member_is_refused_before_writing(tmp_path, server, zips, members, evil):
     fma_dir = tmp_path / "deep" / "data"
     slip = _zip({"fma_small/000/000002.mp3": members[SMALL]["fma_small/000/000002.mp3"], evil: b"evil"})
@@ -293,8 +307,15 @@ def test_connection_refused_names_the_url(tmp_path, zips):
         port = sock.getsockname()[1]
     url = f"http://127.0.0.1:{port}/"
     with pytest.raises(dl.FetchError, match="cannot connect") as info:
-        dl.download(tmp_path / "data", "small", base_url=url, archives=_table(zips), retries=1,
-                    retry_wait=0.01, progress=False)
+        dl.download(
+            tmp_path / "data",
+            "small",
+            base_url=url,
+            archives=_table(zips),
+            retries=1,
+            retry_wait=0.01,
+            progress=False,
+        )
     assert url + META in str(info.value)
 
 
@@ -396,32 +417,53 @@ def test_published_table_matches_fma_facts():
     assert [a.name for a in dl.archives_for("large")] == [META, "fma_large.zip"]
     assert dl.ARCHIVES["large"].sha1 == "497109f4dd721066b5ce5e5f250ec604dc78939e"
     assert dl.ARCHIVES["small"].folder == "fma_small"
-    assert dl.archive_url(dl.DEFAULT_BASE_URL, dl.ARCHIVES["metadata"]) == \
-        "https://os.unil.cloud.switch.ch/fma/fma_metadata.zip"
+    assert (
+        dl.archive_url(dl.DEFAULT_BASE_URL, dl.ARCHIVES["metadata"])
+        == "https://os.unil.cloud.switch.ch/fma/fma_metadata.zip"
+    )
 
 
-def test_cli_downloads_with_env_base_url_and_sums_file(tmp_path, server, zips, members, python,
-                                                       subprocess_env, repo_root):
+def test_cli_downloads_with_env_base_url_and_sums_file(
+    tmp_path, server, zips, members, python, subprocess_env, repo_root
+):
     sums = tmp_path / "sums.txt"
     sums.write_text("".join(f"{hashlib.sha1(data).hexdigest()}  {name}\n" for name, data in zips.items()))
     fma_dir = tmp_path / "data"
     env = {**subprocess_env, dl.BASE_URL_ENV: server.url}
-    cmd = [python, "-m", "preprocess", "download", "--fma-dir", str(fma_dir), "--subset", "small",
-           "--sums", str(sums), "--reserve", "0"]
+    cmd = [
+        python,
+        "-m",
+        "preprocess",
+        "download",
+        "--fma-dir",
+        str(fma_dir),
+        "--subset",
+        "small",
+        "--sums",
+        str(sums),
+        "--reserve",
+        "0",
+    ]
     done = subprocess.run(cmd, env=env, cwd=repo_root, capture_output=True, text=True, timeout=60)
     # The disk check uses FMA's published sizes (7.5 GiB for small); skip it where the disk is small.
     if "not enough free disk space" in done.stderr:
-        done = subprocess.run(cmd + ["--no-space-check"], env=env, cwd=repo_root, capture_output=True,
-                              text=True, timeout=60)
+        done = subprocess.run(
+            cmd + ["--no-space-check"], env=env, cwd=repo_root, capture_output=True, text=True, timeout=60
+        )
     assert done.returncode == 0, done.stderr
     assert "done:" in done.stdout
     _assert_unpacked(fma_dir, members, SMALL)
     _assert_unpacked(fma_dir, members, META)
     # A refusal exits 2 with the reason on stderr; --reserve asks for more than any disk has.
     other = tmp_path / "other"
-    refused = subprocess.run(cmd[:4] + ["--fma-dir", str(other), "--subset", "small", "--sums", str(sums),
-                                        "--reserve", "1e9"],
-                             env=env, cwd=repo_root, capture_output=True, text=True, timeout=60)
+    refused = subprocess.run(
+        cmd[:4] + ["--fma-dir", str(other), "--subset", "small", "--sums", str(sums), "--reserve", "1e9"],
+        env=env,
+        cwd=repo_root,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert refused.returncode == 2
     assert "not enough free disk space" in refused.stderr and "--reserve" in refused.stderr
     assert not other.exists()
@@ -431,14 +473,23 @@ def test_cli_help_explains():
     parser = __import__("argparse").ArgumentParser()
     dl.add_arguments(parser)
     text = parser.format_help()
-    for option in ("--fma-dir", "--subset", "--base-url", "--sums", "--retries", "--reserve",
-                   "--no-space-check", "--remove-zip"):
+    for option in (
+        "--fma-dir",
+        "--subset",
+        "--base-url",
+        "--sums",
+        "--retries",
+        "--reserve",
+        "--no-space-check",
+        "--remove-zip",
+    ):
         assert option in text
     assert "Range" in dl.__doc__ and "bzip2" in dl.__doc__
 
 
-def test_remove_zip_deletes_zips_once_unpacked_and_rerun_still_fetches_nothing(tmp_path, server, zips,
-                                                                               members):
+def test_remove_zip_deletes_zips_once_unpacked_and_rerun_still_fetches_nothing(
+    tmp_path, server, zips, members
+):
     fma_dir = tmp_path / "data"
     archives = _table(zips)
     _run(fma_dir, server, archives, remove_zip=True)
@@ -506,18 +557,42 @@ def test_cli_no_unpack_and_make_variable(tmp_path, server, zips, members, python
     sums.write_text("".join(f"{hashlib.sha1(data).hexdigest()}  {name}\n" for name, data in zips.items()))
     fma_dir = tmp_path / "data"
     env = {**subprocess_env, dl.BASE_URL_ENV: server.url}
-    cmd = [python, "-m", "preprocess", "download", "--fma-dir", str(fma_dir), "--subset", "small",
-           "--sums", str(sums), "--reserve", "0", "--no-unpack", "--no-space-check"]
+    cmd = [
+        python,
+        "-m",
+        "preprocess",
+        "download",
+        "--fma-dir",
+        str(fma_dir),
+        "--subset",
+        "small",
+        "--sums",
+        str(sums),
+        "--reserve",
+        "0",
+        "--no-unpack",
+        "--no-space-check",
+    ]
     done = subprocess.run(cmd, env=env, cwd=repo_root, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert "fma_small.zip" in done.stdout.splitlines()[-1] and "make features" in done.stdout
     assert (fma_dir / SMALL).read_bytes() == zips[SMALL] and not (fma_dir / "fma_small").exists()
     _assert_unpacked(fma_dir, members, META)
     # `make download UNPACK=0` passes --no-unpack (dry run: prints the command only).
-    made = subprocess.run(["make", "-n", "-o", ".venv/.setup-stamp", "download", "UNPACK=0"], cwd=repo_root,
-                          capture_output=True, text=True, timeout=60)
+    made = subprocess.run(
+        ["make", "-n", "-o", ".venv/.setup-stamp", "download", "UNPACK=0"],
+        cwd=repo_root,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert made.returncode == 0, made.stderr
     assert "--no-unpack" in made.stdout
-    made = subprocess.run(["make", "-n", "-o", ".venv/.setup-stamp", "download"], cwd=repo_root,
-                          capture_output=True, text=True, timeout=60)
+    made = subprocess.run(
+        ["make", "-n", "-o", ".venv/.setup-stamp", "download"],
+        cwd=repo_root,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert "--no-unpack" not in made.stdout

@@ -52,8 +52,10 @@ def test_state_round_trip_and_inference_weights():
     other = WeightEMA(build_model(ModelConfig("seed", 4)), decay=0.5)
     other.load_state_dict(state)
     assert other.updates == 2
-    assert all(torch.equal(a, b) for a, b in zip(other.model.state_dict().values(),
-                                                 ema.model.state_dict().values(), strict=True))
+    assert all(
+        torch.equal(a, b)
+        for a, b in zip(other.model.state_dict().values(), ema.model.state_dict().values(), strict=True)
+    )
     raw = {k: v.cpu() for k, v in model.state_dict().items()}
     assert inference_state_dict({"state_dict": raw, "ema_state_dict": state}) is state["weights"]
     assert inference_state_dict({"state_dict": raw}) is raw

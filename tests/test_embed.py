@@ -27,8 +27,10 @@ def test_embed_shards_round_trips(name, tmp_path, capsys):
     class_names = [f"genre{c:02d}" for c in range(4)]
     checkpoint = make_checkpoint(run / "best.pt", name, num_classes=4, class_names=class_names)
     out = tmp_path / "emb.h5"
-    assert main(["embed", "--run", str(run), "--shards", str(shards_dir), "--split", "test",
-                 "--out", str(out)]) == 0
+    assert (
+        main(["embed", "--run", str(run), "--shards", str(shards_dir), "--split", "test", "--out", str(out)])
+        == 0
+    )
     assert f"{out}: 17 tracks" in capsys.readouterr().out
 
     dataset = ShardDataset(shards_dir, "test")

@@ -26,9 +26,9 @@ from train.normalization import standardize
 def test_metrics_match_scikit_learn(seed):
     rng = np.random.default_rng(seed)
     k = 6
-    y_true = rng.integers(0, k - 1, size=200)          # class 5 never true
+    y_true = rng.integers(0, k - 1, size=200)  # class 5 never true
     y_pred = np.where(rng.random(200) < 0.6, y_true, rng.integers(0, k, size=200))
-    y_pred[y_pred == 4] = 3                              # class 4 never predicted
+    y_pred[y_pred == 4] = 3  # class 4 never predicted
     scores = rng.random((200, k))
     scores[np.arange(200), y_pred] += 1.0
     result = metrics.summary(y_true, y_pred, k, scores)
@@ -37,7 +37,8 @@ def test_metrics_match_scikit_learn(seed):
     assert result["balanced_accuracy"] == pytest.approx(skm.balanced_accuracy_score(y_true, y_pred))
     assert result["macro_f1"] == pytest.approx(skm.f1_score(y_true, y_pred, average="macro", zero_division=0))
     assert result["top3_accuracy"] == pytest.approx(
-        skm.top_k_accuracy_score(y_true, scores, k=3, labels=range(k)))
+        skm.top_k_accuracy_score(y_true, scores, k=3, labels=range(k))
+    )
     p, r, f, s = skm.precision_recall_fscore_support(y_true, y_pred, labels=range(k), zero_division=0)
     np.testing.assert_allclose(result["precision"], p)
     np.testing.assert_allclose(result["recall"], r)
@@ -57,11 +58,32 @@ def trained_run(tmp_path_factory):
     folder = tmp_path_factory.mktemp("evalset")
     # 5 classes, 30% of the labels wrong, 3 short epochs: an imperfect model with varied predictions,
     # so the numbers are non-trivial (~0.57 accuracy).
-    make_shard_set(folder / "shards", {"train": [100], "validation": [20], "test": [37, 30]},
-                   num_classes=5, seed=4, label_noise=0.3)
+    make_shard_set(
+        folder / "shards",
+        {"train": [100], "validation": [20], "test": [37, 30]},
+        num_classes=5,
+        seed=4,
+        label_noise=0.3,
+    )
     run = folder / "run"
-    assert main(["fit", "--shards", str(folder / "shards"), "--run", str(run), "--epochs", "3",
-                 "--batch-size", "16", "--device", "cpu"]) == 0
+    assert (
+        main(
+            [
+                "fit",
+                "--shards",
+                str(folder / "shards"),
+                "--run",
+                str(run),
+                "--epochs",
+                "3",
+                "--batch-size",
+                "16",
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     return folder / "shards", run
 
 
@@ -88,15 +110,18 @@ def test_test_report_and_plot_have_the_right_numbers(trained_run, capsys):
     assert report["accuracy"] == pytest.approx(skm.accuracy_score(y_true, y_pred))
     assert report["balanced_accuracy"] == pytest.approx(skm.balanced_accuracy_score(y_true, y_pred))
     assert report["macro_f1"] == pytest.approx(skm.f1_score(y_true, y_pred, average="macro", zero_division=0))
-    assert report["top3_accuracy"] == pytest.approx(skm.top_k_accuracy_score(y_true, scores, k=3,
-                                                                             labels=range(k)))
-    np.testing.assert_array_equal(report["confusion_matrix"], skm.confusion_matrix(y_true, y_pred,
-                                                                                  labels=range(k)))
+    assert report["top3_accuracy"] == pytest.approx(
+        skm.top_k_accuracy_score(y_true, scores, k=3, labels=range(k))
+    )
+    np.testing.assert_array_equal(
+        report["confusion_matrix"], skm.confusion_matrix(y_true, y_pred, labels=range(k))
+    )
     p, r, f, s = skm.precision_recall_fscore_support(y_true, y_pred, labels=range(k), zero_division=0)
     for i, name in enumerate(report["class_names"]):
         row = report["per_class"][name]
         assert (row["precision"], row["recall"], row["f1"], row["support"]) == pytest.approx(
-            (p[i], r[i], f[i], s[i]))
+            (p[i], r[i], f[i], s[i])
+        )
     assert f"{report['macro_f1']:.4f}" in printed and "genre04" in printed
 
     image = matplotlib.image.imread(run / "confusion.png")
@@ -107,31 +132,72 @@ def test_test_report_and_plot_have_the_right_numbers(trained_run, capsys):
 def test_build_report_structure():
     report = build_report(np.array([0, 1, 1]), np.array([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4]]), ["a", "b"])
     assert report["confusion_matrix"] == [[1, 0], [1, 1]]
-    assert report["per_class"]["b"] == {"precision": 1.0, "recall": 0.5, "f1": pytest.approx(2 / 3),
-                                        "support": 2}
+    assert report["per_class"]["b"] == {
+        "precision": 1.0,
+        "recall": 0.5,
+        "f1": pytest.approx(2 / 3),
+        "support": 2,
+    }
     json.dumps(report)
 
 
 @pytest.mark.slow
-def test_predict_names_the_genre_of_a_clearly_separable_generated_clip(mini_fma, tmp_path, python,
-                                                                       subprocess_env, repo_root):
+def test_predict_names_the_genre_of_a_clearly_separable_generated_clip(
+    mini_fma, tmp_path, python, subprocess_env, repo_root
+):
     """Needs the features stage (preprocess.audio, python -m preprocess features) and the generator."""
     fma_dir, truth = mini_fma
     shards_dir, run = tmp_path / "shards", tmp_path / "run"
 
     def cli(*args):
-        out = subprocess.run([python, "-m", *args], cwd=repo_root, env=subprocess_env, capture_output=True,
-                             text=True, timeout=600)
+        out = subprocess.run(
+            [python, "-m", *args],
+            cwd=repo_root,
+            env=subprocess_env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
         assert out.returncode == 0, out.stderr[-3000:]
         return out.stdout
 
-    cli("preprocess", "features", "--fma-dir", str(fma_dir), "--subset", "large", "--out", str(shards_dir),
-        "--jobs", "2")
+    cli(
+        "preprocess",
+        "features",
+        "--fma-dir",
+        str(fma_dir),
+        "--subset",
+        "large",
+        "--out",
+        str(shards_dir),
+        "--jobs",
+        "2",
+    )
     if not (shards_dir / "manifest.json").exists():
         cli("preprocess", "finalize", str(shards_dir))
     # ~60 training tracks of 16 genres: small batches and 20 epochs (~60 steps) to learn the easy ones.
-    assert main(["fit", "--shards", str(shards_dir), "--run", str(run), "--epochs", "20",
-                 "--milestones", "16", "--batch-size", "16", "--device", "cpu", "--seed", "0"]) == 0
+    assert (
+        main(
+            [
+                "fit",
+                "--shards",
+                str(shards_dir),
+                "--run",
+                str(run),
+                "--epochs",
+                "20",
+                "--milestones",
+                "16",
+                "--batch-size",
+                "16",
+                "--device",
+                "cpu",
+                "--seed",
+                "0",
+            ]
+        )
+        == 0
+    )
     assert main(["test", "--shards", str(shards_dir), "--run", str(run), "--device", "cpu"]) == 0
     report = json.loads((run / "test_report.json").read_text())
     best_genre = max(report["class_names"], key=lambda g: report["per_class"][g]["f1"])

@@ -26,8 +26,23 @@ TRIALS = 5
 
 
 def features_cmd(python, fma_dir, out, jobs=2) -> list[str]:
-    return [python, "-m", "preprocess", "features", "--fma-dir", str(fma_dir), "--subset", "large",
-            "--out", str(out), "--jobs", str(jobs), "--shard-size", str(SHARD_SIZE), "--no-progress"]
+    return [
+        python,
+        "-m",
+        "preprocess",
+        "features",
+        "--fma-dir",
+        str(fma_dir),
+        "--subset",
+        "large",
+        "--out",
+        str(out),
+        "--jobs",
+        str(jobs),
+        "--shard-size",
+        str(SHARD_SIZE),
+        "--no-progress",
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -66,8 +81,9 @@ def _assert_same_as_reference(out, reference) -> None:
     assert json.loads((out / "plan.json").read_text()) == json.loads((ref_dir / "plan.json").read_text())
 
 
-def test_kill_9_at_random_moments_then_rerun_gives_identical_shards(reference, mini_fma, tmp_path, python,
-                                                                    subprocess_env):
+def test_kill_9_at_random_moments_then_rerun_gives_identical_shards(
+    reference, mini_fma, tmp_path, python, subprocess_env
+):
     _, (appear, seconds), ref_digests = reference
     total = len(ref_digests) - 2  # the shards, without plan.json and manifest.json
     rng = random.Random(6)
@@ -83,8 +99,12 @@ def test_kill_9_at_random_moments_then_rerun_gives_identical_shards(reference, m
             out = tmp_path / f"trial{trial}"
             shards_before = sum(1 for t in appear if t <= moment)
             extra = moment - (appear[shards_before - 1] if shards_before else 0.0)
-            proc = start(features_cmd(python, mini_fma[0], out), subprocess_env,
-                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            proc = start(
+                features_cmd(python, mini_fma[0], out),
+                subprocess_env,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
             while len(list(out.glob(SHARD_GLOB))) < shards_before and proc.poll() is None:
                 time.sleep(0.005)
             deadline = time.monotonic() + extra
@@ -94,15 +114,22 @@ def test_kill_9_at_random_moments_then_rerun_gives_identical_shards(reference, m
             kill_group(proc)
             at_kill.append((round(moment, 2), len(list(out.glob(SHARD_GLOB))), finished_before_kill))
             # Rerun to completion (watched too: a rerun must not expose a partial shard either).
-            rerun = subprocess.run(features_cmd(python, mini_fma[0], out), env=subprocess_env,
-                                   capture_output=True, text=True, timeout=300)
+            rerun = subprocess.run(
+                features_cmd(python, mini_fma[0], out),
+                env=subprocess_env,
+                capture_output=True,
+                text=True,
+                timeout=300,
+            )
             assert rerun.returncode == 0, (trial, rerun.stderr)
             _assert_same_as_reference(out, reference)
     finally:
         watcher.stop()
-    print(f"reference run {seconds:.1f} s; (moment s, shards at kill, finished first): {at_kill}; "
-          f"watcher: {watcher.polls} polls, {watcher.polls_with_shards} with shards, "
-          f"{watcher.checks} full reads")
+    print(
+        f"reference run {seconds:.1f} s; (moment s, shards at kill, finished first): {at_kill}; "
+        f"watcher: {watcher.polls} polls, {watcher.polls_with_shards} with shards, "
+        f"{watcher.checks} full reads"
+    )
     killed_mid_run = [k for _, k, finished in at_kill if not finished and 0 < k < total]
     assert len(killed_mid_run) >= 3, at_kill  # the kills really landed while shards were being written
     assert watcher.problems == []
@@ -113,6 +140,7 @@ def _limit_file_size(limit: int):
     def apply() -> None:
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # writes past the limit fail with EFBIG
         resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
     return apply
 
 
@@ -126,8 +154,14 @@ def test_full_disk_while_a_shard_is_written(reference, mini_fma, tmp_path, pytho
     assert k >= 1 and max(sizes[:k]) < sizes[k]  # at least one shard written before the full disk
     limit = (max(sizes[:k]) + sizes[k]) // 2
     out = tmp_path / "shards"
-    done = subprocess.run(features_cmd(python, mini_fma[0], out, jobs=1), env=subprocess_env,
-                          capture_output=True, text=True, timeout=300, preexec_fn=_limit_file_size(limit))
+    done = subprocess.run(
+        features_cmd(python, mini_fma[0], out, jobs=1),
+        env=subprocess_env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        preexec_fn=_limit_file_size(limit),
+    )
     print(done.stderr[-2000:])
     assert done.returncode > 0  # an error exit, not a crash by signal
     assert order[k] in done.stderr and "File too large" in done.stderr
@@ -140,8 +174,13 @@ def test_full_disk_while_a_shard_is_written(reference, mini_fma, tmp_path, pytho
         assert file_digests(out)[name] == ref_digests[name]
     # Space again: the rerun keeps them as they are (not rewritten) and computes only the rest.
     kept = {name: (out / name).stat() for name in order[:k]}
-    rerun = subprocess.run(features_cmd(python, mini_fma[0], out), env=subprocess_env, capture_output=True,
-                           text=True, timeout=300)
+    rerun = subprocess.run(
+        features_cmd(python, mini_fma[0], out),
+        env=subprocess_env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert rerun.returncode == 0, rerun.stderr
     for name, before in kept.items():
         after = (out / name).stat()
@@ -149,8 +188,9 @@ def test_full_disk_while_a_shard_is_written(reference, mini_fma, tmp_path, pytho
     _assert_same_as_reference(out, reference)
 
 
-def test_damaged_shards_and_plan_are_handled_by_a_rerun(reference, mini_fma, tmp_path, python,
-                                                        subprocess_env):
+def test_damaged_shards_and_plan_are_handled_by_a_rerun(
+    reference, mini_fma, tmp_path, python, subprocess_env
+):
     """A truncated shard and a zero-byte shard under final names (e.g. a copy cut short) are
     recomputed by a rerun; an unreadable plan.json is a clear error naming it."""
     ref_dir, _, ref_digests = reference
@@ -161,14 +201,24 @@ def test_damaged_shards_and_plan_are_handled_by_a_rerun(reference, mini_fma, tmp
         fh.truncate((out / names[1]).stat().st_size // 3)
     (out / names[-1]).write_bytes(b"")
     (out / "manifest.json").unlink()
-    rerun = subprocess.run(features_cmd(python, mini_fma[0], out), env=subprocess_env, capture_output=True,
-                           text=True, timeout=300)
+    rerun = subprocess.run(
+        features_cmd(python, mini_fma[0], out),
+        env=subprocess_env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert rerun.returncode == 0, rerun.stderr
     _assert_same_as_reference(out, reference)
 
     (out / "plan.json").write_text('{"plan_version": 1, "subset": "lar')  # cut short by hand
-    broken = subprocess.run(features_cmd(python, mini_fma[0], out), env=subprocess_env, capture_output=True,
-                            text=True, timeout=300)
+    broken = subprocess.run(
+        features_cmd(python, mini_fma[0], out),
+        env=subprocess_env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert broken.returncode == 2
     assert broken.stderr.startswith("error: ") and str(out / "plan.json") in broken.stderr, broken.stderr
     assert "Traceback" not in broken.stderr

@@ -33,8 +33,22 @@ def fma_dir_with(tmp_path, mini_fma, write) -> tuple:
 
 
 def run_features(fma_dir, out, capsys, subset="large") -> tuple[int, str, str]:
-    code = main(["features", "--fma-dir", str(fma_dir), "--subset", subset, "--out", str(out), "--jobs", "2",
-                 "--shard-size", "8", "--no-progress"])
+    code = main(
+        [
+            "features",
+            "--fma-dir",
+            str(fma_dir),
+            "--subset",
+            subset,
+            "--out",
+            str(out),
+            "--jobs",
+            "2",
+            "--shard-size",
+            "8",
+            "--no-progress",
+        ]
+    )
     captured = capsys.readouterr()
     return code, captured.out, captured.err
 
@@ -64,9 +78,11 @@ def test_wrong_header_shape_is_explained(shape, mini_fma, tmp_path, capsys):
     lines = _first_lines(tracks_csv_path(mini_fma[0]))
     assert lines[2].startswith("track_id")
     if shape == "one_header_line":  # e.g. a flattened export: 'track_id,set_split,...'
-        flat = ",".join(f"{a}_{b}" for a, b in zip(lines[0].rstrip("\n").split(","),
-                                                    lines[1].rstrip("\n").split(","), strict=True))
-        text = "track_id" + flat[flat.index(","):] + "\n" + "".join(lines[3:])
+        flat = ",".join(
+            f"{a}_{b}"
+            for a, b in zip(lines[0].rstrip("\n").split(","), lines[1].rstrip("\n").split(","), strict=True)
+        )
+        text = "track_id" + flat[flat.index(",") :] + "\n" + "".join(lines[3:])
     elif shape == "no_track_id_line":  # the third header line dropped
         text = "".join(lines[:2] + lines[3:])
     else:  # cut off after the header
@@ -80,8 +96,11 @@ def test_wrong_header_shape_is_explained(shape, mini_fma, tmp_path, capsys):
         assert_clear_error(code, err, csv, tmp_path / "out", "header")
 
 
-@pytest.mark.parametrize("content", [b"", b"\n\n", b"\x89PNG\r\n\x1a\n\x00\x00\xff\xfe binary"],
-                         ids=["empty", "blank_lines", "binary"])
+@pytest.mark.parametrize(
+    "content",
+    [b"", b"\n\n", b"\x89PNG\r\n\x1a\n\x00\x00\xff\xfe binary"],
+    ids=["empty", "blank_lines", "binary"],
+)
 def test_empty_or_garbled_file_is_named(content, mini_fma, tmp_path, capsys):
     fma_dir, csv = fma_dir_with(tmp_path, mini_fma, lambda p: p.write_bytes(content))
     code, _, err = run_features(fma_dir, tmp_path / "out", capsys)

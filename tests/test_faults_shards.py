@@ -72,9 +72,18 @@ def other_recipe(folder) -> str:
     path = folder / VICTIM
     old = shards.read_shard(path)
     mel = shards.mel_memmap(path)[()].copy()
-    shards.write_shard(path, mel=mel, label=old.label, track_id=old.track_id, split=old.split,
-                       shard_index=old.shard_index, num_shards=old.num_shards, subset=old.subset,
-                       recipe={**RECIPE, "fmax": 8000}, class_names=old.class_names)
+    shards.write_shard(
+        path,
+        mel=mel,
+        label=old.label,
+        track_id=old.track_id,
+        split=old.split,
+        shard_index=old.shard_index,
+        num_shards=old.num_shards,
+        subset=old.subset,
+        recipe={**RECIPE, "fmax": 8000},
+        class_names=old.class_names,
+    )
     return "recipe"
 
 
@@ -93,12 +102,20 @@ def manifest_num_tracks(folder) -> str:
     return "tracks"
 
 
-@pytest.mark.parametrize("fault", [truncate, other_recipe, missing, manifest_checksum, manifest_num_tracks],
-                         ids=lambda f: f.__name__)
+@pytest.mark.parametrize(
+    "fault",
+    [truncate, other_recipe, missing, manifest_checksum, manifest_num_tracks],
+    ids=lambda f: f.__name__,
+)
 def test_verify_cli_exits_non_zero_naming_the_file(fault, bad_set, python, subprocess_env):
     what = fault(bad_set)
-    result = subprocess.run([python, "-m", "preprocess", "verify", str(bad_set), "--no-progress"],
-                            env=subprocess_env, capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [python, "-m", "preprocess", "verify", str(bad_set), "--no-progress"],
+        env=subprocess_env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 1, result.stdout
     errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
     assert errors and all(VICTIM in line for line in errors), result.stderr
@@ -116,8 +133,13 @@ def test_dataset_refuses_naming_the_file(fault, bad_set):
 
 def test_good_set_passes_both(good_set, python, subprocess_env):
     """The control: the same checks pass on the untouched set (so the failures above are the faults')."""
-    result = subprocess.run([python, "-m", "preprocess", "verify", str(good_set), "--no-progress"],
-                            env=subprocess_env, capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [python, "-m", "preprocess", "verify", str(good_set), "--no-progress"],
+        env=subprocess_env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 0, result.stderr
     assert len(ShardDataset(good_set, "train", verify=True)) == sum(COUNTS["train"])
 
@@ -140,8 +162,17 @@ def test_train_fit_names_a_flipped_byte(bad_set, tmp_path, capsys):
         byte = fh.read(1)
         fh.seek(-1, 1)
         fh.write(bytes([byte[0] ^ 0x10]))
-    argv = ["fit", "--shards", str(bad_set), "--run", str(tmp_path / "run"), "--device", "cpu",
-            "--epochs", "1"]
+    argv = [
+        "fit",
+        "--shards",
+        str(bad_set),
+        "--run",
+        str(tmp_path / "run"),
+        "--device",
+        "cpu",
+        "--epochs",
+        "1",
+    ]
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and VICTIM in err and "checksum" in err, err
@@ -151,8 +182,13 @@ def test_train_fit_names_a_flipped_byte(bad_set, tmp_path, capsys):
 def test_unreadable_manifest_is_named_by_verify_and_the_dataset(bad_set, python, subprocess_env):
     manifest = bad_set / "manifest.json"
     manifest.write_text(manifest.read_text()[:200])  # cut short
-    result = subprocess.run([python, "-m", "preprocess", "verify", str(bad_set), "--no-progress"],
-                            env=subprocess_env, capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [python, "-m", "preprocess", "verify", str(bad_set), "--no-progress"],
+        env=subprocess_env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 1 and str(manifest) in result.stderr and "JSON" in result.stderr
     with pytest.raises(shards.ShardError, match=r"manifest\.json: not a readable JSON manifest"):
         ShardDataset(bad_set, "train")

@@ -34,17 +34,37 @@ def shard_set(tmp_path_factory):
 
 
 def fit_cmd(python, shards_dir, run) -> list[str]:
-    return [python, "-m", "train", "fit", "--shards", str(shards_dir), "--run", str(run), "--model", "seed",
-            "--device", "cpu", "--epochs", str(EPOCHS), "--batch-size", "8", "--seed", "11",
-            "--num-workers", "0"]
+    return [
+        python,
+        "-m",
+        "train",
+        "fit",
+        "--shards",
+        str(shards_dir),
+        "--run",
+        str(run),
+        "--model",
+        "seed",
+        "--device",
+        "cpu",
+        "--epochs",
+        str(EPOCHS),
+        "--batch-size",
+        "8",
+        "--seed",
+        "11",
+        "--num-workers",
+        "0",
+    ]
 
 
 @pytest.fixture(scope="module")
 def straight(shard_set, tmp_path_factory, python, subprocess_env):
     """An uninterrupted run, in its own process like the killed one."""
     run = tmp_path_factory.mktemp("straight") / "run"
-    done = subprocess.run(fit_cmd(python, shard_set, run), env=subprocess_env, capture_output=True, text=True,
-                          timeout=600)
+    done = subprocess.run(
+        fit_cmd(python, shard_set, run), env=subprocess_env, capture_output=True, text=True, timeout=600
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     return run
 
@@ -62,19 +82,23 @@ class OutputReader(threading.Thread):
 
 
 @pytest.mark.slow
-def test_kill_9_mid_epoch_then_resume_equals_uninterrupted(straight, shard_set, tmp_path, python,
-                                                           subprocess_env):
+def test_kill_9_mid_epoch_then_resume_equals_uninterrupted(
+    straight, shard_set, tmp_path, python, subprocess_env
+):
     run = tmp_path / "run"
-    proc = start(fit_cmd(python, shard_set, run), subprocess_env, stdout=subprocess.DEVNULL,
-                 stderr=subprocess.PIPE)
+    proc = start(
+        fit_cmd(python, shard_set, run), subprocess_env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
     reader = OutputReader(proc.stderr)
     reader.start()
 
     def in_epoch_2() -> bool:
         # The bar of epoch 2 showing a loss: its first optimiser step is done (the bar is
         # refreshed with the running loss after steps 0, 10, 20, ...), 11 more steps to go.
-        return any(part.startswith(f"epoch 2/{EPOCHS}".encode()) and b"loss=" in part
-                   for part in reader.data.split(b"\r"))
+        return any(
+            part.startswith(f"epoch 2/{EPOCHS}".encode()) and b"loss=" in part
+            for part in reader.data.split(b"\r")
+        )
 
     try:
         deadline = time.monotonic() + 300
@@ -91,8 +115,13 @@ def test_kill_9_mid_epoch_then_resume_equals_uninterrupted(straight, shard_set, 
     assert load_checkpoint(run / "last.pt")["epoch"] == 1  # epoch 1 was kept, epoch 2 is lost
     print(f"killed at: {tail!r}")
 
-    resumed = subprocess.run([python, "-m", "train", "fit", "--run", str(run), "--resume"],
-                             env=subprocess_env, capture_output=True, text=True, timeout=600)
+    resumed = subprocess.run(
+        [python, "-m", "train", "fit", "--run", str(run), "--resume"],
+        env=subprocess_env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     ours, theirs = load_checkpoint(run / "last.pt"), load_checkpoint(straight / "last.pt")
     assert ours["epoch"] == theirs["epoch"] == EPOCHS and len(ours["history"]) == EPOCHS
@@ -123,14 +152,17 @@ def test_truncated_last_checkpoint_is_named_on_resume(cut, straight, tmp_path, c
 def test_ctrl_c_mid_epoch_exits_130_saying_how_to_resume(shard_set, tmp_path, python, subprocess_env):
     """SIGINT to the command's process group (what Ctrl-C in a terminal does) in epoch 2."""
     run = tmp_path / "run"
-    proc = start(fit_cmd(python, shard_set, run), subprocess_env, stdout=subprocess.PIPE,
-                 stderr=subprocess.PIPE)
+    proc = start(
+        fit_cmd(python, shard_set, run), subprocess_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
     reader = OutputReader(proc.stderr)
     reader.start()
     try:
         deadline = time.monotonic() + 300
-        while not any(part.startswith(f"epoch 2/{EPOCHS}".encode()) and b"loss=" in part
-                      for part in reader.data.split(b"\r")):
+        while not any(
+            part.startswith(f"epoch 2/{EPOCHS}".encode()) and b"loss=" in part
+            for part in reader.data.split(b"\r")
+        ):
             assert proc.poll() is None and time.monotonic() < deadline, reader.data.decode()[-2000:]
             time.sleep(0.002)
         os.killpg(proc.pid, signal.SIGINT)

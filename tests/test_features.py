@@ -26,8 +26,14 @@ from tests._reference import plain_librosa
 
 SHARD_SIZE = 16
 SPLIT = {"training": "train", "validation": "validation", "test": "test"}
-REASON = {"zero_byte": "empty file", "missing": "missing file", "random_bytes": "cannot decode: ",
-          "short": "too short: ", "truncated": "too short: ", "silence": "digital silence"}
+REASON = {
+    "zero_byte": "empty file",
+    "missing": "missing file",
+    "random_bytes": "cannot decode: ",
+    "short": "too short: ",
+    "truncated": "too short: ",
+    "silence": "digital silence",
+}
 
 
 @pytest.fixture(scope="module")
@@ -35,16 +41,19 @@ def expected(mini_fma):
     """track id -> (split, label, kind) of every track the stage should try, from the truth + tracks.csv."""
     fma_dir, truth = mini_fma
     duration = load_tracks(tracks_csv_path(fma_dir))[("track", "duration")]
-    return {int(k): (SPLIT[t["split"]], CLASS_NAMES.index(t["genre_top"]), t["kind"])
-            for k, t in truth["tracks"].items()
-            if t["genre_top"] is not None and int(k) not in KNOWN_BAD and duration[int(k)] > 29}
+    return {
+        int(k): (SPLIT[t["split"]], CLASS_NAMES.index(t["genre_top"]), t["kind"])
+        for k, t in truth["tracks"].items()
+        if t["genre_top"] is not None and int(k) not in KNOWN_BAD and duration[int(k)] > 29
+    }
 
 
 @pytest.fixture(scope="module")
 def run(mini_fma, tmp_path_factory):
     out = tmp_path_factory.mktemp("shards")
     summary = driver.run_features(
-        FeatureOptions(mini_fma[0], out, jobs=2, shard_size=SHARD_SIZE, progress=False))
+        FeatureOptions(mini_fma[0], out, jobs=2, shard_size=SHARD_SIZE, progress=False)
+    )
     return out, summary
 
 
@@ -93,8 +102,11 @@ def test_images_match_plain_librosa_on_every_valid_file(run, mini_fma):
                 y = np.concatenate([y, np.zeros(n - y.size, np.float32)])
             assert np.abs(image - plain_librosa(y, sr)).max() < 0.05, tid
             checked += 1
-    assert checked == sum(1 for t in truth["tracks"].values() if t["kind"] == "good"
-                          and t["genre_top"] and int(_key(t)) not in KNOWN_BAD) - _skipped_good(out, truth)
+    assert checked == sum(
+        1
+        for t in truth["tracks"].values()
+        if t["kind"] == "good" and t["genre_top"] and int(_key(t)) not in KNOWN_BAD
+    ) - _skipped_good(out, truth)
     # A VBR file without a Xing header: libsndfile (so librosa.load too) stops at a length it
     # estimates from the first frame's bit rate; the clip is padded and counted.
     assert short and padded.keys() == short.keys()
@@ -111,8 +123,11 @@ def _key(info: dict) -> str:
 def _skipped_good(out, truth) -> int:
     plan = json.loads((out / "plan.json").read_text())
     skipped = {t for ids in plan["skipped"].values() for t in ids}
-    return sum(1 for k, t in truth["tracks"].items() if t["kind"] == "good" and t["genre_top"]
-               and int(k) not in KNOWN_BAD and int(k) in skipped)
+    return sum(
+        1
+        for k, t in truth["tracks"].items()
+        if t["kind"] == "good" and t["genre_top"] and int(k) not in KNOWN_BAD and int(k) in skipped
+    )
 
 
 def test_mel_from_file_gives_the_stored_image(run, mini_fma):
@@ -134,7 +149,8 @@ def test_rerun_does_nothing(run, mini_fma):
     out, _ = run
     before = _stats(out)
     summary = driver.run_features(
-        FeatureOptions(mini_fma[0], out, jobs=2, shard_size=SHARD_SIZE, progress=False))
+        FeatureOptions(mini_fma[0], out, jobs=2, shard_size=SHARD_SIZE, progress=False)
+    )
     assert summary["computed"] == []  # no shard task ran: nothing decoded
     assert len(summary["already_complete"]) == summary["planned"]
     assert _stats(out) == before  # nothing rewritten, manifest and plan included
@@ -145,10 +161,23 @@ def test_other_recipe_is_refused_and_wrong_dataset_is_explained(run, mini_fma, t
     from preprocess.recipe import RECIPES
 
     with pytest.raises(driver.FeaturesError, match="different settings.*sample_rate.*--force"):
-        driver.run_features(FeatureOptions(mini_fma[0], out, shard_size=SHARD_SIZE,
-                                           recipe=RECIPES["fixed22050"], progress=False))
-    argv = ["features", "--fma-dir", str(tmp_path / "nowhere"), "--out", str(tmp_path / "o"), "--jobs", "1",
-            "--shard-size", "8", "--no-progress"]
+        driver.run_features(
+            FeatureOptions(
+                mini_fma[0], out, shard_size=SHARD_SIZE, recipe=RECIPES["fixed22050"], progress=False
+            )
+        )
+    argv = [
+        "features",
+        "--fma-dir",
+        str(tmp_path / "nowhere"),
+        "--out",
+        str(tmp_path / "o"),
+        "--jobs",
+        "1",
+        "--shard-size",
+        "8",
+        "--no-progress",
+    ]
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert str(tmp_path / "nowhere" / "fma_metadata" / "tracks.csv") in err
@@ -165,10 +194,24 @@ def test_other_recipe_is_refused_and_wrong_dataset_is_explained(run, mini_fma, t
 def test_killed_run_restarts_to_identical_shards(run, mini_fma, tmp_path, python, subprocess_env):
     out, _ = run
     killed = tmp_path / "killed"
-    cmd = [python, "-m", "preprocess", "features", "--fma-dir", str(mini_fma[0]), "--out", str(killed),
-           "--jobs", "1", "--shard-size", str(SHARD_SIZE), "--no-progress"]
-    proc = subprocess.Popen(cmd, env=subprocess_env, start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    cmd = [
+        python,
+        "-m",
+        "preprocess",
+        "features",
+        "--fma-dir",
+        str(mini_fma[0]),
+        "--out",
+        str(killed),
+        "--jobs",
+        "1",
+        "--shard-size",
+        str(SHARD_SIZE),
+        "--no-progress",
+    ]
+    proc = subprocess.Popen(
+        cmd, env=subprocess_env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     try:
         deadline = time.monotonic() + 120
         while len(list(killed.glob("*.h5"))) < 2 and time.monotonic() < deadline and proc.poll() is None:
@@ -179,12 +222,14 @@ def test_killed_run_restarts_to_identical_shards(run, mini_fma, tmp_path, python
     done_at_kill = len(list(killed.glob("*.h5")))
     total = len(read_manifest(out)["shards"])
     assert 2 <= done_at_kill < total and not (killed / "manifest.json").exists()
-    summary = driver.run_features(FeatureOptions(mini_fma[0], killed, jobs=2, shard_size=SHARD_SIZE,
-                                                 progress=False))
+    summary = driver.run_features(
+        FeatureOptions(mini_fma[0], killed, jobs=2, shard_size=SHARD_SIZE, progress=False)
+    )
     assert len(summary["already_complete"]) >= 2
     ours, reference = read_manifest(killed), read_manifest(out)
-    assert [(e["name"], e["checksum"]) for e in ours["shards"]] == \
-        [(e["name"], e["checksum"]) for e in reference["shards"]]
+    assert [(e["name"], e["checksum"]) for e in ours["shards"]] == [
+        (e["name"], e["checksum"]) for e in reference["shards"]
+    ]
     assert ours["failed"] == reference["failed"]
     assert not list(killed.glob(".*tmp-*"))  # no temporary file left behind
 
@@ -201,16 +246,35 @@ def _group_gone(pgid: int, within_s: float) -> bool:
     return False
 
 
-def test_ctrl_c_stops_the_workers_says_how_far_and_a_rerun_resumes(run, mini_fma, tmp_path, python,
-                                                                   subprocess_env):
+def test_ctrl_c_stops_the_workers_says_how_far_and_a_rerun_resumes(
+    run, mini_fma, tmp_path, python, subprocess_env
+):
     """Ctrl-C in a terminal: SIGINT to the whole foreground group (the driver and its pool workers)."""
     out, _ = run
     total = len(read_manifest(out)["shards"])
     stopped = tmp_path / "stopped"
-    cmd = [python, "-m", "preprocess", "features", "--fma-dir", str(mini_fma[0]), "--out", str(stopped),
-           "--jobs", "2", "--shard-size", str(SHARD_SIZE)]
-    proc = subprocess.Popen(cmd, env=subprocess_env, start_new_session=True, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    cmd = [
+        python,
+        "-m",
+        "preprocess",
+        "features",
+        "--fma-dir",
+        str(mini_fma[0]),
+        "--out",
+        str(stopped),
+        "--jobs",
+        "2",
+        "--shard-size",
+        str(SHARD_SIZE),
+    ]
+    proc = subprocess.Popen(
+        cmd,
+        env=subprocess_env,
+        start_new_session=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         deadline = time.monotonic() + 120
         while len(list(stopped.glob("*.h5"))) < 1 and time.monotonic() < deadline and proc.poll() is None:
@@ -222,20 +286,23 @@ def test_ctrl_c_stops_the_workers_says_how_far_and_a_rerun_resumes(run, mini_fma
             os.killpg(proc.pid, signal.SIGKILL)
     assert proc.returncode == 130, err
     assert "Traceback" not in err, err
-    match = re.search(r"interrupted: (\d+) of (\d+) shards are complete.*rerun the same command to resume",
-                      err)
+    match = re.search(
+        r"interrupted: (\d+) of (\d+) shards are complete.*rerun the same command to resume", err
+    )
     assert match and int(match.group(2)) == total, err
     assert 1 <= int(match.group(1)) < total
     assert _group_gone(proc.pid, within_s=10), "pool workers still running after Ctrl-C"
     assert not (stopped / "manifest.json").exists()
 
-    rerun = subprocess.run([*cmd, "--no-progress"], env=subprocess_env, capture_output=True, text=True,
-                           timeout=600)
+    rerun = subprocess.run(
+        [*cmd, "--no-progress"], env=subprocess_env, capture_output=True, text=True, timeout=600
+    )
     assert rerun.returncode == 0, rerun.stderr
     resumed = re.search(rf"(\d+) of this task's {total} already complete", rerun.stderr)
     assert resumed and resumed.group(1) == match.group(1), rerun.stderr
-    assert [(e["name"], e["checksum"]) for e in read_manifest(stopped)["shards"]] == \
-        [(e["name"], e["checksum"]) for e in read_manifest(out)["shards"]]
+    assert [(e["name"], e["checksum"]) for e in read_manifest(stopped)["shards"]] == [
+        (e["name"], e["checksum"]) for e in read_manifest(out)["shards"]
+    ]
     assert not list(stopped.glob(".*tmp-*"))
 
 
@@ -257,6 +324,7 @@ def test_finalize_names_missing_shards(run, tmp_path, capsys):
 
 
 # --------------------------------------------------------------------------- long files, silence
+
 
 @pytest.fixture(scope="module")
 def long_mp3(tmp_path_factory):
@@ -298,8 +366,14 @@ def test_a_60_minute_file_costs_what_a_clip_costs(mini_fma, long_mp3, tmp_path, 
     from preprocess.recipe import RECIPES
 
     fma_dir, truth = mini_fma
-    clips = [int(k) for k, t in sorted(truth["tracks"].items()) if t["kind"] == "good"
-             and t["sample_rate"] == 44100 and t["channels"] == 2 and t["duration_s"] == 30.0][:3]
+    clips = [
+        int(k)
+        for k, t in sorted(truth["tracks"].items())
+        if t["kind"] == "good"
+        and t["sample_rate"] == 44100
+        and t["channels"] == 2
+        and t["duration_s"] == 30.0
+    ][:3]
     audio = tmp_path / "audio"
     for tid in clips:
         (audio / audio_relpath(tid)).parent.mkdir(parents=True, exist_ok=True)
@@ -310,14 +384,31 @@ def test_a_60_minute_file_costs_what_a_clip_costs(mini_fma, long_mp3, tmp_path, 
 
     def probe(ids: list[int], folder: str) -> dict:
         (tmp_path / folder).mkdir()
-        spec = ShardSpec(name="train-00000-of-00001.h5", split="train", shard_index=0, num_shards=1,
-                         track_ids=tuple(sorted(ids)), labels=(0,) * len(ids))
-        task = {"spec": spec.to_dict(), "audio": AudioSource(str(audio)).to_dict(),
-                "out": str(tmp_path / folder),
-                "recipe": RECIPES["reference"].to_dict(), "subset": "large", "class_names": list(CLASS_NAMES),
-                "timeout_s": 120.0, "compression": None}
-        proc = subprocess.run([python, "-c", _SHARD_PROBE, json.dumps(task)], env=subprocess_env,
-                              capture_output=True, text=True, check=True)
+        spec = ShardSpec(
+            name="train-00000-of-00001.h5",
+            split="train",
+            shard_index=0,
+            num_shards=1,
+            track_ids=tuple(sorted(ids)),
+            labels=(0,) * len(ids),
+        )
+        task = {
+            "spec": spec.to_dict(),
+            "audio": AudioSource(str(audio)).to_dict(),
+            "out": str(tmp_path / folder),
+            "recipe": RECIPES["reference"].to_dict(),
+            "subset": "large",
+            "class_names": list(CLASS_NAMES),
+            "timeout_s": 120.0,
+            "compression": None,
+        }
+        proc = subprocess.run(
+            [python, "-c", _SHARD_PROBE, json.dumps(task)],
+            env=subprocess_env,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
         return json.loads(proc.stdout.strip().splitlines()[-1])
 
     clips_only = probe(clips, "clips")
@@ -326,8 +417,10 @@ def test_a_60_minute_file_costs_what_a_clip_costs(mini_fma, long_mp3, tmp_path, 
     extra_rss = with_long["rss_mib"] - clips_only["rss_mib"]
     extra_cpu = with_long["cpu_s"] - clips_only["cpu_s"]
     extra_wall = with_long["wall_s"] - clips_only["wall_s"]
-    print(f"\n60-minute file: +{extra_rss:.0f} MiB peak RSS ({clips_only['rss_mib']:.0f} -> "
-          f"{with_long['rss_mib']:.0f}), +{extra_cpu:.2f} s CPU, +{extra_wall:.2f} s wall in the shard task")
+    print(
+        f"\n60-minute file: +{extra_rss:.0f} MiB peak RSS ({clips_only['rss_mib']:.0f} -> "
+        f"{with_long['rss_mib']:.0f}), +{extra_cpu:.2f} s CPU, +{extra_wall:.2f} s wall in the shard task"
+    )
     assert extra_rss < 100 and extra_cpu < 1.0
 
 
@@ -338,11 +431,23 @@ def test_silence_fails_unless_kept(mini_fma, tmp_path):
     fma_dir, truth = mini_fma
     silent = [int(k) for k, t in truth["tracks"].items() if t["kind"] == "silence"]
     assert silent
-    spec = ShardSpec(name="train-00000-of-00001.h5", split="train", shard_index=0, num_shards=1,
-                     track_ids=tuple(sorted(silent)), labels=(0,) * len(silent))
-    task = {"spec": spec.to_dict(), "audio": AudioSource(str(fma_dir / "fma_large")).to_dict(),
-            "recipe": RECIPES["reference"].to_dict(), "subset": "large", "class_names": list(CLASS_NAMES),
-            "timeout_s": 60.0, "compression": None}
+    spec = ShardSpec(
+        name="train-00000-of-00001.h5",
+        split="train",
+        shard_index=0,
+        num_shards=1,
+        track_ids=tuple(sorted(silent)),
+        labels=(0,) * len(silent),
+    )
+    task = {
+        "spec": spec.to_dict(),
+        "audio": AudioSource(str(fma_dir / "fma_large")).to_dict(),
+        "recipe": RECIPES["reference"].to_dict(),
+        "subset": "large",
+        "class_names": list(CLASS_NAMES),
+        "timeout_s": 60.0,
+        "compression": None,
+    }
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
     dropped = driver.compute_shard({**task, "out": str(tmp_path / "a")})

@@ -15,8 +15,22 @@ from train.checkpoint import load_checkpoint
 from train.config import TrainConfig, config_from_dict
 
 COUNTS = {"train": [48, 24], "validation": [24], "test": [24]}
-ALL_ON = ["--sampling", "balanced", "--label-smoothing", "0.1", "--ema-decay", "0.9", "--freq-masks", "2",
-          "--time-masks", "2", "--time-shift", "0.5", "--mixup-alpha", "0.4"]
+ALL_ON = [
+    "--sampling",
+    "balanced",
+    "--label-smoothing",
+    "0.1",
+    "--ema-decay",
+    "0.9",
+    "--freq-masks",
+    "2",
+    "--time-masks",
+    "2",
+    "--time-shift",
+    "0.5",
+    "--mixup-alpha",
+    "0.4",
+]
 
 
 @pytest.fixture(scope="module")
@@ -33,15 +47,39 @@ def plain(shard_set, tmp_path_factory):
 
 
 def _fit(shards_dir, run, *extra):
-    argv = ["fit", "--shards", str(shards_dir), "--run", str(run), "--model", "seed", "--device", "cpu",
-            "--batch-size", "8", "--seed", "3", "--max-steps-per-epoch", "3", *extra]
+    argv = [
+        "fit",
+        "--shards",
+        str(shards_dir),
+        "--run",
+        str(run),
+        "--model",
+        "seed",
+        "--device",
+        "cpu",
+        "--batch-size",
+        "8",
+        "--seed",
+        "3",
+        "--max-steps-per-epoch",
+        "3",
+        *extra,
+    ]
     assert main(argv) == 0
     return load_checkpoint(run / "last.pt")
 
 
-@pytest.mark.parametrize("option", [["--sampling", "balanced"], ["--label-smoothing", "0.2"],
-                                    ["--freq-masks", "2"], ["--time-masks", "2"], ["--time-shift", "0.5"],
-                                    ["--mixup-alpha", "0.4"]])
+@pytest.mark.parametrize(
+    "option",
+    [
+        ["--sampling", "balanced"],
+        ["--label-smoothing", "0.2"],
+        ["--freq-masks", "2"],
+        ["--time-masks", "2"],
+        ["--time-shift", "0.5"],
+        ["--mixup-alpha", "0.4"],
+    ],
+)
 def test_each_option_changes_the_trained_weights(shard_set, plain, tmp_path, option):
     changed = _fit(shard_set, tmp_path / "changed", "--epochs", "1", *option)
     key = "classifier.4.weight"
@@ -86,8 +124,16 @@ def test_resume_with_every_option_equals_an_uninterrupted_run(shard_set, tmp_pat
         assert torch.equal(value, resumed["ema_state_dict"]["weights"][key]), key
 
 
-@pytest.mark.parametrize("bad", [{"label_smoothing": 1.0}, {"ema_decay": 1.0}, {"time_shift": 2.0},
-                                 {"freq_masks": -1}, {"sampling": "oversample"}])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"label_smoothing": 1.0},
+        {"ema_decay": 1.0},
+        {"time_shift": 2.0},
+        {"freq_masks": -1},
+        {"sampling": "oversample"},
+    ],
+)
 def test_bad_learning_settings_are_refused(bad):
     with pytest.raises(ValueError, match=next(iter(bad))):
         config_from_dict(bad, TrainConfig())

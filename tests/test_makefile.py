@@ -17,8 +17,9 @@ REPO = Path(__file__).resolve().parents[1]
 ODD = "my music/fmä 'live' (2)"
 
 
-def _make(*args: str, python: str, env: dict | None = None, dry_run: bool = False
-          ) -> subprocess.CompletedProcess:
+def _make(
+    *args: str, python: str, env: dict | None = None, dry_run: bool = False
+) -> subprocess.CompletedProcess:
     """Run make in the repository with this interpreter as PY and without the setup step."""
     cmd = ["make", "--no-print-directory", "-C", str(REPO), f"PY={python}", "STAMP=", *args]
     if dry_run:
@@ -26,14 +27,26 @@ def _make(*args: str, python: str, env: dict | None = None, dry_run: bool = Fals
     return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
 
 
-@pytest.mark.parametrize("target, flag, variable", [
-    ("features", "--fma-dir", "FMA_DIR"), ("features", "--out", "SHARDS"),
-    ("download", "--fma-dir", "FMA_DIR"), ("features-slurm", "--fma-dir", "FMA_DIR"),
-    ("features-slurm", "--out", "SHARDS"), ("features", "--audio-zip", "AUDIO_ZIP"),
-    ("features-slurm", "--audio-zip", "AUDIO_ZIP"), ("finalize", None, "SHARDS"), ("verify", None, "SHARDS"),
-    ("train", "--shards", "SHARDS"), ("train", "--run", "RUN"), ("test", "--shards", "SHARDS"),
-    ("test", "--run", "RUN"), ("demo", "--out", "DEMO_DIR"), ("clean", None, "DEMO_DIR"),
-])
+@pytest.mark.parametrize(
+    "target, flag, variable",
+    [
+        ("features", "--fma-dir", "FMA_DIR"),
+        ("features", "--out", "SHARDS"),
+        ("download", "--fma-dir", "FMA_DIR"),
+        ("features-slurm", "--fma-dir", "FMA_DIR"),
+        ("features-slurm", "--out", "SHARDS"),
+        ("features", "--audio-zip", "AUDIO_ZIP"),
+        ("features-slurm", "--audio-zip", "AUDIO_ZIP"),
+        ("finalize", None, "SHARDS"),
+        ("verify", None, "SHARDS"),
+        ("train", "--shards", "SHARDS"),
+        ("train", "--run", "RUN"),
+        ("test", "--shards", "SHARDS"),
+        ("test", "--run", "RUN"),
+        ("demo", "--out", "DEMO_DIR"),
+        ("clean", None, "DEMO_DIR"),
+    ],
+)
 def test_each_recipe_passes_an_odd_path_as_one_argument(target, flag, variable, python):
     value = f"/tmp/x/{ODD}/{variable.lower()}"
     done = _make(target, f"{variable}={value}", "SCHEDULER=tcp://h:1", python=python, dry_run=True)
@@ -44,8 +57,9 @@ def test_each_recipe_passes_an_odd_path_as_one_argument(target, flag, variable, 
     if flag is None:
         assert any(value in argv for argv in argvs), done.stdout
     else:
-        assert any(argv[i + 1] == value for argv in argvs for i, word in enumerate(argv[:-1])
-                   if word == flag), done.stdout
+        assert any(
+            argv[i + 1] == value for argv in argvs for i, word in enumerate(argv[:-1]) if word == flag
+        ), done.stdout
 
 
 @pytest.mark.slow
@@ -53,8 +67,7 @@ def test_targets_run_on_paths_with_spaces_and_non_ascii(mini_fma, tmp_path, pyth
     base = tmp_path / ODD
     fma_dir, shards, run = base / "fma data", base / "shärds", base / "rün one"
     shutil.copytree(mini_fma[0], fma_dir)
-    common = [f"FMA_DIR={fma_dir}", f"SHARDS={shards}", f"RUN={run}", "SUBSET=large", "JOBS=2",
-              "DEVICE=cpu"]
+    common = [f"FMA_DIR={fma_dir}", f"SHARDS={shards}", f"RUN={run}", "SUBSET=large", "JOBS=2", "DEVICE=cpu"]
 
     done = _make("features", *common, python=python, env=subprocess_env)
     assert done.returncode == 0, done.stderr
@@ -62,8 +75,9 @@ def test_targets_run_on_paths_with_spaces_and_non_ascii(mini_fma, tmp_path, pyth
     for target in ("finalize", "verify"):
         done = _make(target, *common, python=python, env=subprocess_env)
         assert done.returncode == 0, done.stderr
-    done = _make("features-slurm", *common, "SLURM_ARGS=--dry-run --cpus-per-task 1", python=python,
-                 env=subprocess_env)
+    done = _make(
+        "features-slurm", *common, "SLURM_ARGS=--dry-run --cpus-per-task 1", python=python, env=subprocess_env
+    )
     assert done.returncode == 0, done.stderr
     assert "every shard is complete" in done.stdout + done.stderr
     done = _make("train", *common, "EPOCHS=1", python=python, env=subprocess_env)

@@ -18,9 +18,16 @@ def frame(mini_fma):
 
 def fma_frame(rows: dict) -> pd.DataFrame:
     """A small frame shaped like FMA's (two-level columns, index 'track_id')."""
-    columns = pd.MultiIndex.from_tuples([("set", "split"), ("set", "subset"), ("track", "duration"),
-                                         ("track", "genre_top"), ("track", "title")])
-    data = [[split, subset, dur, genre, "a, \"b\"\nc"] for split, subset, dur, genre in rows.values()]
+    columns = pd.MultiIndex.from_tuples(
+        [
+            ("set", "split"),
+            ("set", "subset"),
+            ("track", "duration"),
+            ("track", "genre_top"),
+            ("track", "title"),
+        ]
+    )
+    data = [[split, subset, dur, genre, 'a, "b"\nc'] for split, subset, dur, genre in rows.values()]
     out = pd.DataFrame(data, index=pd.Index(list(rows), name="track_id"), columns=columns)
     return out
 
@@ -48,15 +55,20 @@ def test_subsets_are_nested(mini_fma, frame):
         sel = select_tracks(frame, subset, min_duration=None, skip_known_bad=False)
         ids[subset] = {t for v in sel.tracks.values() for t, _ in v}
     assert ids["small"] < ids["medium"] < ids["large"]
-    assert ids["medium"] == {int(k) for k, t in truth.items()
-                             if t["subset"] in ("small", "medium") and t["genre_top"] is not None}
+    assert ids["medium"] == {
+        int(k) for k, t in truth.items() if t["subset"] in ("small", "medium") and t["genre_top"] is not None
+    }
 
 
 def test_known_bad_and_duration_skips_are_options():
-    frame = fma_frame({2624: ("training", "small", 30.0, "Rock"),      # known bad (unreadable)
-                       10: ("training", "small", 12.0, "Jazz"),        # listed too short
-                       11: ("test", "medium", 300.0, "Pop"),
-                       12: ("validation", "large", 300.0, "Polka")})   # not a top genre
+    frame = fma_frame(
+        {
+            2624: ("training", "small", 30.0, "Rock"),  # known bad (unreadable)
+            10: ("training", "small", 12.0, "Jazz"),  # listed too short
+            11: ("test", "medium", 300.0, "Pop"),
+            12: ("validation", "large", 300.0, "Polka"),
+        }
+    )  # not a top genre
     default = select_tracks(frame, "large")
     assert default.tracks == {"train": [], "validation": [], "test": [(11, CLASS_NAMES.index("Pop"))]}
     assert default.skipped[KNOWN_BAD[2624]] == [2624]

@@ -10,11 +10,18 @@ from train.models import MODELS, ModelConfig, SeedCNN, build_model, count_parame
 def test_seed_model_has_the_reference_layers_and_parameter_count():
     model = SeedCNN(num_classes=16)
     assert count_parameters(model) == 241_472
-    convs = [(m.in_channels, m.out_channels, m.kernel_size, m.stride, m.padding)
-             for m in model.modules() if isinstance(m, nn.Conv2d)]
-    assert convs == [(1, 8, (3, 3), (1, 1), (1, 1)), (8, 16, (3, 3), (1, 1), (1, 1)),
-                     (16, 32, (3, 3), (1, 1), (1, 1)), (32, 64, (3, 3), (1, 1), (1, 1)),
-                     (64, 64, (2, 2), (2, 2), (0, 0))]
+    convs = [
+        (m.in_channels, m.out_channels, m.kernel_size, m.stride, m.padding)
+        for m in model.modules()
+        if isinstance(m, nn.Conv2d)
+    ]
+    assert convs == [
+        (1, 8, (3, 3), (1, 1), (1, 1)),
+        (8, 16, (3, 3), (1, 1), (1, 1)),
+        (16, 32, (3, 3), (1, 1), (1, 1)),
+        (32, 64, (3, 3), (1, 1), (1, 1)),
+        (64, 64, (2, 2), (2, 2), (0, 0)),
+    ]
     linears = [(m.in_features, m.out_features) for m in model.modules() if isinstance(m, nn.Linear)]
     assert linears == [(1024, 192), (192, 16)]
     assert [m.num_features for m in model.modules() if isinstance(m, nn.BatchNorm2d)] == [8, 16, 32, 64, 64]

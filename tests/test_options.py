@@ -31,25 +31,82 @@ def test_defaults_from_the_command_line_equal_the_dataclass_defaults():
 
 
 def test_every_flag_reaches_its_field():
-    options = _parse("--fma-dir", "/d", "--subset", "small", "--recipe", "fixed22050", "--shard-size", "7",
-                     "--min-duration", "-1", "--no-skip-known-bad", "--track-timeout", "0",
-                     "--compression", "lzf", "--max-failure-fraction", "0.25", "--jobs", "3",
-                     "--task-index", "2", "--num-tasks", "5", "--force", "--backend", "dask",
-                     "--scheduler", "tcp://h:1", "--no-finalize", "--no-progress", "--keep-silence",
-                     "--audio-zip", "/z.zip")
+    options = _parse(
+        "--fma-dir",
+        "/d",
+        "--subset",
+        "small",
+        "--recipe",
+        "fixed22050",
+        "--shard-size",
+        "7",
+        "--min-duration",
+        "-1",
+        "--no-skip-known-bad",
+        "--track-timeout",
+        "0",
+        "--compression",
+        "lzf",
+        "--max-failure-fraction",
+        "0.25",
+        "--jobs",
+        "3",
+        "--task-index",
+        "2",
+        "--num-tasks",
+        "5",
+        "--force",
+        "--backend",
+        "dask",
+        "--scheduler",
+        "tcp://h:1",
+        "--no-finalize",
+        "--no-progress",
+        "--keep-silence",
+        "--audio-zip",
+        "/z.zip",
+    )
     assert options == FeatureOptions(
-        Path("/d"), Path("o"), subset="small", recipe=RECIPES["fixed22050"], shard_size=7,
-        min_duration=None, skip_known_bad=False, track_timeout=None, compression="lzf",
-        max_failure_fraction=0.25, jobs=3, task_index=2, num_tasks=5, force=True, backend="dask",
-        scheduler="tcp://h:1", finalize=False, progress=False, keep_silence=True, audio_zip=Path("/z.zip"))
+        Path("/d"),
+        Path("o"),
+        subset="small",
+        recipe=RECIPES["fixed22050"],
+        shard_size=7,
+        min_duration=None,
+        skip_known_bad=False,
+        track_timeout=None,
+        compression="lzf",
+        max_failure_fraction=0.25,
+        jobs=3,
+        task_index=2,
+        num_tasks=5,
+        force=True,
+        backend="dask",
+        scheduler="tcp://h:1",
+        finalize=False,
+        progress=False,
+        keep_silence=True,
+        audio_zip=Path("/z.zip"),
+    )
 
 
-@pytest.mark.parametrize("changes", [
-    {}, {"recipe": RECIPES["fixed22050"]}, {"shard_size": 3}, {"min_duration": None},
-    {"min_duration": 12.5}, {"skip_known_bad": False}, {"track_timeout": None}, {"track_timeout": 7.5},
-    {"compression": "gzip"}, {"max_failure_fraction": 0.9}, {"keep_silence": True},
-    {"audio_zip": Path("/fma/fma_large.zip")},
-])
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {},
+        {"recipe": RECIPES["fixed22050"]},
+        {"shard_size": 3},
+        {"min_duration": None},
+        {"min_duration": 12.5},
+        {"skip_known_bad": False},
+        {"track_timeout": None},
+        {"track_timeout": 7.5},
+        {"compression": "gzip"},
+        {"max_failure_fraction": 0.9},
+        {"keep_silence": True},
+        {"audio_zip": Path("/fma/fma_large.zip")},
+    ],
+)
 def test_array_tasks_get_the_same_plan_options(changes):
     """What the SLURM submitter passes to each task parses back to the same plan options."""
     options = FeatureOptions(Path("/fma"), Path("/out"), subset="medium", **changes)
@@ -83,12 +140,19 @@ def test_old_flag_names_still_work_and_warn(caplog):
     assert not caplog.records
 
 
-@pytest.mark.parametrize("changes, flag", [
-    ({"task_index": 3, "num_tasks": 3}, "--task-index"), ({"shard_size": 0}, "--shard-size"),
-    ({"max_failure_fraction": 1.5}, "--max-failure-fraction"), ({"subset": "huge"}, "--subset"),
-    ({"backend": "dask"}, "--scheduler"), ({"backend": "spark"}, "--backend"),
-    ({"track_timeout": -1.0}, "--track-timeout"), ({"compression": "zstd"}, "--compression"),
-])
+@pytest.mark.parametrize(
+    "changes, flag",
+    [
+        ({"task_index": 3, "num_tasks": 3}, "--task-index"),
+        ({"shard_size": 0}, "--shard-size"),
+        ({"max_failure_fraction": 1.5}, "--max-failure-fraction"),
+        ({"subset": "huge"}, "--subset"),
+        ({"backend": "dask"}, "--scheduler"),
+        ({"backend": "spark"}, "--backend"),
+        ({"track_timeout": -1.0}, "--track-timeout"),
+        ({"compression": "zstd"}, "--compression"),
+    ],
+)
 def test_bad_options_are_refused_up_front_naming_the_flag(changes, flag):
     with pytest.raises(FeaturesError, match=flag) as info:
         FeatureOptions(Path("d"), Path("o"), **changes)

@@ -10,8 +10,9 @@ from tests._shardset import make_shard_set
 
 
 def _run(python, env, *argv: str) -> subprocess.CompletedProcess:
-    return subprocess.run([python, "-m", "preprocess", *argv], env=env, capture_output=True, text=True,
-                          timeout=120)
+    return subprocess.run(
+        [python, "-m", "preprocess", *argv], env=env, capture_output=True, text=True, timeout=120
+    )
 
 
 def _one_line_error(done: subprocess.CompletedProcess, *needles: str) -> None:
@@ -30,15 +31,18 @@ def shard_set(tmp_path_factory):
     return folder
 
 
-@pytest.mark.parametrize("argv, needles", [
-    (["features", "--out", "OUT", "--fma-dir", "NOWHERE"], ["NOWHERE", "make download"]),
-    (["features", "--out", "OUT", "--task-index", "3", "--num-tasks", "3"], ["--task-index"]),
-    (["features", "--out", "OUT", "--backend", "dask"], ["--scheduler"]),
-    (["finalize", "OUT"], ["plan.json", "make features"]),
-    (["verify", "NOWHERE"], ["NOWHERE", "no such folder"]),
-    (["slurm", "--out", "OUT", "--cpus-per-task", "0"], ["--cpus-per-task"]),
-    (["download", "--fma-dir", "OUT", "--sums", "NOWHERE"], ["NOWHERE", "sums file"]),
-])
+@pytest.mark.parametrize(
+    "argv, needles",
+    [
+        (["features", "--out", "OUT", "--fma-dir", "NOWHERE"], ["NOWHERE", "make download"]),
+        (["features", "--out", "OUT", "--task-index", "3", "--num-tasks", "3"], ["--task-index"]),
+        (["features", "--out", "OUT", "--backend", "dask"], ["--scheduler"]),
+        (["finalize", "OUT"], ["plan.json", "make features"]),
+        (["verify", "NOWHERE"], ["NOWHERE", "no such folder"]),
+        (["slurm", "--out", "OUT", "--cpus-per-task", "0"], ["--cpus-per-task"]),
+        (["download", "--fma-dir", "OUT", "--sums", "NOWHERE"], ["NOWHERE", "sums file"]),
+    ],
+)
 def test_user_errors_are_one_line_and_exit_2(argv, needles, tmp_path, python, subprocess_env):
     paths = {"OUT": str(tmp_path / "out"), "NOWHERE": str(tmp_path / "nowhere")}
     done = _run(python, subprocess_env, *[paths.get(a, a) for a in argv])
@@ -63,7 +67,17 @@ def test_quiet_keeps_results_only_and_verbose_names_the_logger(shard_set, python
     assert quiet.stderr == ""  # no progress bar, no info line
     normal = _run(python, subprocess_env, "verify", str(shard_set))
     assert "verify" in normal.stderr  # the progress bar, on stderr
-    done = _run(python, subprocess_env, "features", "--out", str(shard_set / "x"), "--shard-index", "0",
-                "--fma-dir", str(shard_set / "nowhere"), "-v")
+    done = _run(
+        python,
+        subprocess_env,
+        "features",
+        "--out",
+        str(shard_set / "x"),
+        "--shard-index",
+        "0",
+        "--fma-dir",
+        str(shard_set / "nowhere"),
+        "-v",
+    )
     assert "warning preprocess.options: --shard-index is deprecated" in done.stderr, done.stderr
     assert done.returncode == 2

@@ -17,11 +17,12 @@ def test_band_features_are_per_band_mean_then_std():
 
 @pytest.mark.slow
 def test_probe_learns_band_patterns_and_chooses_c_on_validation(tmp_path):
-    make_shard_set(tmp_path / "s", {"train": [120, 80], "validation": [60], "test": [60]},
-                          num_classes=4, label_noise=0.1)
+    make_shard_set(
+        tmp_path / "s", {"train": [120, 80], "validation": [60], "test": [60]}, num_classes=4, label_noise=0.1
+    )
     report = run(str(tmp_path / "s"))
     assert report["n_test"] == 60 and report["n_train"] == 200
-    assert report["test_accuracy"] > 0.7           # band energy is what the probe sees
+    assert report["test_accuracy"] > 0.7  # band energy is what the probe sees
     assert report["C"] in [float(c) for c in report["validation_macro_f1_by_C"]]
     best = max(report["validation_macro_f1_by_C"].values())
     assert report["validation_macro_f1_by_C"][str(report["C"])] == best

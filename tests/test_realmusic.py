@@ -17,8 +17,20 @@ from bench.realmusic import (
 
 
 def test_group_key_joins_variants_only():
-    stems = {"farm", "farm_f", "forest", "forest2", "ingame_01", "ingame_02", "track3", "track3_enhanced",
-             "sixtyfour_", "sixtyfour_revisited", "psymongn1", "psymongn2"}
+    stems = {
+        "farm",
+        "farm_f",
+        "forest",
+        "forest2",
+        "ingame_01",
+        "ingame_02",
+        "track3",
+        "track3_enhanced",
+        "sixtyfour_",
+        "sixtyfour_revisited",
+        "psymongn1",
+        "psymongn2",
+    }
     assert group_key("farm_f", stems) == "farm"
     assert group_key("forest2", stems) == "forest"
     assert group_key("track3_enhanced", stems) == "track3"
@@ -65,7 +77,7 @@ def test_write_clip_makes_a_30_s_mp3_and_drops_silence(tmp_path):
     sr = 22050
     t = np.arange(int(70 * sr)) / sr
     music = 0.3 * np.sin(2 * np.pi * 220 * t)[:, None] * np.ones((1, 2))
-    music[int(40 * sr):] = 0.0                               # silence from 40 s on
+    music[int(40 * sr) :] = 0.0  # silence from 40 s on
     (tmp_path / "x").mkdir()
     sf.write(tmp_path / "x" / "song.ogg", music, sr, format="OGG", subtype="VORBIS")
     clip = Clip(200001, 2, "x/song.ogg", 5.0, 70.0, "song", "training", 192)
@@ -84,8 +96,9 @@ def test_metadata_loads_as_fma_with_the_planned_splits_and_labels(tmp_path):
     from preprocess.metadata import load_selection
 
     clips = plan(_recordings(), seed=0, max_per_recording=2, max_per_class=10)
-    written = [None if i == 3 else {"sample_rate": 44100, "channels": 2, "seconds": 30.0}
-               for i in range(len(clips))]
+    written = [
+        None if i == 3 else {"sample_rate": 44100, "channels": 2, "seconds": 30.0} for i in range(len(clips))
+    ]
     entries = write_metadata(tmp_path, clips, written, seed=0)
     assert len(entries) == len(clips) - 1 and str(clips[3].track_id) not in entries
     selection = load_selection(tmp_path, "large")

@@ -30,11 +30,29 @@ REPO = Path(__file__).resolve().parents[1]
 
 PICKLERS = ("pickle", "cPickle", "_pickle", "dill", "cloudpickle")
 FORBIDDEN = {f"{m}.{f}" for m in PICKLERS for f in ("load", "loads", "Unpickler")} | {
-    "joblib.load", "pandas.read_pickle", "marshal.load", "marshal.loads", "shelve.open",
-    "yaml.load", "yaml.load_all", "yaml.unsafe_load", "yaml.unsafe_load_all", "yaml.full_load",
-    "yaml.full_load_all", "yaml.Loader", "yaml.UnsafeLoader", "yaml.FullLoader", "yaml.dump", "yaml.dump_all",
-    "os.system", "os.popen", "subprocess.getoutput", "subprocess.getstatusoutput",
-    "asyncio.create_subprocess_shell", "builtins.eval", "builtins.exec",
+    "joblib.load",
+    "pandas.read_pickle",
+    "marshal.load",
+    "marshal.loads",
+    "shelve.open",
+    "yaml.load",
+    "yaml.load_all",
+    "yaml.unsafe_load",
+    "yaml.unsafe_load_all",
+    "yaml.full_load",
+    "yaml.full_load_all",
+    "yaml.Loader",
+    "yaml.UnsafeLoader",
+    "yaml.FullLoader",
+    "yaml.dump",
+    "yaml.dump_all",
+    "os.system",
+    "os.popen",
+    "subprocess.getoutput",
+    "subprocess.getstatusoutput",
+    "asyncio.create_subprocess_shell",
+    "builtins.eval",
+    "builtins.exec",
 }
 SUBPROCESS_CALLS = {f"subprocess.{f}" for f in ("run", "Popen", "call", "check_call", "check_output")}
 
@@ -104,8 +122,10 @@ def check_source(source: str, filename: str = "<string>") -> list[str]:
                 bad(node, f"{target} with shell={ast.unparse(shell)}")
             command = node.args[0] if node.args else _keyword(node, "args")
             if isinstance(command, (ast.Constant, ast.JoinedStr, ast.BinOp)) or (
-                    isinstance(command, ast.Call) and isinstance(command.func, ast.Attribute)
-                    and command.func.attr in ("format", "join")):
+                isinstance(command, ast.Call)
+                and isinstance(command.func, ast.Attribute)
+                and command.func.attr in ("format", "join")
+            ):
                 bad(node, f"{target} given a command string, not an argument list")
     # An attribute chain is visited once per prefix (pickle.load and pickle): report each spot once.
     return sorted(set(problems))
@@ -118,8 +138,11 @@ def package_sources() -> list[Path]:
 
 
 def test_data_path_never_runs_code_from_data():
-    problems = [p for path in package_sources()
-                for p in check_source(path.read_text(encoding="utf-8"), str(path.relative_to(REPO)))]
+    problems = [
+        p
+        for path in package_sources()
+        for p in check_source(path.read_text(encoding="utf-8"), str(path.relative_to(REPO)))
+    ]
     assert problems == []
 
 

@@ -17,15 +17,15 @@ def test_class_counts_are_balanced():
     order = balanced_order(labels, seed=0, epoch=0)
     assert len(order) == len(labels)
     counts = np.bincount(labels[order], minlength=5)
-    assert counts.max() - counts.min() <= 1            # 200 each: 1000 / 5
+    assert counts.max() - counts.min() <= 1  # 200 each: 1000 / 5
     plain = np.bincount(labels[epoch_order(len(labels), 0, 0)], minlength=5)
-    assert plain.max() - plain.min() == 590             # the permutation keeps the imbalance
+    assert plain.max() - plain.min() == 590  # the permutation keeps the imbalance
 
 
 def test_small_classes_repeat_only_after_all_their_samples():
     labels = _imbalanced()
     order = balanced_order(labels, seed=3, epoch=0)
-    tiny = order[labels[order] == 4]                    # 200 draws from 10 samples
+    tiny = order[labels[order] == 4]  # 200 draws from 10 samples
     assert len(tiny) == 200 and set(tiny) == set(np.flatnonzero(labels == 4))
     assert np.all(np.bincount(tiny)[np.flatnonzero(labels == 4)] == 20)
 
@@ -34,7 +34,7 @@ def test_large_classes_are_covered_over_epochs_without_repeats_inside_one():
     labels = _imbalanced()
     big = np.flatnonzero(labels == 0)
     seen = []
-    for epoch in range(3):                              # 3 x 200 draws = the 600 samples once
+    for epoch in range(3):  # 3 x 200 draws = the 600 samples once
         order = balanced_order(labels, seed=1, epoch=epoch)
         seen.append(order[labels[order] == 0])
     assert all(len(set(s)) == len(s) for s in seen)

@@ -19,9 +19,18 @@ def _write(folder, n=50, split="train", index=0, num=1, **kw):
     track_id = np.sort(rng.choice(100000, size=n, replace=False))
     path = folder / shards.shard_name(split, index, num)
     checksum = shards.write_shard(
-        path, mel=mel, label=label, track_id=track_id, split=split, shard_index=index,
-        num_shards=num, subset="large", recipe={"name": "reference", "n_mels": 128},
-        class_names=CLASSES, failed=[(7, "empty file")], **kw,
+        path,
+        mel=mel,
+        label=label,
+        track_id=track_id,
+        split=split,
+        shard_index=index,
+        num_shards=num,
+        subset="large",
+        recipe={"name": "reference", "n_mels": 128},
+        class_names=CLASSES,
+        failed=[(7, "empty file")],
+        **kw,
     )
     return path, mel, label, track_id, checksum
 
@@ -83,13 +92,32 @@ def test_bad_input_is_refused_and_nothing_written(tmp_path):
     mel[1, 2, 3] = np.nan
     path = tmp_path / shards.shard_name("test", 0, 1)
     with pytest.raises(ValueError, match="NaN"):
-        shards.write_shard(path, mel=mel, label=[0, 1, 2], track_id=[1, 2, 3], split="test",
-                           shard_index=0, num_shards=1, subset="small", recipe={}, class_names=CLASSES)
+        shards.write_shard(
+            path,
+            mel=mel,
+            label=[0, 1, 2],
+            track_id=[1, 2, 3],
+            split="test",
+            shard_index=0,
+            num_shards=1,
+            subset="small",
+            recipe={},
+            class_names=CLASSES,
+        )
     assert list(tmp_path.iterdir()) == []
     with pytest.raises(ValueError, match="strictly increasing"):
-        shards.write_shard(path, mel=np.zeros((2, 128, 128), np.float32), label=[0, 1], track_id=[5, 2],
-                           split="test", shard_index=0, num_shards=1, subset="small", recipe={},
-                           class_names=CLASSES)
+        shards.write_shard(
+            path,
+            mel=np.zeros((2, 128, 128), np.float32),
+            label=[0, 1],
+            track_id=[5, 2],
+            split="test",
+            shard_index=0,
+            num_shards=1,
+            subset="small",
+            recipe={},
+            class_names=CLASSES,
+        )
 
 
 def test_shard_names():
@@ -101,9 +129,13 @@ def test_shard_names():
 
 def test_manifest_round_trip_and_errors(tmp_path):
     manifest = {
-        "format_version": shards.FORMAT_VERSION, "subset": "small", "recipe": {}, "class_names": CLASSES,
-        "shards": [{"name": "train-00000-of-00001.h5", "split": "train", "num_tracks": 3,
-                    "checksum": "sha256:00"}],
+        "format_version": shards.FORMAT_VERSION,
+        "subset": "small",
+        "recipe": {},
+        "class_names": CLASSES,
+        "shards": [
+            {"name": "train-00000-of-00001.h5", "split": "train", "num_tracks": 3, "checksum": "sha256:00"}
+        ],
         "totals": {},
     }
     shards.write_manifest(tmp_path, manifest)

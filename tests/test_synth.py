@@ -22,15 +22,24 @@ from preprocess.synth_meta import LIST_COLUMNS, TRACKS_COLUMNS, genre_root
 # FMA's tracks.csv columns in file order, written out here (not imported) so that a change in
 # the generator's list is caught.
 FMA_COLUMNS = (
-    [("album", c) for c in "comments date_created date_released engineer favorites id information listens "
-     "producer tags title tracks type".split()]
-    + [("artist", c) for c in "active_year_begin active_year_end associated_labels bio comments date_created "
-       "favorites id latitude location longitude members name related_projects tags website "
-       "wikipedia_page".split()]
+    [
+        ("album", c)
+        for c in "comments date_created date_released engineer favorites id information listens "
+        "producer tags title tracks type".split()
+    ]
+    + [
+        ("artist", c)
+        for c in "active_year_begin active_year_end associated_labels bio comments date_created "
+        "favorites id latitude location longitude members name related_projects tags website "
+        "wikipedia_page".split()
+    ]
     + [("set", "split"), ("set", "subset")]
-    + [("track", c) for c in "bit_rate comments composer date_created date_recorded duration favorites "
-       "genre_top genres genres_all information interest language_code license listens lyricist number "
-       "publisher tags title".split()]
+    + [
+        ("track", c)
+        for c in "bit_rate comments composer date_created date_recorded duration favorites "
+        "genre_top genres genres_all information interest language_code license listens lyricist number "
+        "publisher tags title".split()
+    ]
 )
 PANDAS2_DIR = Path.home() / ".cache" / "fma-genre-test" / "pandas2"
 
@@ -64,6 +73,7 @@ def by_kind(truth: dict, kind: str) -> dict[int, dict]:
 
 # --------------------------------------------------------------------------- tracks.csv / genres.csv
 
+
 def test_tracks_csv_has_fma_header_shape_and_columns(mini_fma):
     fma_dir, truth = mini_fma
     path = fma_dir / "fma_metadata" / "tracks.csv"
@@ -83,7 +93,8 @@ def test_tracks_csv_has_fma_header_shape_and_columns(mini_fma):
         assert all(isinstance(v, list) for v in tracks[col]), col
     assert all(isinstance(g, int) for lst in tracks[("track", "genres_all")] for g in lst)
     assert any(isinstance(t, str) and t for lst in tracks[("track", "tags")] for t in lst) or any(
-        lst for lst in tracks[("artist", "tags")])
+        lst for lst in tracks[("artist", "tags")]
+    )
     # FMA's quirks: -1 for missing ints, dates as text, free text with commas, quotes, newlines, non-ASCII.
     assert (tracks[("album", "id")] == -1).any()
     assert tracks[("track", "date_created")].str.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d").all()
@@ -143,11 +154,26 @@ def _pandas2_dir() -> Path:
         return PANDAS2_DIR
     PANDAS2_DIR.parent.mkdir(parents=True, exist_ok=True)
     tmp = PANDAS2_DIR.with_name(f"pandas2.tmp-{os.getpid()}")
-    proc = subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
-                           "--target", str(tmp), "pandas>=2.2,<3"], capture_output=True, text=True)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+            "--target",
+            str(tmp),
+            "pandas>=2.2,<3",
+        ],
+        capture_output=True,
+        text=True,
+    )
     if proc.returncode != 0 or not (tmp / "pandas").is_dir():
-        pytest.fail(f"could not install pandas 2.x into {tmp} for the pandas-2 loading check "
-                    f"(pip needs PyPI access):\n{proc.stderr[-2000:]}")
+        pytest.fail(
+            f"could not install pandas 2.x into {tmp} for the pandas-2 loading check "
+            f"(pip needs PyPI access):\n{proc.stderr[-2000:]}"
+        )
     try:
         tmp.rename(PANDAS2_DIR)
     except OSError:  # another run got there first
@@ -180,8 +206,13 @@ def test_tracks_csv_loads_under_pandas2(mini_fma, tmp_path):
     script.write_text(PANDAS2_SCRIPT)
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     env["PYTHONPATH"] = str(target)
-    proc = subprocess.run([sys.executable, str(script), str(fma_dir / "fma_metadata" / "tracks.csv")],
-                          capture_output=True, text=True, env=env, cwd=tmp_path)
+    proc = subprocess.run(
+        [sys.executable, str(script), str(fma_dir / "fma_metadata" / "tracks.csv")],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr
     got = json.loads(proc.stdout)
     assert got["version"].startswith("2.")
@@ -195,6 +226,7 @@ def test_tracks_csv_loads_under_pandas2(mini_fma, tmp_path):
 
 
 # --------------------------------------------------------------------------- dataset structure
+
 
 def test_subsets_nested_splits_and_genres(mini_fma):
     _, truth = mini_fma
@@ -258,6 +290,7 @@ def test_plan_small_sets_still_have_several_test_genres():
 
 # --------------------------------------------------------------------------- the MP3 files
 
+
 def test_good_files_decode_to_declared_format(mini_fma):
     from mutagen.id3 import ID3
     from mutagen.mp3 import MP3
@@ -285,7 +318,7 @@ def test_good_files_decode_to_declared_format(mini_fma):
             assert abs(float(d.samples.mean()) - t["dc_offset"]) < 0.01, tid
         if t["lead_in_s"]:
             lead = int(t["lead_in_s"] * t["sample_rate"]) - 1200  # minus the decoder's ringing
-            assert np.abs(d.samples[:lead]).max() < 1e-3 < np.abs(d.samples[lead + 2400:]).max(), tid
+            assert np.abs(d.samples[:lead]).max() < 1e-3 < np.abs(d.samples[lead + 2400 :]).max(), tid
         if t["true_stereo"]:
             assert abs(np.corrcoef(d.samples[:, 0], d.samples[:, 1])[0, 1]) < 0.5, tid
         info = MP3(path).info
@@ -373,9 +406,29 @@ def test_truth_json_matches_return_value_and_contract(mini_fma):
     fma_dir, truth = mini_fma
     assert json.loads((fma_dir / "synth_truth.json").read_text(encoding="utf-8")) == truth
     assert truth["seed"] == 0 and truth["n_tracks"] == 120
-    fields = {"genre_top", "split", "subset", "kind", "sample_rate", "channels", "bitrate_kbps", "vbr",
-              "duration_s", "cover_art", "path", "mpeg_version", "channel_mode", "master", "drive_db",
-              "peak_dbfs", "dc_offset", "lead_in_s", "true_stereo", "xing", "id3v1"}
+    fields = {
+        "genre_top",
+        "split",
+        "subset",
+        "kind",
+        "sample_rate",
+        "channels",
+        "bitrate_kbps",
+        "vbr",
+        "duration_s",
+        "cover_art",
+        "path",
+        "mpeg_version",
+        "channel_mode",
+        "master",
+        "drive_db",
+        "peak_dbfs",
+        "dc_offset",
+        "lead_in_s",
+        "true_stereo",
+        "xing",
+        "id3v1",
+    }
     for tid, t in truth["tracks"].items():
         assert tid.isdigit() and set(t) == fields
         assert t["split"] in fma.SPLITS and t["subset"] in fma.SUBSETS
@@ -386,6 +439,7 @@ def test_truth_json_matches_return_value_and_contract(mini_fma):
 
 
 # --------------------------------------------------------------------------- determinism, CLI, errors
+
 
 @pytest.mark.slow
 def test_same_seed_same_bytes_other_seed_other_bytes(tmp_path):
@@ -438,23 +492,51 @@ def test_regenerates_over_a_killed_run(tmp_path):
 
 @pytest.mark.slow
 def test_cli(tmp_path, python, subprocess_env, repo_root):
-    help_text = subprocess.run([python, "-m", "preprocess.synth", "--help"], capture_output=True, text=True,
-                               env=subprocess_env, cwd=repo_root, check=True).stdout
+    help_text = subprocess.run(
+        [python, "-m", "preprocess.synth", "--help"],
+        capture_output=True,
+        text=True,
+        env=subprocess_env,
+        cwd=repo_root,
+        check=True,
+    ).stdout
     for word in ("--out", "--tracks", "--seed", "--jobs", "tracks.csv", "synth_truth.json"):
         assert word in help_text
-    proc = subprocess.run([python, "-m", "preprocess.synth", "--out", str(tmp_path / "m"), "--tracks", "3",
-                           "--seed", "1", "--jobs", "1"], capture_output=True, text=True, env=subprocess_env,
-                          cwd=repo_root)
+    proc = subprocess.run(
+        [
+            python,
+            "-m",
+            "preprocess.synth",
+            "--out",
+            str(tmp_path / "m"),
+            "--tracks",
+            "3",
+            "--seed",
+            "1",
+            "--jobs",
+            "1",
+        ],
+        capture_output=True,
+        text=True,
+        env=subprocess_env,
+        cwd=repo_root,
+    )
     assert proc.returncode == 0, proc.stderr
     assert "3 tracks (seed 1)" in proc.stdout and "kind:" in proc.stdout
     truth = json.loads((tmp_path / "m" / "synth_truth.json").read_text())
     assert len(truth["tracks"]) == 3
-    bad = subprocess.run([python, "-m", "preprocess.synth", "--out", str(tmp_path / "m"), "--tracks", "0"],
-                         capture_output=True, text=True, env=subprocess_env, cwd=repo_root)
+    bad = subprocess.run(
+        [python, "-m", "preprocess.synth", "--out", str(tmp_path / "m"), "--tracks", "0"],
+        capture_output=True,
+        text=True,
+        env=subprocess_env,
+        cwd=repo_root,
+    )
     assert bad.returncode != 0 and "n_tracks" in bad.stderr
 
 
 # --------------------------------------------------------------------------- genres are learnable
+
 
 def _mean_logmel(path: Path) -> np.ndarray:
     """Mean log-mel spectrum (64 bands) of the first 10 s, at 22.05 kHz mono."""
@@ -467,8 +549,11 @@ def _mean_logmel(path: Path) -> np.ndarray:
 
 def test_genres_differ_more_than_tracks_of_a_genre(mini_fma):
     fma_dir, truth = mini_fma
-    good = [(t["genre_top"], fma_dir / t["path"]) for t in truth["tracks"].values()
-            if t["kind"] == "good" and t["genre_top"]]
+    good = [
+        (t["genre_top"], fma_dir / t["path"])
+        for t in truth["tracks"].values()
+        if t["kind"] == "good" and t["genre_top"]
+    ]
     per_genre: dict[str, list[Path]] = {}
     for genre, path in good:
         per_genre.setdefault(genre, []).append(path)
@@ -489,6 +574,14 @@ def test_genres_differ_more_than_tracks_of_a_genre(mini_fma):
     # Two tracks of one genre are closer than two tracks of different genres, on average.
     pairs = ((0, 1), (0, 2), (1, 2))
     within = np.mean([np.linalg.norm(f[i] - f[j]) for f in feats.values() for i, j in pairs])
-    between = np.mean([np.linalg.norm(feats[g][i] - feats[h][j])
-                       for g in genres for h in genres if g < h for i in range(3) for j in range(3)])
+    between = np.mean(
+        [
+            np.linalg.norm(feats[g][i] - feats[h][j])
+            for g in genres
+            for h in genres
+            if g < h
+            for i in range(3)
+            for j in range(3)
+        ]
+    )
     assert between > 1.2 * within, (between, within)

@@ -26,8 +26,22 @@ def shard_set(tmp_path_factory):
 
 
 def _fit(shards_dir, run, *extra):
-    argv = ["fit", "--shards", str(shards_dir), "--run", str(run), "--model", "seed", "--device", "cpu",
-            "--batch-size", "16", "--seed", "3", *extra]
+    argv = [
+        "fit",
+        "--shards",
+        str(shards_dir),
+        "--run",
+        str(run),
+        "--model",
+        "seed",
+        "--device",
+        "cpu",
+        "--batch-size",
+        "16",
+        "--seed",
+        "3",
+        *extra,
+    ]
     assert main(argv) == 0
 
 
@@ -76,8 +90,8 @@ def _event_tags(folder) -> set[str]:
         data = path.read_bytes()
         pos = 0
         while pos < len(data):
-            (length,) = struct.unpack("<Q", data[pos:pos + 8])
-            event = event_pb2.Event.FromString(data[pos + 12:pos + 12 + length])
+            (length,) = struct.unpack("<Q", data[pos : pos + 8])
+            event = event_pb2.Event.FromString(data[pos + 12 : pos + 12 + length])
             tags.update(v.tag for v in event.summary.value)
             pos += 12 + length + 4
     return tags
@@ -93,8 +107,15 @@ def test_tensorboard_events_and_config_are_written(shard_set, tmp_path):
     assert saved["class_weights"] == "balanced"
     assert load_checkpoint(run / "last.pt")["config"] == saved
     tags = _event_tags(run / "tensorboard")
-    assert {"loss/train", "loss/validation", "accuracy/train", "accuracy/validation", "lr",
-            "macro_f1/validation", "confusion/validation"} <= tags
+    assert {
+        "loss/train",
+        "loss/validation",
+        "accuracy/train",
+        "accuracy/validation",
+        "lr",
+        "macro_f1/validation",
+        "confusion/validation",
+    } <= tags
 
 
 def test_an_existing_run_is_not_overwritten_without_resume(shard_set, tmp_path, capsys):
@@ -141,8 +162,14 @@ def test_bad_settings_are_clear_errors(tmp_path, capsys):
 
 
 def test_cli_help(python, subprocess_env, repo_root):
-    out = subprocess.run([python, "-m", "train", "fit", "--help"], cwd=repo_root, env=subprocess_env,
-                         capture_output=True, text=True, timeout=60)
+    out = subprocess.run(
+        [python, "-m", "train", "fit", "--help"],
+        cwd=repo_root,
+        env=subprocess_env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert out.returncode == 0
     for flag in ("--resume", "--preload", "--optimizer", "--class-weights", "--select-metric"):
         assert flag in out.stdout

@@ -17,8 +17,9 @@ from shards import data_layout, read_manifest
 def shard_set(mini_fma, tmp_path_factory):
     out = tmp_path_factory.mktemp("verify-shards")
     # A small shard set: the medium subset (fewer tracks), big shards.
-    driver.run_features(FeatureOptions(mini_fma[0], out, subset="medium", jobs=2, shard_size=64,
-                                       progress=False))
+    driver.run_features(
+        FeatureOptions(mini_fma[0], out, subset="medium", jobs=2, shard_size=64, progress=False)
+    )
     return out
 
 
@@ -35,8 +36,12 @@ def _first_shard(folder):
 
 def test_good_set_passes(shard_set, python, subprocess_env):
     assert verify_shards(shard_set) == []
-    result = subprocess.run([python, "-m", "preprocess", "verify", str(shard_set), "--no-progress"],
-                            env=subprocess_env, capture_output=True, text=True)
+    result = subprocess.run(
+        [python, "-m", "preprocess", "verify", str(shard_set), "--no-progress"],
+        env=subprocess_env,
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 0, result.stderr
 
 
@@ -50,8 +55,12 @@ def test_flipped_byte_in_an_image_is_caught(copy, python, subprocess_env):
         fh.write(bytes([byte[0] ^ 0x01]))
     problems = verify_shards(copy)
     assert len(problems) == 1 and str(path) in problems[0] and "checksum" in problems[0]
-    result = subprocess.run([python, "-m", "preprocess", "verify", str(copy), "--no-progress"],
-                            env=subprocess_env, capture_output=True, text=True)
+    result = subprocess.run(
+        [python, "-m", "preprocess", "verify", str(copy), "--no-progress"],
+        env=subprocess_env,
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 1 and path.name in result.stderr
 
 

@@ -13,14 +13,17 @@ WINDOW = window_length(Recipe(), RATE)  # 29.5 s
 HOP = hop_length(29.5 / 2, RATE)
 
 
-@pytest.mark.parametrize("seconds, expected_starts_s", [
-    (3.0, [0.0]),  # shorter than min_duration_s: one window; the recipe rejects it as too short
-    (20.0, [0.0]),  # short clip: one window, padded by the recipe's short-clip policy
-    (29.5, [0.0]),  # exactly one window
-    (30.0, [0.0, 0.5]),  # just over a window: a second window ends at the file's end
-    (44.25, [0.0, 14.75]),  # two hops fit exactly: no tail window
-    (60.0, [0.0, 14.75, 29.5, 30.5]),
-])
+@pytest.mark.parametrize(
+    "seconds, expected_starts_s",
+    [
+        (3.0, [0.0]),  # shorter than min_duration_s: one window; the recipe rejects it as too short
+        (20.0, [0.0]),  # short clip: one window, padded by the recipe's short-clip policy
+        (29.5, [0.0]),  # exactly one window
+        (30.0, [0.0, 0.5]),  # just over a window: a second window ends at the file's end
+        (44.25, [0.0, 14.75]),  # two hops fit exactly: no tail window
+        (60.0, [0.0, 14.75, 29.5, 30.5]),
+    ],
+)
 def test_window_starts_follow_from_length_and_hop(seconds, expected_starts_s):
     starts = window_starts(int(seconds * RATE), WINDOW, HOP)
     assert [round(s / RATE, 3) for s in starts] == expected_starts_s
@@ -35,7 +38,7 @@ def test_several_minutes_are_covered_by_regular_hops_and_one_tail_window():
     assert starts[-1] == n - WINDOW
     covered = np.zeros(n, bool)
     for s in starts:
-        covered[s:s + WINDOW] = True
+        covered[s : s + WINDOW] = True
     assert covered.all()
     # A hop of a whole window: no overlap between the regular windows.
     assert window_starts(n, WINDOW, WINDOW)[:3] == [0, WINDOW, 2 * WINDOW]
@@ -51,21 +54,30 @@ def _blocks(samples: np.ndarray, rng: np.random.Generator):
     pos = 0
     while pos < samples.shape[1]:
         size = int(rng.integers(0, 3000))
-        yield samples[:, pos:pos + size]
+        yield samples[:, pos : pos + size]
         pos += size
 
 
-@pytest.mark.parametrize("n, window, hop", [
-    (0, 1000, 500), (700, 1000, 500), (1000, 1000, 500), (1001, 1000, 500), (5432, 1000, 500),
-    (5432, 1000, 1000), (5432, 1000, 1700), (20000, 1000, 333),
-])
+@pytest.mark.parametrize(
+    "n, window, hop",
+    [
+        (0, 1000, 500),
+        (700, 1000, 500),
+        (1000, 1000, 500),
+        (1001, 1000, 500),
+        (5432, 1000, 500),
+        (5432, 1000, 1000),
+        (5432, 1000, 1700),
+        (20000, 1000, 333),
+    ],
+)
 def test_cut_windows_yields_the_planned_excerpts_from_any_block_sizes(n, window, hop):
     rng = np.random.default_rng(n + hop)
     samples = rng.standard_normal((2, n)).astype(np.float32)
     cut = list(cut_windows(_blocks(samples, rng), window, hop))
     assert [start for start, _ in cut] == window_starts(n, window, hop)
     for start, excerpt in cut:
-        np.testing.assert_array_equal(excerpt, samples[:, start:start + window])
+        np.testing.assert_array_equal(excerpt, samples[:, start : start + window])
 
 
 def test_cut_windows_holds_at_most_a_window_and_a_block_of_samples():

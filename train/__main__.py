@@ -42,54 +42,90 @@ from train.config import ConfigError
 def _fit_parser(sub) -> None:
     from train.config import add_config_arguments
 
-    p = sub.add_parser("fit", help="train a model", description=(
-        "Train a model on a shard set. Settings come from the defaults, then --config FILE.yaml, then "
-        "the flags given here; the result is saved as RUN/config.yaml. With --resume the run's saved "
-        "configuration is the base and only the flags given here change it (e.g. --epochs to extend)."))
-    p.add_argument("--config", help="YAML file of settings (keys as the flags below, with underscores); "
-                   "see train/configs/")
-    p.add_argument("--resume", action="store_true",
-                   help="continue RUN from RUN/last.pt (weights, optimiser, epoch, RNG state)")
+    p = sub.add_parser(
+        "fit",
+        help="train a model",
+        description=(
+            "Train a model on a shard set. Settings come from the defaults, then --config FILE.yaml, then "
+            "the flags given here; the result is saved as RUN/config.yaml. With --resume the run's saved "
+            "configuration is the base and only the flags given here change it (e.g. --epochs to extend)."
+        ),
+    )
+    p.add_argument(
+        "--config",
+        help="YAML file of settings (keys as the flags below, with underscores); see train/configs/",
+    )
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue RUN from RUN/last.pt (weights, optimiser, epoch, RNG state)",
+    )
     add_config_arguments(p)
     add_logging_arguments(p)
 
 
 def _test_parser(sub) -> None:
-    p = sub.add_parser("test", help="evaluate the best checkpoint on the test split", description=(
-        "Evaluate RUN/best.pt on the test split of SHARDS: prints per-class precision/recall/F1 and "
-        "accuracy, balanced accuracy, macro-F1, top-3 accuracy; writes RUN/test_report.json and "
-        "RUN/confusion.png (row-normalised)."))
+    p = sub.add_parser(
+        "test",
+        help="evaluate the best checkpoint on the test split",
+        description=(
+            "Evaluate RUN/best.pt on the test split of SHARDS: prints per-class precision/recall/F1 and "
+            "accuracy, balanced accuracy, macro-F1, top-3 accuracy; writes RUN/test_report.json and "
+            "RUN/confusion.png (row-normalised)."
+        ),
+    )
     p.add_argument("--shards", required=True, help="shard set folder (holds manifest.json)")
     p.add_argument("--run", required=True, help="run folder holding the checkpoint")
-    p.add_argument("--device", default="auto", choices=("auto", "cuda", "cpu"),
-                   help="auto: CUDA when available (default)")
+    p.add_argument(
+        "--device",
+        default="auto",
+        choices=("auto", "cuda", "cpu"),
+        help="auto: CUDA when available (default)",
+    )
     p.add_argument("--checkpoint", default="best.pt", help="checkpoint in RUN (default: best.pt)")
-    p.add_argument("--split", default="test", choices=("train", "validation", "test"),
-                   help="split to evaluate (default: test)")
+    p.add_argument(
+        "--split",
+        default="test",
+        choices=("train", "validation", "test"),
+        help="split to evaluate (default: test)",
+    )
     add_logging_arguments(p)
 
 
 def _predict_parser(sub) -> None:
     from train import predict
 
-    p = sub.add_parser("predict", help="top genres for audio files",
-                       description=predict.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = sub.add_parser(
+        "predict",
+        help="top genres for audio files",
+        description=predict.__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     predict.add_arguments(p)
 
 
 def _embed_parser(sub) -> None:
     from train import embed
 
-    p = sub.add_parser("embed", help="penultimate-layer vectors to an HDF5 file",
-                       description=embed.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = sub.add_parser(
+        "embed",
+        help="penultimate-layer vectors to an HDF5 file",
+        description=embed.__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     embed.add_arguments(p)
 
 
 def _export_parser(sub) -> None:
-    p = sub.add_parser("export", help="write the model as ONNX", description=(
-        "Write RUN's checkpoint as an ONNX model: input `mel` (batch, 1, 128, 128) raw log-mel dB, "
-        "outputs `logits` and `embedding`, a dynamic batch axis, the normalisation folded in and the "
-        "class names and recipe in the model's metadata. Needs the onnx extra."))
+    p = sub.add_parser(
+        "export",
+        help="write the model as ONNX",
+        description=(
+            "Write RUN's checkpoint as an ONNX model: input `mel` (batch, 1, 128, 128) raw log-mel dB, "
+            "outputs `logits` and `embedding`, a dynamic batch axis, the normalisation folded in and the "
+            "class names and recipe in the model's metadata. Needs the onnx extra."
+        ),
+    )
     p.add_argument("--run", required=True, help="run folder holding the checkpoint")
     p.add_argument("--onnx", required=True, metavar="FILE", help="the .onnx file to write")
     p.add_argument("--checkpoint", default="best.pt", help="checkpoint in RUN (default: best.pt)")
@@ -97,8 +133,9 @@ def _export_parser(sub) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m train", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="{fit,test,predict,embed,export}")
     _fit_parser(sub)
     _test_parser(sub)
@@ -154,8 +191,13 @@ def run_export_command(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"fit": run_fit, "test": run_test, "predict": run_predict, "embed": run_embed,
-            "export": run_export_command}
+COMMANDS = {
+    "fit": run_fit,
+    "test": run_test,
+    "predict": run_predict,
+    "embed": run_embed,
+    "export": run_export_command,
+}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -41,25 +41,36 @@ class AugmentSettings:
             if getattr(self, name) < 0:
                 raise ValueError(f"augmentation {name}={getattr(self, name)}: must be >= 0")
         if not 0.0 <= self.time_shift <= 1.0:
-            raise ValueError(f"augmentation time_shift={self.time_shift}: must be in [0, 1] "
-                             "(a fraction of the image width)")
+            raise ValueError(
+                f"augmentation time_shift={self.time_shift}: must be in [0, 1] "
+                "(a fraction of the image width)"
+            )
         if self.mixup_alpha < 0:
             raise ValueError(f"augmentation mixup_alpha={self.mixup_alpha}: must be >= 0 (0 turns it off)")
 
     @property
     def enabled(self) -> bool:
-        return bool((self.freq_masks and self.freq_mask_width) or (self.time_masks and self.time_mask_width)
-                    or self.time_shift > 0 or self.mixup_alpha > 0)
+        return bool(
+            (self.freq_masks and self.freq_mask_width)
+            or (self.time_masks and self.time_mask_width)
+            or self.time_shift > 0
+            or self.mixup_alpha > 0
+        )
 
 
 def batch_seed(seed: int, epoch: int, step: int, stream: int = 0) -> int:
     """A 63-bit seed for one batch's draws, from (run seed, epoch, step, stream e.g. a rank)."""
-    return int(np.random.SeedSequence([int(seed), int(epoch), int(step), int(stream)]).generate_state(
-        2, np.uint64)[0] >> np.uint64(1))
+    return int(
+        np.random.SeedSequence([int(seed), int(epoch), int(step), int(stream)]).generate_state(2, np.uint64)[
+            0
+        ]
+        >> np.uint64(1)
+    )
 
 
-def span_masks(batch: int, length: int, count: int, max_width: int,
-               generator: torch.Generator) -> torch.Tensor:
+def span_masks(
+    batch: int, length: int, count: int, max_width: int, generator: torch.Generator
+) -> torch.Tensor:
     """Boolean masks of ``count`` random spans per row, each of width 0..max_width.
 
     Returns
@@ -90,8 +101,9 @@ def circular_shift(x: torch.Tensor, shifts: torch.Tensor) -> torch.Tensor:
     return x.gather(3, index.view(b, 1, 1, t).expand(b, c, f, t))
 
 
-def augment_batch(x: torch.Tensor, y: torch.Tensor, num_classes: int, settings: AugmentSettings,
-                  generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+def augment_batch(
+    x: torch.Tensor, y: torch.Tensor, num_classes: int, settings: AugmentSettings, generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Apply ``settings`` to one batch.
 
     Parameters
@@ -135,5 +147,5 @@ def augment_batch(x: torch.Tensor, y: torch.Tensor, num_classes: int, settings: 
 def beta_draw(alpha: float, generator: torch.Generator) -> float:
     """One draw of Beta(alpha, alpha), taken from ``generator`` (torch's Beta sampler takes no
     generator, so a numpy generator is seeded from it)."""
-    seed = int(torch.randint(0, 2 ** 62, (1,), generator=generator).item())
+    seed = int(torch.randint(0, 2**62, (1,), generator=generator).item())
     return float(np.random.default_rng(seed).beta(alpha, alpha))

@@ -49,8 +49,10 @@ def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
     """
     path = Path(path)
     if not path.exists():
-        raise CheckpointError(f"{path}: no checkpoint here. Train first (`make train` / "
-                              f"`python -m train fit --run {path.parent} ...`).")
+        raise CheckpointError(
+            f"{path}: no checkpoint here. Train first (`make train` / "
+            f"`python -m train fit --run {path.parent} ...`)."
+        )
     try:
         checkpoint = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # torch raises RuntimeError, EOFError, UnpicklingError, zipfile errors

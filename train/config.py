@@ -52,8 +52,12 @@ class TrainConfig:
     shards: str = _f("", "shard set folder (holds manifest.json)")
     run: str = _f("", "run folder: checkpoints, config.yaml, TensorBoard events, test report")
     model: str = _f("seed", "model name", MODEL_CHOICES)
-    norm: str = _f("batch", "normalisation layers: batch (BatchNorm, the reference) or group (GroupNorm: "
-                            "independent of how the batch is split across ranks)", NORMS)
+    norm: str = _f(
+        "batch",
+        "normalisation layers: batch (BatchNorm, the reference) or group (GroupNorm: "
+        "independent of how the batch is split across ranks)",
+        NORMS,
+    )
     epochs: int = _f(20, "number of epochs")
     batch_size: int = _f(32, "samples per batch")
     optimizer: str = _f("sgd", "sgd (momentum, the reference recipe) or adamw", OPTIMIZERS)
@@ -61,36 +65,58 @@ class TrainConfig:
     momentum: float = _f(0.9, "SGD momentum")
     weight_decay: float = _f(5e-4, "weight decay (L2 for SGD, decoupled for AdamW)")
     warmup_epochs: float = _f(1.0, "linear warm-up length in epochs (0 disables)")
-    milestones: list = _f([], "epochs at which the learning rate is multiplied by gamma "
-                              "(empty: at 50%% and 75%% of the epochs)")
+    milestones: list = _f(
+        [], "epochs at which the learning rate is multiplied by gamma (empty: at 50%% and 75%% of the epochs)"
+    )
     gamma: float = _f(0.1, "learning-rate decay factor at each milestone")
-    class_weights: str = _f("none", "cross-entropy class weights: none, or balanced "
-                                    "(inverse training-split frequency)", CLASS_WEIGHTS)
+    class_weights: str = _f(
+        "none",
+        "cross-entropy class weights: none, or balanced (inverse training-split frequency)",
+        CLASS_WEIGHTS,
+    )
     select_metric: str = _f("macro_f1", "validation metric that picks best.pt", METRICS)
     normalize: bool = _f(True, "standardise each mel band with training-split mean/std")
     preload: str = _f("none", "copy the split into memory first: none, ram or gpu", PRELOAD)
     num_workers: int = _f(-1, "DataLoader worker processes (-1: 0 on CPU or small machines, else 4)")
     device: str = _f("auto", "auto (CUDA when available), cuda or cpu", DEVICES)
-    verify_shards: bool = _f(True, "recompute every shard's checksum when opening a split (reads every "
-                                   "image once; --no-verify-shards checks only the cheap things)")
+    verify_shards: bool = _f(
+        True,
+        "recompute every shard's checksum when opening a split (reads every "
+        "image once; --no-verify-shards checks only the cheap things)",
+    )
     seed: int = _f(0, "random seed (weights, shuffling, dropout)")
-    dist_timeout: float = _f(300.0, "under torchrun: seconds a collective may wait for the other ranks "
-                                    "before the job stops with an error (a hung or lost rank)")
+    dist_timeout: float = _f(
+        300.0,
+        "under torchrun: seconds a collective may wait for the other ranks "
+        "before the job stops with an error (a hung or lost rank)",
+    )
     max_steps_per_epoch: int = _f(0, "stop each epoch after this many batches (0: whole split; for tests)")
     # Learning options (train/augment.py, train/sampling.py, train/ema.py); all off by default.
-    sampling: str = _f("shuffle", "shuffle (a seeded permutation per epoch) or balanced (every class "
-                                  "drawn equally often per epoch; small classes repeat)", SAMPLING)
+    sampling: str = _f(
+        "shuffle",
+        "shuffle (a seeded permutation per epoch) or balanced (every class "
+        "drawn equally often per epoch; small classes repeat)",
+        SAMPLING,
+    )
     label_smoothing: float = _f(0.0, "cross-entropy label smoothing, 0 <= e < 1 (0: off)")
-    ema_decay: float = _f(0.0, "exponential moving average of the weights, 0 < d < 1, used for validation, "
-                               "best.pt, test, predict and export (0: off)")
+    ema_decay: float = _f(
+        0.0,
+        "exponential moving average of the weights, 0 < d < 1, used for validation, "
+        "best.pt, test, predict and export (0: off)",
+    )
     freq_masks: int = _f(0, "SpecAugment frequency masks per training image (0: off)")
     freq_mask_width: int = _f(16, "widest frequency mask, in mel bands (each width is drawn from 0..this)")
     time_masks: int = _f(0, "SpecAugment time masks per training image (0: off)")
     time_mask_width: int = _f(16, "widest time mask, in frames")
-    time_shift: float = _f(0.0, "random circular shift of each training image along time, up to this "
-                                "fraction of its width (0: off, 1: any shift)")
-    mixup_alpha: float = _f(0.0, "mixup: mix each training batch with a shuffled copy of itself, "
-                                 "weight ~ Beta(alpha, alpha) (0: off)")
+    time_shift: float = _f(
+        0.0,
+        "random circular shift of each training image along time, up to this "
+        "fraction of its width (0: off, 1: any shift)",
+    )
+    mixup_alpha: float = _f(
+        0.0,
+        "mixup: mix each training batch with a shuffled copy of itself, weight ~ Beta(alpha, alpha) (0: off)",
+    )
 
     def validate(self) -> None:
         """Raise :class:`ConfigError` naming the setting if a value is out of range."""
@@ -105,14 +131,18 @@ class TrainConfig:
         if self.dist_timeout <= 0:
             raise ConfigError(f"config dist_timeout={self.dist_timeout}: must be > 0 seconds")
         if self.lr <= 0 or self.weight_decay < 0 or self.warmup_epochs < 0 or not 0 < self.gamma <= 1:
-            raise ConfigError(f"config: need lr > 0, weight_decay >= 0, warmup_epochs >= 0, "
-                             f"0 < gamma <= 1; got lr={self.lr}, weight_decay={self.weight_decay}, "
-                             f"warmup_epochs={self.warmup_epochs}, gamma={self.gamma}")
+            raise ConfigError(
+                f"config: need lr > 0, weight_decay >= 0, warmup_epochs >= 0, "
+                f"0 < gamma <= 1; got lr={self.lr}, weight_decay={self.weight_decay}, "
+                f"warmup_epochs={self.warmup_epochs}, gamma={self.gamma}"
+            )
         if any(int(m) != m or m < 1 for m in self.milestones):
             raise ConfigError(f"config milestones={self.milestones}: must be positive whole epochs")
         if not 0.0 <= self.label_smoothing < 1.0 or not 0.0 <= self.ema_decay < 1.0:
-            raise ConfigError(f"config: need 0 <= label_smoothing < 1 and 0 <= ema_decay < 1; got "
-                              f"label_smoothing={self.label_smoothing}, ema_decay={self.ema_decay}")
+            raise ConfigError(
+                f"config: need 0 <= label_smoothing < 1 and 0 <= ema_decay < 1; got "
+                f"label_smoothing={self.label_smoothing}, ema_decay={self.ema_decay}"
+            )
         try:
             self.augment_settings()
         except ValueError as exc:
@@ -122,8 +152,14 @@ class TrainConfig:
         """The augmentation settings (:class:`train.augment.AugmentSettings`); ValueError naming a bad one."""
         from train.augment import AugmentSettings
 
-        return AugmentSettings(self.freq_masks, self.freq_mask_width, self.time_masks, self.time_mask_width,
-                               self.time_shift, self.mixup_alpha)
+        return AugmentSettings(
+            self.freq_masks,
+            self.freq_mask_width,
+            self.time_masks,
+            self.time_mask_width,
+            self.time_shift,
+            self.mixup_alpha,
+        )
 
     def resolved_milestones(self) -> list[int]:
         """The milestones, defaulting to 50% and 75% of the epochs."""
@@ -207,6 +243,7 @@ def overrides_from_args(args: argparse.Namespace) -> dict:
 def save_config(config: TrainConfig, run_dir: str | os.PathLike) -> Path:
     """Write ``run_dir/config.yaml`` atomically."""
     path = Path(run_dir) / "config.yaml"
-    atomic_write_text(path, "# training configuration (defaults < --config file < command line)\n"
-                      + config.to_yaml())
+    atomic_write_text(
+        path, "# training configuration (defaults < --config file < command line)\n" + config.to_yaml()
+    )
     return path

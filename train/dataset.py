@@ -33,25 +33,31 @@ class ShardInfo:
 
     path: Path
     num_tracks: int
-    start: int                          # global index of its first sample
-    layout: shards.Layout | None        # None: compressed, read through h5py
+    start: int  # global index of its first sample
+    layout: shards.Layout | None  # None: compressed, read through h5py
 
 
 def _check_shard(path: Path, entry: dict, manifest: dict, verify: bool) -> shards.ShardContents:
     contents = shards.read_shard(path, verify=verify)
     fix = "Rerun the features stage for this shard (delete it first), then `make finalize`."
     if contents.recipe != manifest["recipe"]:
-        raise ShardError(f"{path}: made with recipe {contents.recipe}, but the manifest says "
-                         f"{manifest['recipe']}. {fix}")
+        raise ShardError(
+            f"{path}: made with recipe {contents.recipe}, but the manifest says {manifest['recipe']}. {fix}"
+        )
     if list(contents.class_names) != list(manifest["class_names"]):
-        raise ShardError(f"{path}: class names {contents.class_names} differ from the manifest's "
-                         f"{manifest['class_names']}. {fix}")
+        raise ShardError(
+            f"{path}: class names {contents.class_names} differ from the manifest's "
+            f"{manifest['class_names']}. {fix}"
+        )
     if contents.checksum != entry["checksum"]:
-        raise ShardError(f"{path}: checksum {contents.checksum} differs from the manifest's "
-                         f"{entry['checksum']} (the file was replaced or rewritten). {fix}")
+        raise ShardError(
+            f"{path}: checksum {contents.checksum} differs from the manifest's "
+            f"{entry['checksum']} (the file was replaced or rewritten). {fix}"
+        )
     if contents.num_tracks != int(entry["num_tracks"]):
-        raise ShardError(f"{path}: holds {contents.num_tracks} tracks, the manifest says "
-                         f"{entry['num_tracks']}. {fix}")
+        raise ShardError(
+            f"{path}: holds {contents.num_tracks} tracks, the manifest says {entry['num_tracks']}. {fix}"
+        )
     if contents.num_tracks and contents.mel_shape[1:] != (128, 128):
         raise ShardError(f"{path}: images are {contents.mel_shape[1:]}, expected (128, 128). {fix}")
     return contents
@@ -126,7 +132,7 @@ class ShardDataset(torch.utils.data.Dataset):
     def _reader(self, shard: int):
         """The open memmap (or h5py dataset) of shard ``shard`` in this process."""
         if self._open_pid != os.getpid():
-            self._readers = {}          # inherited over fork: never reuse
+            self._readers = {}  # inherited over fork: never reuse
             self._open_pid = os.getpid()
         reader = self._readers.get(shard)
         if reader is None:
@@ -140,8 +146,10 @@ class ShardDataset(torch.utils.data.Dataset):
                     # Small chunk cache: memory must not grow with the number of shards.
                     reader = h5py.File(info.path, "r", rdcc_nbytes=1 << 16)["mel"]
             except (OSError, ValueError) as exc:
-                raise ShardError(f"{info.path}: cannot open the images ({exc}). The file changed "
-                                 f"or was truncated after the dataset was opened.") from exc
+                raise ShardError(
+                    f"{info.path}: cannot open the images ({exc}). The file changed "
+                    f"or was truncated after the dataset was opened."
+                ) from exc
             self._readers[shard] = reader
         return reader
 
@@ -228,4 +236,3 @@ class ShardDataset(torch.utils.data.Dataset):
     def class_counts(self) -> np.ndarray:
         """Samples per class, shape (num_classes,), int64."""
         return np.bincount(self.labels, minlength=self.num_classes).astype(np.int64)
-

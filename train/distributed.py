@@ -68,13 +68,16 @@ def world_from_env(env: dict | None = None) -> World:
         return World()
     missing = [name for name in TORCHRUN_VARIABLES if name not in env]
     if missing:
-        raise DistributedError(f"torch.distributed: {present} are set but {missing} are not; start "
-                         f"distributed training with `torchrun --nproc-per-node N -m train fit ...`")
+        raise DistributedError(
+            f"torch.distributed: {present} are set but {missing} are not; start "
+            f"distributed training with `torchrun --nproc-per-node N -m train fit ...`"
+        )
     try:
         world = World(int(env["RANK"]), int(env["WORLD_SIZE"]), int(env["LOCAL_RANK"]))
     except ValueError as exc:
-        raise DistributedError(f"torch.distributed: RANK, WORLD_SIZE, LOCAL_RANK must be integers "
-                               f"({exc})") from exc
+        raise DistributedError(
+            f"torch.distributed: RANK, WORLD_SIZE, LOCAL_RANK must be integers ({exc})"
+        ) from exc
     if not 0 <= world.rank < world.size or world.local_rank < 0:
         raise DistributedError(f"torch.distributed: RANK={world.rank} is not in [0, WORLD_SIZE={world.size})")
     return world
@@ -85,8 +88,10 @@ def device_for(world: World, requested: torch.device) -> torch.device:
     if requested.type != "cuda" or not world.distributed:
         return requested
     if world.local_rank >= torch.cuda.device_count():
-        raise DistributedError(f"LOCAL_RANK {world.local_rank} but only {torch.cuda.device_count()} CUDA "
-                         f"devices are visible: use --nproc-per-node <= the GPUs per node")
+        raise DistributedError(
+            f"LOCAL_RANK {world.local_rank} but only {torch.cuda.device_count()} CUDA "
+            f"devices are visible: use --nproc-per-node <= the GPUs per node"
+        )
     return torch.device("cuda", world.local_rank)
 
 
@@ -169,10 +174,10 @@ def gather_rows(part: np.ndarray, world: World, device: torch.device) -> np.ndar
     dist.all_gather(sizes, torch.tensor([len(part)], dtype=torch.int64, device=device))
     longest = int(max(s.item() for s in sizes))
     padded = torch.zeros((longest, *part.shape[1:]), dtype=local.dtype, device=device)
-    padded[:len(part)] = local
+    padded[: len(part)] = local
     gathered = [torch.empty_like(padded) for _ in range(world.size)]
     dist.all_gather(gathered, padded)
-    return np.concatenate([g[:int(n.item())].cpu().numpy() for g, n in zip(gathered, sizes, strict=True)])
+    return np.concatenate([g[: int(n.item())].cpu().numpy() for g, n in zip(gathered, sizes, strict=True)])
 
 
 def gather_objects(value, world: World) -> list:
@@ -209,4 +214,5 @@ def collective_errors(world: World, timeout_s: float):
             f"rank {world.rank} of {world.size}: a collective with the other ranks failed: another rank "
             f"died, or did not answer within --dist-timeout {timeout_s:g} s ({str(exc).strip()[:300]}). "
             f"torchrun's summary names the rank that failed first; rerun the same command with --resume "
-            f"to continue from the last completed epoch (RUN/last.pt)") from exc
+            f"to continue from the last completed epoch (RUN/last.pt)"
+        ) from exc

@@ -55,8 +55,10 @@ class WeightEMA:
 
     def state_dict(self) -> dict:
         """The averaged weights (CPU tensors) and the update count."""
-        return {"weights": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
-                "updates": self.updates}
+        return {
+            "weights": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
+            "updates": self.updates,
+        }
 
     def load_state_dict(self, state: dict) -> None:
         self.model.load_state_dict(state["weights"])

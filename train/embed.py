@@ -41,11 +41,16 @@ log = logging.getLogger(__name__)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("inputs", nargs="*", metavar="FILE_OR_FOLDER",
-                        help="audio files and folders (instead of --shards)")
+    parser.add_argument(
+        "inputs", nargs="*", metavar="FILE_OR_FOLDER", help="audio files and folders (instead of --shards)"
+    )
     parser.add_argument("--shards", help="a shard set: embed the stored images of --split")
-    parser.add_argument("--split", default="test", choices=("train", "validation", "test"),
-                        help="split of --shards (default: test)")
+    parser.add_argument(
+        "--split",
+        default="test",
+        choices=("train", "validation", "test"),
+        help="split of --shards (default: test)",
+    )
     parser.add_argument("--out", required=True, metavar="FILE.h5", help="the HDF5 file to write")
     add_model_arguments(parser)
 
@@ -64,17 +69,27 @@ def embed_shards(scorer: Scorer, shards_dir: str, split: str, batch_size: int = 
 
     dataset = ShardDataset(shards_dir, split)
     if list(dataset.class_names) != list(scorer.class_names):
-        raise PredictError(f"{shards_dir}: its class names differ from the model's; embed the shard "
-                           f"set the model was trained on")
+        raise PredictError(
+            f"{shards_dir}: its class names differ from the model's; embed the shard "
+            f"set the model was trained on"
+        )
     chunks = []
-    for start in tqdm(range(0, len(dataset), batch_size), desc=f"embed {split}", unit="batch",
-                      disable=progress_disabled(), leave=False, mininterval=1):
+    for start in tqdm(
+        range(0, len(dataset), batch_size),
+        desc=f"embed {split}",
+        unit="batch",
+        disable=progress_disabled(),
+        leave=False,
+        mininterval=1,
+    ):
         x, _ = dataset.gather(np.arange(start, min(start + batch_size, len(dataset))))
         chunks.append(scorer(x.numpy()[:, 0])[1])
     dim = chunks[0].shape[1] if chunks else 0
-    return {"embedding": np.concatenate(chunks) if chunks else np.zeros((0, dim), np.float32),
-            "track_id": np.asarray(dataset.track_ids, np.int64),
-            "label": np.asarray(dataset.labels, np.int64)}
+    return {
+        "embedding": np.concatenate(chunks) if chunks else np.zeros((0, dim), np.float32),
+        "track_id": np.asarray(dataset.track_ids, np.int64),
+        "label": np.asarray(dataset.labels, np.int64),
+    }
 
 
 def main(args: argparse.Namespace) -> int:
@@ -92,8 +107,10 @@ def main(args: argparse.Namespace) -> int:
         data = embed_shards(scorer, args.shards, args.split, batch_size=max(options.batch_size, 64))
         attrs["source"] = {"shards": str(args.shards), "split": args.split}
         write_embeddings(out, data["embedding"], attrs=attrs, track_id=data["track_id"], label=data["label"])
-        print(f"{out}: {len(data['track_id'])} tracks of {args.shards} {args.split}, "
-              f"{data['embedding'].shape[1]} dimensions")
+        print(
+            f"{out}: {len(data['track_id'])} tracks of {args.shards} {args.split}, "
+            f"{data['embedding'].shape[1]} dimensions"
+        )
         return EXIT_OK
     done, failed = [], []
     for result in predict_tracks(files, scorer, options):
@@ -104,9 +121,18 @@ def main(args: argparse.Namespace) -> int:
             done.append(result)
     dim = done[0].embedding.shape[0] if done else 0
     embedding = np.stack([r.embedding for r in done]) if done else np.zeros((0, dim), np.float32)
-    attrs["source"] = {"files": [str(i) for i in args.inputs], "hop_s": options.hop_s,
-                       "first_window": options.first_only}
-    write_embeddings(out, embedding, attrs=attrs, paths=[r.path for r in done],
-                     windows=np.array([r.windows for r in done], np.int64), failed=failed)
+    attrs["source"] = {
+        "files": [str(i) for i in args.inputs],
+        "hop_s": options.hop_s,
+        "first_window": options.first_only,
+    }
+    write_embeddings(
+        out,
+        embedding,
+        attrs=attrs,
+        paths=[r.path for r in done],
+        windows=np.array([r.windows for r in done], np.int64),
+        failed=failed,
+    )
     print(f"{out}: {len(done)} files, {len(failed)} failed, {dim} dimensions")
     return EXIT_FAILURES if failed else EXIT_OK

@@ -30,8 +30,12 @@ def build_report(labels: np.ndarray, scores: np.ndarray, class_names: list[str])
     """
     result = metrics.summary(labels, scores.argmax(axis=1), len(class_names), scores)
     per_class = {
-        name: {"precision": float(result["precision"][i]), "recall": float(result["recall"][i]),
-               "f1": float(result["f1"][i]), "support": int(result["support"][i])}
+        name: {
+            "precision": float(result["precision"][i]),
+            "recall": float(result["recall"][i]),
+            "f1": float(result["f1"][i]),
+            "support": int(result["support"][i]),
+        }
         for i, name in enumerate(class_names)
     }
     return {
@@ -53,8 +57,10 @@ def format_table(report: dict) -> str:
     lines = [f"{'genre':<{width}}  precision  recall     f1  support"]
     for name in names:
         row = report["per_class"][name]
-        lines.append(f"{name:<{width}}  {row['precision']:9.3f}  {row['recall']:6.3f}  {row['f1']:5.3f}  "
-                     f"{row['support']:7d}")
+        lines.append(
+            f"{name:<{width}}  {row['precision']:9.3f}  {row['recall']:6.3f}  {row['f1']:5.3f}  "
+            f"{row['support']:7d}"
+        )
     lines.append("")
     for key in ("accuracy", "balanced_accuracy", "macro_f1", "top3_accuracy"):
         lines.append(f"{key:<{width}}  {report[key]:.4f}")
@@ -62,8 +68,14 @@ def format_table(report: dict) -> str:
     return "\n".join(lines)
 
 
-def test(shards_dir: str | os.PathLike, run_dir: str | os.PathLike, device_name: str = "auto",
-         checkpoint_name: str = BEST, split: str = "test", batch_size: int = 256) -> dict:
+def test(
+    shards_dir: str | os.PathLike,
+    run_dir: str | os.PathLike,
+    device_name: str = "auto",
+    checkpoint_name: str = BEST,
+    split: str = "test",
+    batch_size: int = 256,
+) -> dict:
     """Evaluate ``run_dir/checkpoint_name`` on ``split``; write the report and the plot.
 
     Returns
@@ -80,14 +92,23 @@ def test(shards_dir: str | os.PathLike, run_dir: str | os.PathLike, device_name:
     source = evaluation_source(dataset, batch_size, device, checkpoint["normalization"])
     scores, labels = predict_scores(model, source, device, desc=split)
     report = build_report(labels, scores, dataset.class_names)
-    report.update({"split": split, "checkpoint": str(run_dir / checkpoint_name),
-                   "epoch": int(checkpoint["epoch"]), "model": checkpoint["model"]["name"],
-                   "shards": str(shards_dir)})
+    report.update(
+        {
+            "split": split,
+            "checkpoint": str(run_dir / checkpoint_name),
+            "epoch": int(checkpoint["epoch"]),
+            "model": checkpoint["model"]["name"],
+            "shards": str(shards_dir),
+        }
+    )
     atomic_write_text(run_dir / REPORT_NAME, json.dumps(report, indent=1) + "\n")
-    title = (f"{checkpoint['model']['name']} on {split} ({report['num_samples']} tracks): "
-             f"accuracy {report['accuracy']:.3f}, macro-F1 {report['macro_f1']:.3f}")
-    save_confusion_png(run_dir / PLOT_NAME, np.asarray(report["confusion_matrix"]), dataset.class_names,
-                       title)
+    title = (
+        f"{checkpoint['model']['name']} on {split} ({report['num_samples']} tracks): "
+        f"accuracy {report['accuracy']:.3f}, macro-F1 {report['macro_f1']:.3f}"
+    )
+    save_confusion_png(
+        run_dir / PLOT_NAME, np.asarray(report["confusion_matrix"]), dataset.class_names, title
+    )
     print(format_table(report))
     print(f"report: {run_dir / REPORT_NAME}\nconfusion plot: {run_dir / PLOT_NAME}")
     return report
@@ -96,10 +117,14 @@ def test(shards_dir: str | os.PathLike, run_dir: str | os.PathLike, device_name:
 def _check_compatible(dataset: ShardDataset, checkpoint: dict, shards_dir) -> None:
     """The split must have the checkpoint's classes and feature recipe, and not be empty."""
     if dataset.class_names != checkpoint["class_names"]:
-        raise ConfigError(f"{shards_dir}: class names {dataset.class_names} differ from the checkpoint's "
-                          f"{checkpoint['class_names']}; evaluate on shards of the same class list")
+        raise ConfigError(
+            f"{shards_dir}: class names {dataset.class_names} differ from the checkpoint's "
+            f"{checkpoint['class_names']}; evaluate on shards of the same class list"
+        )
     if dataset.recipe != checkpoint["recipe"]:
-        raise ConfigError(f"{shards_dir}: made with feature recipe {dataset.recipe}, the model was "
-                          f"trained on {checkpoint['recipe']}; evaluate on shards of the same recipe")
+        raise ConfigError(
+            f"{shards_dir}: made with feature recipe {dataset.recipe}, the model was "
+            f"trained on {checkpoint['recipe']}; evaluate on shards of the same recipe"
+        )
     if len(dataset) == 0:
         raise ConfigError(f"{shards_dir}: the {dataset.split} split is empty")

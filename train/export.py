@@ -102,16 +102,23 @@ def export_onnx(checkpoint: dict, out: str | os.PathLike, source: str = "") -> P
     out = Path(out)
     recipe = checkpoint["recipe"]
     n_mels, n_frames = int(recipe.get("n_mels", 128)), int(recipe.get("n_frames", 128))
-    wrapped = NormalizedModel(load_model(checkpoint, torch.device("cpu")), checkpoint.get("normalization"),
-                              n_mels).eval()
+    wrapped = NormalizedModel(
+        load_model(checkpoint, torch.device("cpu")), checkpoint.get("normalization"), n_mels
+    ).eval()
     example = torch.zeros(2, 1, n_mels, n_frames)
     # The exporter warns that torchvision's operators are not registered: not ours to care about.
     logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
     with atomic_path(out) as tmp:
         program = torch.onnx.export(
-            wrapped, (example,), input_names=[INPUT_NAME], output_names=list(OUTPUT_NAMES),
-            dynamic_shapes={"mel": {0: torch.export.Dim("batch")}}, opset_version=OPSET,
-            external_data=False, dynamo=True, verbose=False,
+            wrapped,
+            (example,),
+            input_names=[INPUT_NAME],
+            output_names=list(OUTPUT_NAMES),
+            dynamic_shapes={"mel": {0: torch.export.Dim("batch")}},
+            opset_version=OPSET,
+            external_data=False,
+            dynamo=True,
+            verbose=False,
         )
         proto = program.model_proto
         for key, value in onnx_metadata(checkpoint, source).items():
@@ -127,7 +134,9 @@ def run_export(run: str, onnx_path: str, checkpoint_name: str = BEST) -> Path:
     source = Path(run) / checkpoint_name
     checkpoint = load_checkpoint(source)
     path = export_onnx(checkpoint, onnx_path, source=str(source))
-    print(f"{path}: {checkpoint['model']['name']} model, {len(checkpoint['class_names'])} classes, "
-          f"input {INPUT_NAME} (batch, 1, {checkpoint['recipe'].get('n_mels', 128)}, "
-          f"{checkpoint['recipe'].get('n_frames', 128)}) log-mel dB, outputs {', '.join(OUTPUT_NAMES)}")
+    print(
+        f"{path}: {checkpoint['model']['name']} model, {len(checkpoint['class_names'])} classes, "
+        f"input {INPUT_NAME} (batch, 1, {checkpoint['recipe'].get('n_mels', 128)}, "
+        f"{checkpoint['recipe'].get('n_frames', 128)}) log-mel dB, outputs {', '.join(OUTPUT_NAMES)}"
+    )
     return path

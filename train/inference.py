@@ -30,8 +30,10 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("--device cuda: no CUDA device is available to this torch "
-                          f"({torch.__version__}); use --device cpu or auto")
+        raise ConfigError(
+            "--device cuda: no CUDA device is available to this torch "
+            f"({torch.__version__}); use --device cpu or auto"
+        )
     if name not in ("cuda", "cpu"):
         raise ConfigError(f"device must be auto, cuda or cpu, got {name!r}")
     return torch.device(name)
@@ -102,8 +104,16 @@ class BatchSource:
         As stored in checkpoints (:mod:`train.normalization`).
     """
 
-    def __init__(self, dataset: ShardDataset, sampler: EpochBatchSampler, device: torch.device,
-                 preload: str, num_workers: int, seed: int, normalization: dict | None = None):
+    def __init__(
+        self,
+        dataset: ShardDataset,
+        sampler: EpochBatchSampler,
+        device: torch.device,
+        preload: str,
+        num_workers: int,
+        seed: int,
+        normalization: dict | None = None,
+    ):
         self.dataset, self.sampler, self.device, self.seed = dataset, sampler, device, seed
         self.preload = preload
         self.num_workers = num_workers
@@ -130,7 +140,10 @@ class BatchSource:
                 yield self.images.index_select(0, idx), self.targets.index_select(0, idx)
             return
         loader = torch.utils.data.DataLoader(
-            self.dataset, batch_size=None, sampler=self.sampler, num_workers=self.num_workers,
+            self.dataset,
+            batch_size=None,
+            sampler=self.sampler,
+            num_workers=self.num_workers,
             pin_memory=self.device.type == "cuda",
             generator=torch.Generator().manual_seed(self.seed * 1000003 + epoch),
             prefetch_factor=4 if self.num_workers else None,
@@ -140,12 +153,14 @@ class BatchSource:
             yield x, y.to(self.device, non_blocking=True)
 
 
-def evaluation_source(dataset: ShardDataset, batch_size: int, device: torch.device,
-                      normalization: dict | None) -> BatchSource:
+def evaluation_source(
+    dataset: ShardDataset, batch_size: int, device: torch.device, normalization: dict | None
+) -> BatchSource:
     """A :class:`BatchSource` over the whole split in dataset order (no shuffling, default workers)."""
     sampler = EpochBatchSampler(len(dataset), batch_size, shuffle=False)
-    return BatchSource(dataset, sampler, device, "none", resolve_workers(-1, device, "none"), 0,
-                       normalization)
+    return BatchSource(
+        dataset, sampler, device, "none", resolve_workers(-1, device, "none"), 0, normalization
+    )
 
 
 def score_batch(model: nn.Module, x: torch.Tensor, device: torch.device) -> torch.Tensor:
@@ -164,8 +179,9 @@ def embed_batch(model: nn.Module, x: torch.Tensor, device: torch.device) -> tupl
     return torch.softmax(logits.float(), dim=1), embedding.float()
 
 
-def predict_scores(model: nn.Module, source: BatchSource, device: torch.device,
-                   desc: str = "eval") -> tuple[np.ndarray, np.ndarray]:
+def predict_scores(
+    model: nn.Module, source: BatchSource, device: torch.device, desc: str = "eval"
+) -> tuple[np.ndarray, np.ndarray]:
     """Softmax probabilities over a split, in the source's order (eval mode).
 
     Returns
@@ -175,10 +191,13 @@ def predict_scores(model: nn.Module, source: BatchSource, device: torch.device,
     """
     model.eval()
     scores, labels = [], []
-    for x, y in tqdm(source.epoch(0), total=len(source), desc=desc, leave=False, mininterval=1,
-                     disable=progress_disabled()):
+    for x, y in tqdm(
+        source.epoch(0), total=len(source), desc=desc, leave=False, mininterval=1, disable=progress_disabled()
+    ):
         scores.append(score_batch(model, x, device).cpu().numpy())
         labels.append(y.cpu().numpy())
     k = model_num_classes(model)
-    return (np.concatenate(scores) if scores else np.zeros((0, k), np.float32),
-            np.concatenate(labels) if labels else np.zeros(0, np.int64))
+    return (
+        np.concatenate(scores) if scores else np.zeros((0, k), np.float32),
+        np.concatenate(labels) if labels else np.zeros(0, np.int64),
+    )

@@ -58,7 +58,7 @@ def learning_rate(config: TrainConfig, epoch: int, step: int, steps_per_epoch: i
     if config.warmup_epochs > 0 and progress <= config.warmup_epochs:
         return config.lr * progress / config.warmup_epochs
     decays = sum(1 for m in config.resolved_milestones() if epoch >= m)
-    return config.lr * config.gamma ** decays
+    return config.lr * config.gamma**decays
 
 
 def class_weight_tensor(counts: np.ndarray, mode: str) -> torch.Tensor | None:
@@ -75,8 +75,9 @@ def class_weight_tensor(counts: np.ndarray, mode: str) -> torch.Tensor | None:
 def build_optimizer(config: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
     """SGD with momentum (the reference recipe) or AdamW, at ``config.lr``."""
     if config.optimizer == "sgd":
-        return torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
-                               weight_decay=config.weight_decay)
+        return torch.optim.SGD(
+            model.parameters(), lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay
+        )
     return torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
 
 
@@ -112,9 +113,15 @@ class TrainingRun:
             "model": self.model_config.to_dict(),
             "state_dict": {k: v.detach().cpu() for k, v in plain.state_dict().items()},
             "optimizer": self.optimizer.state_dict(),
-            "epoch": epoch + 1, "best_metric": float(self.best), "metric_name": self.config.select_metric,
-            "history": self.history, "config": self.config.to_dict(), "class_names": self.class_names,
-            "recipe": self.recipe, "normalization": self.normalization, "rng": rank_rng[0],
+            "epoch": epoch + 1,
+            "best_metric": float(self.best),
+            "metric_name": self.config.select_metric,
+            "history": self.history,
+            "config": self.config.to_dict(),
+            "class_names": self.class_names,
+            "recipe": self.recipe,
+            "normalization": self.normalization,
+            "rng": rank_rng[0],
             "rank_rng": rank_rng,
             "ema_state_dict": None if self.ema is None else self.ema.state_dict(),
         }
@@ -139,8 +146,10 @@ def fit(config: TrainConfig, resume: bool = False) -> dict:
     """
     world = distributed.world_from_env()
     if config.batch_size % world.size:
-        raise ConfigError(f"--batch-size {config.batch_size} (the global batch) must be a multiple of "
-                          f"the {world.size} ranks, so that each rank trains on an equal part of it")
+        raise ConfigError(
+            f"--batch-size {config.batch_size} (the global batch) must be a multiple of "
+            f"the {world.size} ranks, so that each rank trains on an equal part of it"
+        )
     device = distributed.device_for(world, resolve_device(config.device))
     distributed.init(world, device, config.dist_timeout)
     distributed.quiet_other_ranks(world)
@@ -156,8 +165,12 @@ def _fit(run: TrainingRun) -> dict:
 
     config = run.config
     if run.start_epoch >= config.epochs:
-        log.info("%s: already trained for %d epochs (--epochs %d); nothing to do",
-                 run.run_dir, run.start_epoch, config.epochs)
+        log.info(
+            "%s: already trained for %d epochs (--epochs %d); nothing to do",
+            run.run_dir,
+            run.start_epoch,
+            config.epochs,
+        )
         return run.history[-1] if run.history else {}
     writer = SummaryWriter(logdir=str(run.run_dir / "tensorboard")) if run.world.main else None
     try:
@@ -170,19 +183,29 @@ def _fit(run: TrainingRun) -> dict:
         if writer is not None:
             writer.close()
     if run.world.main:
-        print(f"checkpoints: {run.run_dir / BEST} (best val {config.select_metric} {run.best:.4f}), "
-              f"{run.run_dir / LAST}")
+        print(
+            f"checkpoints: {run.run_dir / BEST} (best val {config.select_metric} {run.best:.4f}), "
+            f"{run.run_dir / LAST}"
+        )
     return run.history[-1]
 
 
 def _log_interrupted(run: TrainingRun) -> None:
     done = len(run.history)
     if done:
-        log.warning("interrupted in epoch %d/%d; %s holds epoch %d: add --resume to the same command "
-                    "to continue from there", done + 1, run.config.epochs, run.run_dir / LAST, done)
+        log.warning(
+            "interrupted in epoch %d/%d; %s holds epoch %d: add --resume to the same command "
+            "to continue from there",
+            done + 1,
+            run.config.epochs,
+            run.run_dir / LAST,
+            done,
+        )
     else:
-        log.warning("interrupted in epoch 1/%d, before any checkpoint; rerun the same command to start "
-                    "again", run.config.epochs)
+        log.warning(
+            "interrupted in epoch 1/%d, before any checkpoint; rerun the same command to start again",
+            run.config.epochs,
+        )
 
 
 def _check_run_folder(config: TrainConfig, resume: bool) -> dict | None:
@@ -194,8 +217,9 @@ def _check_run_folder(config: TrainConfig, resume: bool) -> dict | None:
     if resume:
         return load_checkpoint(run_dir / LAST)
     if (run_dir / LAST).exists():
-        raise ConfigError(f"{run_dir / LAST} exists: pass --resume to continue that run, "
-                          f"or choose another --run folder")
+        raise ConfigError(
+            f"{run_dir / LAST} exists: pass --resume to continue that run, or choose another --run folder"
+        )
     return None
 
 
@@ -205,31 +229,48 @@ def _open_splits(config: TrainConfig, checkpoint: dict | None) -> tuple[ShardDat
     if len(train_set) == 0:
         raise ConfigError(f"{config.shards}: the train split is empty")
     if checkpoint is not None and checkpoint["class_names"] != train_set.class_names:
-        raise ConfigError(f"{config.shards}: class names differ from the checkpoint's; resume with "
-                          f"the shard set the run was started on")
+        raise ConfigError(
+            f"{config.shards}: class names differ from the checkpoint's; resume with "
+            f"the shard set the run was started on"
+        )
     return train_set, val_set
 
 
-def _batch_sources(config: TrainConfig, train_set: ShardDataset, val_set: ShardDataset, device: torch.device,
-                   normalization: dict | None, world: World) -> tuple[BatchSource, BatchSource, int]:
+def _batch_sources(
+    config: TrainConfig,
+    train_set: ShardDataset,
+    val_set: ShardDataset,
+    device: torch.device,
+    normalization: dict | None,
+    world: World,
+) -> tuple[BatchSource, BatchSource, int]:
     """This rank's part of every global training batch, and its contiguous part of the validation split."""
     workers = resolve_workers(config.num_workers, device, config.preload)
     balance = train_set.labels if config.sampling == "balanced" else None
-    global_batches = EpochBatchSampler(len(train_set), config.batch_size, shuffle=True, seed=config.seed,
-                                       drop_last=len(train_set) > config.batch_size,
-                                       max_batches=config.max_steps_per_epoch, balance_labels=balance)
+    global_batches = EpochBatchSampler(
+        len(train_set),
+        config.batch_size,
+        shuffle=True,
+        seed=config.seed,
+        drop_last=len(train_set) > config.batch_size,
+        max_batches=config.max_steps_per_epoch,
+        balance_labels=balance,
+    )
     train_sampler = RankBatchSampler(global_batches, world.rank, world.size)
     val_part = np.arange(*rank_range(len(val_set), world.rank, world.size))
     val_sampler = IndexBatchSampler(val_part, 2 * config.batch_size // world.size)
-    train_source = BatchSource(train_set, train_sampler, device, config.preload, workers, config.seed,
-                               normalization)
-    val_source = BatchSource(val_set, val_sampler, device, config.preload, workers, config.seed,
-                             normalization)
+    train_source = BatchSource(
+        train_set, train_sampler, device, config.preload, workers, config.seed, normalization
+    )
+    val_source = BatchSource(
+        val_set, val_sampler, device, config.preload, workers, config.seed, normalization
+    )
     return train_source, val_source, workers
 
 
-def start_run(config: TrainConfig, resume: bool = False, world: World | None = None,
-              device: torch.device | None = None) -> TrainingRun:
+def start_run(
+    config: TrainConfig, resume: bool = False, world: World | None = None, device: torch.device | None = None
+) -> TrainingRun:
     """Check the settings and the run folder, open the data, build (or restore) model and optimiser.
 
     The order of random draws (seed, model initialisation, then the restored RNG
@@ -248,10 +289,13 @@ def start_run(config: TrainConfig, resume: bool = False, world: World | None = N
         normalization = band_statistics(train_set) if config.normalize else None
 
     if len(train_set) < world.size:
-        raise ConfigError(f"{config.shards}: the train split has {len(train_set)} samples, fewer than "
-                          f"the {world.size} ranks")
-    model_config = ModelConfig(config.model, len(train_set.class_names),
-                               {} if config.norm == "batch" else {"norm": config.norm})
+        raise ConfigError(
+            f"{config.shards}: the train split has {len(train_set)} samples, fewer than "
+            f"the {world.size} ranks"
+        )
+    model_config = ModelConfig(
+        config.model, len(train_set.class_names), {} if config.norm == "batch" else {"norm": config.norm}
+    )
     model = place_model(build_model(model_config), device)
     if checkpoint is not None:
         model.load_state_dict(checkpoint["state_dict"])
@@ -261,25 +305,51 @@ def start_run(config: TrainConfig, resume: bool = False, world: World | None = N
     model = distributed.prepare_model(model, world, device)
     optimizer = build_optimizer(config, model)
     weights = class_weight_tensor(train_set.class_counts(), config.class_weights)
-    criterion = nn.CrossEntropyLoss(weight=None if weights is None else weights.to(device),
-                                    label_smoothing=config.label_smoothing)
-    train_source, val_source, workers = _batch_sources(config, train_set, val_set, device, normalization,
-                                                       world)
-    run = TrainingRun(config=config, run_dir=run_dir, device=device, model_config=model_config, model=model,
-                      optimizer=optimizer, criterion=criterion, train_source=train_source,
-                      val_source=val_source, class_names=train_set.class_names, recipe=train_set.recipe,
-                      normalization=normalization, world=world, ema=ema)
+    criterion = nn.CrossEntropyLoss(
+        weight=None if weights is None else weights.to(device), label_smoothing=config.label_smoothing
+    )
+    train_source, val_source, workers = _batch_sources(
+        config, train_set, val_set, device, normalization, world
+    )
+    run = TrainingRun(
+        config=config,
+        run_dir=run_dir,
+        device=device,
+        model_config=model_config,
+        model=model,
+        optimizer=optimizer,
+        criterion=criterion,
+        train_source=train_source,
+        val_source=val_source,
+        class_names=train_set.class_names,
+        recipe=train_set.recipe,
+        normalization=normalization,
+        world=world,
+        ema=ema,
+    )
     if checkpoint is not None:
         optimizer.load_state_dict(checkpoint["optimizer"])
-        run.start_epoch, run.best, run.history = (checkpoint["epoch"], checkpoint["best_metric"],
-                                                  checkpoint["history"])
+        run.start_epoch, run.best, run.history = (
+            checkpoint["epoch"],
+            checkpoint["best_metric"],
+            checkpoint["history"],
+        )
         restore_rng_state(_rank_rng(checkpoint, world))
     if world.main:
         save_config(config, run_dir)
-    log.info("train: %d samples, validation: %d, %d classes; model %s (%s parameters) on %s%s, "
-             "%d loader workers, preload %s", len(train_set), len(val_set), len(run.class_names),
-             config.model, f"{count_parameters(model):,}", device,
-             f" x {world.size} ranks" if world.distributed else "", workers, config.preload)
+    log.info(
+        "train: %d samples, validation: %d, %d classes; model %s (%s parameters) on %s%s, "
+        "%d loader workers, preload %s",
+        len(train_set),
+        len(val_set),
+        len(run.class_names),
+        config.model,
+        f"{count_parameters(model):,}",
+        device,
+        f" x {world.size} ranks" if world.distributed else "",
+        workers,
+        config.preload,
+    )
     return run
 
 
@@ -292,8 +362,9 @@ def _rank_rng(checkpoint: dict, world: World) -> dict:
 def run_epoch(run: TrainingRun, epoch: int, writer) -> dict:
     """Train one epoch, validate, write last.pt (and best.pt if it improved), log; the history entry."""
     config, world = run.config, run.world
-    entry = train_epoch(run.model, run.optimizer, run.criterion, run.train_source, config, epoch, run.device,
-                        world, run.ema)
+    entry = train_epoch(
+        run.model, run.optimizer, run.criterion, run.train_source, config, epoch, run.device, world, run.ema
+    )
     val_scores, val_labels = validate(run)
     entry.update(validation_metrics(run.criterion, val_scores, val_labels, len(run.class_names), run.device))
     run.history.append(entry)
@@ -310,10 +381,18 @@ def run_epoch(run: TrainingRun, epoch: int, writer) -> dict:
         save_checkpoint(run.run_dir / BEST, state)
     log_epoch(writer, entry, val_scores, val_labels, run.class_names, epoch)
     atomic_write_text(run.run_dir / "history.json", json.dumps(run.history, indent=1) + "\n")
-    log.info("epoch %d/%d: train loss %.4f acc %.3f | val loss %.4f acc %.3f macro-F1 %.3f%s | "
-             "%.0f samples/s", epoch + 1, config.epochs, entry["train_loss"], entry["train_accuracy"],
-             entry["val_loss"], entry["val_accuracy"], entry["val_macro_f1"], " (best)" if improved else "",
-             entry["samples_per_s"])
+    log.info(
+        "epoch %d/%d: train loss %.4f acc %.3f | val loss %.4f acc %.3f macro-F1 %.3f%s | %.0f samples/s",
+        epoch + 1,
+        config.epochs,
+        entry["train_loss"],
+        entry["train_accuracy"],
+        entry["val_loss"],
+        entry["val_accuracy"],
+        entry["val_macro_f1"],
+        " (best)" if improved else "",
+        entry["samples_per_s"],
+    )
     return entry
 
 
@@ -325,13 +404,23 @@ def validate(run: TrainingRun) -> tuple[np.ndarray, np.ndarray]:
     """
     distributed.broadcast_buffers(run.eval_model, run.world)
     scores, labels = predict_scores(run.eval_model, run.val_source, run.device, desc="validation")
-    return (distributed.gather_rows(scores, run.world, run.device),
-            distributed.gather_rows(labels, run.world, run.device))
+    return (
+        distributed.gather_rows(scores, run.world, run.device),
+        distributed.gather_rows(labels, run.world, run.device),
+    )
 
 
-def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, criterion: nn.Module,
-                source: BatchSource, config: TrainConfig, epoch: int, device: torch.device,
-                world: World | None = None, ema: WeightEMA | None = None) -> dict:
+def train_epoch(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    criterion: nn.Module,
+    source: BatchSource,
+    config: TrainConfig,
+    epoch: int,
+    device: torch.device,
+    world: World | None = None,
+    ema: WeightEMA | None = None,
+) -> dict:
     """One pass over ``source`` with the scheduled learning rate; loss, accuracy and speed.
 
     Each batch is augmented on the device (``config.augment_settings()``, seeded by
@@ -346,8 +435,15 @@ def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, criterion: n
     total_correct = torch.zeros((), dtype=torch.int64, device=device)
     seen = 0
     start = time.perf_counter()
-    bar = tqdm(source.epoch(epoch), total=steps, desc=f"epoch {epoch + 1}/{config.epochs}",
-               leave=False, mininterval=1, unit="batch", disable=progress_disabled() or not world.main)
+    bar = tqdm(
+        source.epoch(epoch),
+        total=steps,
+        desc=f"epoch {epoch + 1}/{config.epochs}",
+        leave=False,
+        mininterval=1,
+        unit="batch",
+        disable=progress_disabled() or not world.main,
+    )
     lr = config.lr
     augment = config.augment_settings()
     num_classes = model_num_classes(model)
@@ -372,20 +468,31 @@ def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, criterion: n
         seen += len(y)
         if step % 10 == 0 or step == steps - 1:
             elapsed = time.perf_counter() - start
-            bar.set_postfix(loss=f"{total_loss.item() / seen:.4f}",
-                            acc=f"{total_correct.item() / seen:.3f}",
-                            samples_s=f"{seen * world.size / max(elapsed, 1e-9):.0f}", lr=f"{lr:.2e}")
+            bar.set_postfix(
+                loss=f"{total_loss.item() / seen:.4f}",
+                acc=f"{total_correct.item() / seen:.3f}",
+                samples_s=f"{seen * world.size / max(elapsed, 1e-9):.0f}",
+                lr=f"{lr:.2e}",
+            )
     bar.close()
     elapsed = time.perf_counter() - start
-    loss_sum, correct, seen = distributed.sum_over_ranks([total_loss.item(), total_correct.item(), seen],
-                                                         world, device)
-    return {"epoch": epoch + 1, "lr": lr, "train_loss": loss_sum / max(seen, 1),
-            "train_accuracy": correct / max(seen, 1), "train_samples": int(seen),
-            "seconds": elapsed, "samples_per_s": seen / max(elapsed, 1e-9)}
+    loss_sum, correct, seen = distributed.sum_over_ranks(
+        [total_loss.item(), total_correct.item(), seen], world, device
+    )
+    return {
+        "epoch": epoch + 1,
+        "lr": lr,
+        "train_loss": loss_sum / max(seen, 1),
+        "train_accuracy": correct / max(seen, 1),
+        "train_samples": int(seen),
+        "seconds": elapsed,
+        "samples_per_s": seen / max(elapsed, 1e-9),
+    }
 
 
-def validation_metrics(criterion: nn.Module, scores: np.ndarray, labels: np.ndarray, num_classes: int,
-                       device: torch.device) -> dict:
+def validation_metrics(
+    criterion: nn.Module, scores: np.ndarray, labels: np.ndarray, num_classes: int, device: torch.device
+) -> dict:
     """Validation loss (with the training loss's class weights), accuracy, macro-F1, balanced accuracy.
 
     Parameters
@@ -396,15 +503,21 @@ def validation_metrics(criterion: nn.Module, scores: np.ndarray, labels: np.ndar
     if len(labels) == 0:
         return {"val_loss": float("nan"), "val_accuracy": float("nan"), "val_macro_f1": float("nan")}
     log_probs = torch.log(torch.from_numpy(scores).clamp_min(1e-12)).to(device)
-    loss = nn.functional.nll_loss(log_probs, torch.from_numpy(labels).to(device),
-                                  weight=criterion.weight).item()
+    loss = nn.functional.nll_loss(
+        log_probs, torch.from_numpy(labels).to(device), weight=criterion.weight
+    ).item()
     result = metrics.summary(labels, scores.argmax(axis=1), num_classes, scores)
-    return {"val_loss": loss, "val_accuracy": result["accuracy"], "val_macro_f1": result["macro_f1"],
-            "val_balanced_accuracy": result["balanced_accuracy"]}
+    return {
+        "val_loss": loss,
+        "val_accuracy": result["accuracy"],
+        "val_macro_f1": result["macro_f1"],
+        "val_balanced_accuracy": result["balanced_accuracy"],
+    }
 
 
-def log_epoch(writer, entry: dict, scores: np.ndarray, labels: np.ndarray, class_names: list[str],
-              epoch: int) -> None:
+def log_epoch(
+    writer, entry: dict, scores: np.ndarray, labels: np.ndarray, class_names: list[str], epoch: int
+) -> None:
     """Scalars of one epoch and the validation confusion image to TensorBoard."""
     step = epoch + 1
     writer.add_scalar("loss/train", entry["train_loss"], step)

@@ -53,12 +53,19 @@ class SeedCNN(nn.Module):
         blocks = []
         channels = [1, 8, 16, 32, 64]
         for c_in, c_out in zip(channels[:-1], channels[1:], strict=True):
-            blocks += [nn.Conv2d(c_in, c_out, 3, padding=1), norm_layer(norm, c_out), nn.ReLU(inplace=True),
-                       nn.MaxPool2d(2)]
+            blocks += [
+                nn.Conv2d(c_in, c_out, 3, padding=1),
+                norm_layer(norm, c_out),
+                nn.ReLU(inplace=True),
+                nn.MaxPool2d(2),
+            ]
         blocks += [nn.Conv2d(64, 64, 2, stride=2), norm_layer(norm, 64), nn.ReLU(inplace=True)]
         self.features = nn.Sequential(*blocks)
         self.classifier = nn.Sequential(
-            nn.Flatten(), nn.Linear(1024, 192), norm_layer(norm, 192, dims=1), nn.ReLU(inplace=True),
+            nn.Flatten(),
+            nn.Linear(1024, 192),
+            norm_layer(norm, 192, dims=1),
+            nn.ReLU(inplace=True),
             nn.Linear(192, num_classes),
         )
 
@@ -81,14 +88,17 @@ class ResidualBlock(nn.Module):
     def __init__(self, c_in: int, c_out: int, stride: int, norm: str = "batch"):
         super().__init__()
         self.body = nn.Sequential(
-            nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1, bias=False), norm_layer(norm, c_out),
+            nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1, bias=False),
+            norm_layer(norm, c_out),
             nn.ReLU(inplace=True),
-            nn.Conv2d(c_out, c_out, 3, padding=1, bias=False), norm_layer(norm, c_out),
+            nn.Conv2d(c_out, c_out, 3, padding=1, bias=False),
+            norm_layer(norm, c_out),
         )
         self.shortcut = nn.Identity()
         if stride != 1 or c_in != c_out:
-            self.shortcut = nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride=stride, bias=False),
-                                          norm_layer(norm, c_out))
+            self.shortcut = nn.Sequential(
+                nn.Conv2d(c_in, c_out, 1, stride=stride, bias=False), norm_layer(norm, c_out)
+            )
         self.relu = nn.ReLU(inplace=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -109,8 +119,12 @@ class ResNetCNN(nn.Module):
     def __init__(self, num_classes: int = 16, width: int = 32, dropout: float = 0.3, norm: str = "batch"):
         super().__init__()
         widths = [width, 2 * width, 4 * width, 8 * width]
-        self.stem = nn.Sequential(nn.Conv2d(1, width, 3, padding=1, bias=False), norm_layer(norm, width),
-                                  nn.ReLU(inplace=True), nn.MaxPool2d(2))
+        self.stem = nn.Sequential(
+            nn.Conv2d(1, width, 3, padding=1, bias=False),
+            norm_layer(norm, width),
+            nn.ReLU(inplace=True),
+            nn.MaxPool2d(2),
+        )
         stages, c_in = [], width
         for i, c_out in enumerate(widths):
             stages.append(ResidualBlock(c_in, c_out, stride=1 if i == 0 else 2, norm=norm))

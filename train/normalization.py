@@ -42,20 +42,24 @@ def band_statistics(dataset) -> dict:
         x, _ = dataset.gather(np.arange(start, min(start + _STATS_BLOCK, n)))
         block = x.numpy()[:, 0].astype(np.float64)  # (B, 128, T)
         total += block.sum(axis=(0, 2))
-        total_sq += (block ** 2).sum(axis=(0, 2))
+        total_sq += (block**2).sum(axis=(0, 2))
     count = n * x.shape[-1]
     mean = total / count
-    std = np.maximum(np.sqrt(np.maximum(total_sq / count - mean ** 2, 0.0)), MIN_STD)
-    return {"mean": torch.from_numpy(mean.astype(np.float32)),
-            "std": torch.from_numpy(std.astype(np.float32))}
+    std = np.maximum(np.sqrt(np.maximum(total_sq / count - mean**2, 0.0)), MIN_STD)
+    return {
+        "mean": torch.from_numpy(mean.astype(np.float32)),
+        "std": torch.from_numpy(std.astype(np.float32)),
+    }
 
 
 def to_device(normalization: dict | None, device: torch.device) -> dict | None:
     """The statistics as float32 tensors on ``device`` (None stays None)."""
     if normalization is None:
         return None
-    return {key: torch.as_tensor(normalization[key]).to(device, torch.float32).reshape(-1)
-            for key in ("mean", "std")}
+    return {
+        key: torch.as_tensor(normalization[key]).to(device, torch.float32).reshape(-1)
+        for key in ("mean", "std")
+    }
 
 
 def standardize(x: torch.Tensor, normalization: dict | None, *, inplace: bool = False) -> torch.Tensor:

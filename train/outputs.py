@@ -99,11 +99,15 @@ def format_line(result: TrackPrediction, class_names: list[str], k: int, per_win
     def ranked(probabilities):
         return ", ".join(f"{g} {p:.3f}" for g, p in _top(probabilities, class_names, k))
 
-    lines = [f"{result.path}: {ranked(result.probabilities)} "
-             f"({result.windows} window{'s' if result.windows != 1 else ''})"]
+    lines = [
+        f"{result.path}: {ranked(result.probabilities)} "
+        f"({result.windows} window{'s' if result.windows != 1 else ''})"
+    ]
     if per_window:
-        lines += [f"  at {start:.2f} s: {ranked(p)}"
-                  for start, p in zip(result.window_starts_s, result.window_probabilities, strict=True)]
+        lines += [
+            f"  at {start:.2f} s: {ranked(p)}"
+            for start, p in zip(result.window_starts_s, result.window_probabilities, strict=True)
+        ]
     return "\n".join(lines)
 
 
@@ -138,14 +142,22 @@ def result_record(r: TrackPrediction, class_names: list[str], k: int, per_window
         record["probabilities"] = {n: float(p) for n, p in zip(class_names, r.probabilities, strict=True)}
         if per_window:
             record["per_window"] = [
-                {"start_s": round(float(s), 6), "probabilities": {n: float(p) for n, p in zip(
-                    class_names, probabilities, strict=True)}}
-                for s, probabilities in zip(r.window_starts_s, r.window_probabilities, strict=True)]
+                {
+                    "start_s": round(float(s), 6),
+                    "probabilities": {n: float(p) for n, p in zip(class_names, probabilities, strict=True)},
+                }
+                for s, probabilities in zip(r.window_starts_s, r.window_probabilities, strict=True)
+            ]
     return record
 
 
-def write_results(path: str | os.PathLike, results: list[TrackPrediction], class_names: list[str],
-                  k: int = 3, per_window: bool = False) -> Path:
+def write_results(
+    path: str | os.PathLike,
+    results: list[TrackPrediction],
+    class_names: list[str],
+    k: int = 3,
+    per_window: bool = False,
+) -> Path:
     """Write prediction rows as CSV or JSON Lines (by ``path``'s extension), atomically."""
     path = check_result_path(path)
     for r in results:
@@ -159,10 +171,17 @@ def write_results(path: str | os.PathLike, results: list[TrackPrediction], class
     return path
 
 
-def write_embeddings(path: str | os.PathLike, embedding: np.ndarray, *, attrs: dict,
-                     track_id: np.ndarray | None = None, label: np.ndarray | None = None,
-                     paths: list[str] | None = None, windows: np.ndarray | None = None,
-                     failed: list[tuple[str, str]] = ()) -> Path:
+def write_embeddings(
+    path: str | os.PathLike,
+    embedding: np.ndarray,
+    *,
+    attrs: dict,
+    track_id: np.ndarray | None = None,
+    label: np.ndarray | None = None,
+    paths: list[str] | None = None,
+    windows: np.ndarray | None = None,
+    failed: list[tuple[str, str]] = (),
+) -> Path:
     """Write an embeddings file (see the module doc), atomically.
 
     Parameters

@@ -48,15 +48,23 @@ def confusion_figure(confusion: np.ndarray, class_names: list[str], title: str):
     for i in range(k):
         for j in range(k):
             if normalized[i, j] >= 0.005:
-                ax.text(j, i, f"{100 * normalized[i, j]:.0f}", ha="center", va="center", fontsize=7,
-                        color="white" if normalized[i, j] > 0.5 else "black")
+                ax.text(
+                    j,
+                    i,
+                    f"{100 * normalized[i, j]:.0f}",
+                    ha="center",
+                    va="center",
+                    fontsize=7,
+                    color="white" if normalized[i, j] > 0.5 else "black",
+                )
     fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="fraction of the true genre's samples")
     fig.tight_layout()
     return fig
 
 
-def save_confusion_png(path: str | os.PathLike, confusion: np.ndarray, class_names: list[str],
-                       title: str) -> Path:
+def save_confusion_png(
+    path: str | os.PathLike, confusion: np.ndarray, class_names: list[str], title: str
+) -> Path:
     """Write the row-normalised confusion plot to ``path`` atomically."""
     path = Path(path)
     fig = confusion_figure(confusion, class_names, title)

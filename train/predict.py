@@ -111,8 +111,9 @@ def find_audio_files(inputs: list[str | os.PathLike]) -> list[Path]:
         if path.is_dir():
             found = sorted(p for p in path.rglob("*") if p.suffix.lower() in AUDIO_EXTENSIONS and p.is_file())
             if not found:
-                log.warning("%s: no audio files (%s) in this folder", path,
-                            ", ".join(sorted(AUDIO_EXTENSIONS)))
+                log.warning(
+                    "%s: no audio files (%s) in this folder", path, ", ".join(sorted(AUDIO_EXTENSIONS))
+                )
             files += found
         elif path.exists():
             files.append(path)
@@ -127,7 +128,7 @@ def score_windows(scorer: Scorer, images: np.ndarray, batch_size: int) -> tuple[
     """Probabilities (W, K) and embeddings (W, D) of one file's window images (W, n_mels, n_frames)."""
     probabilities, embeddings = [], []
     for start in range(0, len(images), batch_size):
-        p, e = scorer(images[start:start + batch_size])
+        p, e = scorer(images[start : start + batch_size])
         probabilities.append(p)
         embeddings.append(e)
     return np.concatenate(probabilities), np.concatenate(embeddings)
@@ -146,13 +147,18 @@ def _window_images_in_order(files: list[Path], recipe: dict, options: PredictOpt
 
     # Loky processes (fresh interpreters: no torch state inherited), results in input order,
     # at most 2 files per process in flight so memory stays bounded.
-    pool = Parallel(n_jobs=min(options.jobs, len(files)), return_as="generator", batch_size=1,
-                    pre_dispatch="2*n_jobs")
+    pool = Parallel(
+        n_jobs=min(options.jobs, len(files)), return_as="generator", batch_size=1, pre_dispatch="2*n_jobs"
+    )
     yield from pool(delayed(file_window_images)(str(path), *args) for path in files)
 
 
-def predict_tracks(files: list[Path], scorer: Scorer, options: PredictOptions = PredictOptions(),
-                   timings: Timings | None = None) -> Iterator[TrackPrediction]:
+def predict_tracks(
+    files: list[Path],
+    scorer: Scorer,
+    options: PredictOptions = PredictOptions(),
+    timings: Timings | None = None,
+) -> Iterator[TrackPrediction]:
     """Score each file (see the module doc), in input order, with a progress bar on stderr.
 
     Parameters
@@ -175,8 +181,9 @@ def predict_tracks(files: list[Path], scorer: Scorer, options: PredictOptions = 
     timings = timings if timings is not None else Timings()
     start = time.perf_counter()
     stream = _window_images_in_order(files, scorer.recipe, options)
-    with tqdm(total=len(files), desc="predict", unit="file", disable=progress_disabled(), leave=False,
-              mininterval=1) as bar:
+    with tqdm(
+        total=len(files), desc="predict", unit="file", disable=progress_disabled(), leave=False, mininterval=1
+    ) as bar:
         for path, (windows, error) in zip(files, stream, strict=True):
             timings.files += 1
             bar.update(1)
@@ -192,9 +199,13 @@ def predict_tracks(files: list[Path], scorer: Scorer, options: PredictOptions = 
             timings.image_s += windows.image_s
             timings.audio_s += windows.seconds
             timings.windows += len(windows.starts_s)
-            yield TrackPrediction(path=str(path), probabilities=probabilities.mean(axis=0),
-                                  window_starts_s=windows.starts_s, window_probabilities=probabilities,
-                                  embedding=embeddings.mean(axis=0))
+            yield TrackPrediction(
+                path=str(path),
+                probabilities=probabilities.mean(axis=0),
+                window_starts_s=windows.starts_s,
+                window_probabilities=probabilities,
+                embedding=embeddings.mean(axis=0),
+            )
     timings.wall_s = time.perf_counter() - start
 
 
@@ -217,38 +228,69 @@ def load_scorer(args: argparse.Namespace) -> Scorer:
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     """``--run/--checkpoint/--device`` or ``--onnx``, and how files are cut (shared with ``embed``)."""
     parser.add_argument("--run", help="run folder holding the checkpoint")
-    parser.add_argument("--checkpoint", default="best.pt", help="checkpoint file name in the run folder "
-                        "(default: best.pt)")
-    parser.add_argument("--onnx", metavar="FILE", help="an exported model (python -m train export) "
-                        "instead of --run; runs with onnxruntime")
-    parser.add_argument("--device", default="cpu", choices=("auto", "cuda", "cpu"),
-                        help="where a --run model runs (default: cpu)")
-    parser.add_argument("--hop", type=float, default=None, metavar="SECONDS",
-                        help="seconds between window starts (default: half a window, 14.75 s)")
-    parser.add_argument("--first-window", action="store_true",
-                        help="score only the first window of each file (the old behaviour)")
-    parser.add_argument("--jobs", type=int, default=min(os.cpu_count() or 1, 8),
-                        help="processes decoding files (default: the number of cores, at most 8)")
+    parser.add_argument(
+        "--checkpoint", default="best.pt", help="checkpoint file name in the run folder (default: best.pt)"
+    )
+    parser.add_argument(
+        "--onnx",
+        metavar="FILE",
+        help="an exported model (python -m train export) instead of --run; runs with onnxruntime",
+    )
+    parser.add_argument(
+        "--device",
+        default="cpu",
+        choices=("auto", "cuda", "cpu"),
+        help="where a --run model runs (default: cpu)",
+    )
+    parser.add_argument(
+        "--hop",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="seconds between window starts (default: half a window, 14.75 s)",
+    )
+    parser.add_argument(
+        "--first-window",
+        action="store_true",
+        help="score only the first window of each file (the old behaviour)",
+    )
+    parser.add_argument(
+        "--jobs",
+        type=int,
+        default=min(os.cpu_count() or 1, 8),
+        help="processes decoding files (default: the number of cores, at most 8)",
+    )
     parser.add_argument("--batch-size", type=int, default=16, help="windows per model call (default: 16)")
-    parser.add_argument("--model-threads", type=int, default=1,
-                        help="CPU threads of the model in this process (default: 1; the pool decodes)")
+    parser.add_argument(
+        "--model-threads",
+        type=int,
+        default=1,
+        help="CPU threads of the model in this process (default: 1; the pool decodes)",
+    )
     add_logging_arguments(parser)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("inputs", nargs="+", metavar="FILE_OR_FOLDER",
-                        help="audio files, and folders searched recursively for audio files")
+    parser.add_argument(
+        "inputs",
+        nargs="+",
+        metavar="FILE_OR_FOLDER",
+        help="audio files, and folders searched recursively for audio files",
+    )
     add_model_arguments(parser)
-    parser.add_argument("--output", metavar="FILE", help="write results to FILE.csv or FILE.jsonl "
-                        "(default: one line per file on stdout)")
+    parser.add_argument(
+        "--output",
+        metavar="FILE",
+        help="write results to FILE.csv or FILE.jsonl (default: one line per file on stdout)",
+    )
     parser.add_argument("--top", type=int, default=3, help="genres per file (default: 3)")
-    parser.add_argument("--per-window", action="store_true",
-                        help="also give each window's probabilities")
+    parser.add_argument("--per-window", action="store_true", help="also give each window's probabilities")
 
 
 def options_from_args(args: argparse.Namespace) -> PredictOptions:
-    options = PredictOptions(hop_s=args.hop, first_only=args.first_window, batch_size=args.batch_size,
-                             jobs=args.jobs)
+    options = PredictOptions(
+        hop_s=args.hop, first_only=args.first_window, batch_size=args.batch_size, jobs=args.jobs
+    )
     options.validate()
     return options
 
@@ -261,8 +303,12 @@ def main(args: argparse.Namespace) -> int:
     options = options_from_args(args)
     files = find_audio_files(args.inputs)
     scorer = load_scorer(args)
-    log.info("%d files, %s, %s", len(files), scorer.description,
-             "first window only" if options.first_only else f"hop {options.hop_s or 'half a window'} s")
+    log.info(
+        "%d files, %s, %s",
+        len(files),
+        scorer.description,
+        "first window only" if options.first_only else f"hop {options.hop_s or 'half a window'} s",
+    )
     timings = Timings()
     results = []
     for result in predict_tracks(files, scorer, options, timings):
@@ -280,7 +326,10 @@ def main(args: argparse.Namespace) -> int:
 
 
 if __name__ == "__main__":
-    _parser = argparse.ArgumentParser(prog="python -m train.predict", description=__doc__,
-                                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    _parser = argparse.ArgumentParser(
+        prog="python -m train.predict",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     add_arguments(_parser)
     raise SystemExit(run_command(main, _parser.parse_args()))

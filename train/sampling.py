@@ -64,15 +64,18 @@ def balanced_order(labels: np.ndarray, seed: int, epoch: int) -> np.ndarray:
         want = share + (i in lucky)
         start = epoch * share  # where this epoch starts in the class's endless sequence of permutations
         first, last = start // len(members), (start + want - 1) // len(members)
-        cycles = [np.random.default_rng([int(seed), int(c), cycle, 2]).permutation(members)
-                  for cycle in range(first, last + 1)]
+        cycles = [
+            np.random.default_rng([int(seed), int(c), cycle, 2]).permutation(members)
+            for cycle in range(first, last + 1)
+        ]
         offset = start - first * len(members)
-        draws.append(np.concatenate(cycles)[offset:offset + want])
+        draws.append(np.concatenate(cycles)[offset : offset + want])
     return rng.permutation(np.concatenate(draws)).astype(np.int64)
 
 
-def batch_indices(order: np.ndarray, batch_size: int, drop_last: bool = False,
-                  sort: bool = True) -> list[np.ndarray]:
+def batch_indices(
+    order: np.ndarray, batch_size: int, drop_last: bool = False, sort: bool = True
+) -> list[np.ndarray]:
     """Cut an order into batches.
 
     Parameters
@@ -92,7 +95,7 @@ def batch_indices(order: np.ndarray, batch_size: int, drop_last: bool = False,
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     stop = len(order) - len(order) % batch_size if drop_last else len(order)
-    batches = [np.asarray(order[i:i + batch_size], dtype=np.int64) for i in range(0, stop, batch_size)]
+    batches = [np.asarray(order[i : i + batch_size], dtype=np.int64) for i in range(0, stop, batch_size)]
     return [np.sort(b) for b in batches] if sort else batches
 
 
@@ -106,8 +109,17 @@ class EpochBatchSampler:
     :func:`balanced_order` instead of a permutation.
     """
 
-    def __init__(self, num_samples: int, batch_size: int, *, shuffle: bool, seed: int = 0,
-                 drop_last: bool = False, max_batches: int = 0, balance_labels: np.ndarray | None = None):
+    def __init__(
+        self,
+        num_samples: int,
+        batch_size: int,
+        *,
+        shuffle: bool,
+        seed: int = 0,
+        drop_last: bool = False,
+        max_batches: int = 0,
+        balance_labels: np.ndarray | None = None,
+    ):
         if balance_labels is not None and len(balance_labels) != num_samples:
             raise ValueError(f"balance_labels has {len(balance_labels)} entries for {num_samples} samples")
         self.balance_labels = balance_labels
@@ -163,7 +175,7 @@ def rank_part(batch: np.ndarray, rank: int, world_size: int) -> np.ndarray:
     if world_size < 1 or not 0 <= rank < world_size:
         raise ValueError(f"need 0 <= rank < world_size, got rank {rank}, world_size {world_size}")
     per_rank = len(batch) // world_size
-    return np.asarray(batch[rank * per_rank:(rank + 1) * per_rank], dtype=np.int64)
+    return np.asarray(batch[rank * per_rank : (rank + 1) * per_rank], dtype=np.int64)
 
 
 def rank_range(num_samples: int, rank: int, world_size: int) -> tuple[int, int]:
@@ -190,8 +202,10 @@ class RankBatchSampler:
     def __init__(self, sampler, rank: int, world_size: int):
         rank_part(np.zeros(0, np.int64), rank, world_size)  # validates rank and world_size
         if getattr(sampler, "batch_size", world_size) < world_size:
-            raise ValueError(f"a global batch of {sampler.batch_size} samples cannot be shared by "
-                             f"{world_size} ranks: use --batch-size >= {world_size}")
+            raise ValueError(
+                f"a global batch of {sampler.batch_size} samples cannot be shared by "
+                f"{world_size} ranks: use --batch-size >= {world_size}"
+            )
         self.sampler, self.rank, self.world_size = sampler, rank, world_size
 
     def set_epoch(self, epoch: int) -> None:

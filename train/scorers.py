@@ -39,8 +39,10 @@ def require_onnx(what: str = "onnx"):
     try:
         return importlib.import_module(what)
     except ImportError:
-        raise OnnxError(f"{what} is not installed: `pip install -e '.[onnx]'` (or `pip install onnx "
-                        f"onnxscript onnxruntime`) to export and run ONNX models") from None
+        raise OnnxError(
+            f"{what} is not installed: `pip install -e '.[onnx]'` (or `pip install onnx "
+            f"onnxscript onnxruntime`) to export and run ONNX models"
+        ) from None
 
 
 class Scorer(Protocol):
@@ -63,8 +65,13 @@ class TorchScorer:
     (bench/predict.py).
     """
 
-    def __init__(self, checkpoint: dict, device_name: str = "cpu", source: str = "checkpoint",
-                 threads: int | None = None):
+    def __init__(
+        self,
+        checkpoint: dict,
+        device_name: str = "cpu",
+        source: str = "checkpoint",
+        threads: int | None = None,
+    ):
         import torch
 
         if threads is not None:
@@ -101,8 +108,10 @@ def read_onnx_metadata(session, path: str | os.PathLike) -> dict:
     props = session.get_modelmeta().custom_metadata_map
     missing = [k for k in ("class_names", "recipe") if ONNX_METADATA_PREFIX + k not in props]
     if missing:
-        raise OnnxError(f"{path}: the ONNX model lacks the metadata {missing}; export it with "
-                        f"`python -m train export --run RUN --onnx FILE`")
+        raise OnnxError(
+            f"{path}: the ONNX model lacks the metadata {missing}; export it with "
+            f"`python -m train export --run RUN --onnx FILE`"
+        )
     return {
         "class_names": json.loads(props[ONNX_METADATA_PREFIX + "class_names"]),
         "recipe": json.loads(props[ONNX_METADATA_PREFIX + "recipe"]),
@@ -125,15 +134,18 @@ class OnnxScorer:
         ort = require_onnx("onnxruntime")
         path = Path(path)
         if not path.is_file():
-            raise OnnxError(f"{path}: no such ONNX file; write one with "
-                            f"`python -m train export --run RUN --onnx {path}`")
+            raise OnnxError(
+                f"{path}: no such ONNX file; write one with `python -m train export --run RUN --onnx {path}`"
+            )
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
         try:
             self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         except Exception as exc:  # onnxruntime raises its own Fail/InvalidProtobuf types
-            raise OnnxError(f"{path}: onnxruntime cannot load it ({str(exc).splitlines()[0][:200]}); "
-                            f"export it again with `python -m train export`") from None
+            raise OnnxError(
+                f"{path}: onnxruntime cannot load it ({str(exc).splitlines()[0][:200]}); "
+                f"export it again with `python -m train export`"
+            ) from None
         meta = read_onnx_metadata(self.session, path)
         self.class_names, self.recipe = meta["class_names"], meta["recipe"]
         self.description = f"{path} ({meta['model'].get('name', '?')} model on onnxruntime)"
