@@ -99,3 +99,23 @@ def make_shard_set(
     }
     shards.write_manifest(folder, manifest)
     return {"manifest": manifest, "data": data}
+
+
+def fit_argv(shards_dir: Path, run: Path, *extra: str, batch_size: int = 16, seed: int = 3) -> list[str]:
+    """``fit`` arguments for a small seed-model run on CPU (append ``extra`` flags)."""
+    return [
+        "fit",
+        "--shards",
+        str(shards_dir),
+        "--run",
+        str(run),
+        "--model",
+        "seed",
+        "--device",
+        "cpu",
+        "--batch-size",
+        str(batch_size),
+        "--seed",
+        str(seed),
+        *extra,
+    ]

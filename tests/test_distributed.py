@@ -19,7 +19,7 @@ import pytest
 import torch
 
 from shards.errors import FmaGenreError
-from tests._shardset import make_shard_set
+from tests._shardset import fit_argv, make_shard_set
 from tests._slurm_cluster import free_ports
 from train.checkpoint import load_checkpoint
 from train.distributed import World, world_from_env
@@ -114,24 +114,8 @@ def shard_set(tmp_path_factory):
     return folder
 
 
-def fit_argv(shards: Path, run: Path, *extra: str) -> list[str]:
-    return [
-        "fit",
-        "--shards",
-        str(shards),
-        "--run",
-        str(run),
-        "--model",
-        "seed",
-        "--device",
-        "cpu",
-        "--batch-size",
-        "16",
-        "--seed",
-        "4",
-        "--no-verify-shards",
-        *extra,
-    ]
+def ddp_fit_argv(shards: Path, run: Path, *extra: str) -> list[str]:
+    return fit_argv(shards, run, "--no-verify-shards", *extra, seed=4)
 
 
 def torchrun(python: str, nproc: int, argv: list[str], *options: str) -> list[str]:
@@ -180,14 +164,15 @@ def test_two_ranks_train_the_weights_of_one_process(shard_set, tmp_path, python,
     exact; rank 0 alone writes."""
     common = ("--norm", "group", "--max-steps-per-epoch", "3", "--ema-decay", "0.5")
     run(
-        [python, "-m", "train", *fit_argv(shard_set, tmp_path / "one", "--epochs", "2", *common)],
+        [python, "-m", "train", *ddp_fit_argv(shard_set, tmp_path / "one", "--epochs", "2", *common)],
         subprocess_env,
     )
     two = run(
-        torchrun(python, 2, fit_argv(shard_set, tmp_path / "two", "--epochs", "2", *common)), subprocess_env
+        torchrun(python, 2, ddp_fit_argv(shard_set, tmp_path / "two", "--epochs", "2", *common)),
+        subprocess_env,
     )
     run(
-        torchrun(python, 2, fit_argv(shard_set, tmp_path / "resumed", "--epochs", "1", *common)),
+        torchrun(python, 2, ddp_fit_argv(shard_set, tmp_path / "resumed", "--epochs", "1", *common)),
         subprocess_env,
     )
     run(
@@ -251,7 +236,9 @@ def test_a_lost_rank_stops_the_job_with_a_clear_error(how, shard_set, tmp_path, 
     """SIGKILL (a crash) or SIGSTOP (a hang) of rank 1 mid-run: torchrun exits non-zero in bounded time."""
     timeout_s = 8
     cmd = torchrun(
-        python, 2, fit_argv(shard_set, tmp_path / "run", "--epochs", "200", "--dist-timeout", str(timeout_s))
+        python,
+        2,
+        ddp_fit_argv(shard_set, tmp_path / "run", "--epochs", "200", "--dist-timeout", str(timeout_s)),
     )
     log = (tmp_path / "torchrun.log").open("w+")
     proc = subprocess.Popen(

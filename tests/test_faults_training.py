@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from tests._faults import kill_group, start
-from tests._shardset import make_shard_set
+from tests._shardset import fit_argv, make_shard_set
 from train.__main__ import main
 from train.checkpoint import load_checkpoint
 
@@ -34,28 +34,8 @@ def shard_set(tmp_path_factory):
 
 
 def fit_cmd(python, shards_dir, run) -> list[str]:
-    return [
-        python,
-        "-m",
-        "train",
-        "fit",
-        "--shards",
-        str(shards_dir),
-        "--run",
-        str(run),
-        "--model",
-        "seed",
-        "--device",
-        "cpu",
-        "--epochs",
-        str(EPOCHS),
-        "--batch-size",
-        "8",
-        "--seed",
-        "11",
-        "--num-workers",
-        "0",
-    ]
+    extra = ("--epochs", str(EPOCHS), "--num-workers", "0")
+    return [python, "-m", "train", *fit_argv(shards_dir, run, *extra, batch_size=8, seed=11)]
 
 
 @pytest.fixture(scope="module")

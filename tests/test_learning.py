@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests._shardset import make_shard_set
+from tests._shardset import fit_argv, make_shard_set
 from train.__main__ import main
 from train.checkpoint import load_checkpoint
 from train.config import TrainConfig, config_from_dict
@@ -47,25 +47,7 @@ def plain(shard_set, tmp_path_factory):
 
 
 def _fit(shards_dir, run, *extra):
-    argv = [
-        "fit",
-        "--shards",
-        str(shards_dir),
-        "--run",
-        str(run),
-        "--model",
-        "seed",
-        "--device",
-        "cpu",
-        "--batch-size",
-        "8",
-        "--seed",
-        "3",
-        "--max-steps-per-epoch",
-        "3",
-        *extra,
-    ]
-    assert main(argv) == 0
+    assert main(fit_argv(shards_dir, run, "--max-steps-per-epoch", "3", *extra, batch_size=8)) == 0
     return load_checkpoint(run / "last.pt")
 
 

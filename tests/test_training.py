@@ -9,7 +9,7 @@ import pytest
 import torch
 import yaml
 
-from tests._shardset import make_shard_set
+from tests._shardset import fit_argv, make_shard_set
 from train.__main__ import main
 from train.checkpoint import CheckpointError, load_checkpoint
 from train.config import TrainConfig, config_from_dict
@@ -26,23 +26,7 @@ def shard_set(tmp_path_factory):
 
 
 def _fit(shards_dir, run, *extra):
-    argv = [
-        "fit",
-        "--shards",
-        str(shards_dir),
-        "--run",
-        str(run),
-        "--model",
-        "seed",
-        "--device",
-        "cpu",
-        "--batch-size",
-        "16",
-        "--seed",
-        "3",
-        *extra,
-    ]
-    assert main(argv) == 0
+    assert main(fit_argv(shards_dir, run, *extra)) == 0
 
 
 @pytest.mark.slow

@@ -32,6 +32,7 @@ Examples:
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 from pathlib import Path
 
@@ -92,28 +93,13 @@ def _test_parser(sub) -> None:
     add_logging_arguments(p)
 
 
-def _predict_parser(sub) -> None:
-    from train import predict
-
+def _module_parser(sub, name: str, help_text: str) -> None:
+    """A subcommand whose module (``train.<name>``) documents itself and adds its own arguments."""
+    module = importlib.import_module(f"train.{name}")
     p = sub.add_parser(
-        "predict",
-        help="top genres for audio files",
-        description=predict.__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        name, help=help_text, description=module.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    predict.add_arguments(p)
-
-
-def _embed_parser(sub) -> None:
-    from train import embed
-
-    p = sub.add_parser(
-        "embed",
-        help="penultimate-layer vectors to an HDF5 file",
-        description=embed.__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    embed.add_arguments(p)
+    module.add_arguments(p)
 
 
 def _export_parser(sub) -> None:
@@ -139,8 +125,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="{fit,test,predict,embed,export}")
     _fit_parser(sub)
     _test_parser(sub)
-    _predict_parser(sub)
-    _embed_parser(sub)
+    _module_parser(sub, "predict", "top genres for audio files")
+    _module_parser(sub, "embed", "penultimate-layer vectors to an HDF5 file")
     _export_parser(sub)
     return parser
 
