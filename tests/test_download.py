@@ -423,27 +423,23 @@ def test_published_table_matches_fma_facts():
     )
 
 
-def test_cli_downloads_with_env_base_url_and_sums_file(
-    tmp_path, server, zips, members, python, subprocess_env, repo_root
-):
+def _download_command(tmp_path, server, zips, python, subprocess_env, *extra):
+    """``python -m preprocess download`` of the small subset from the test server, with a sums file.
+
+    Returns (fma_dir, sums file, environment, command).
+    """
     sums = tmp_path / "sums.txt"
     sums.write_text("".join(f"{hashlib.sha1(data).hexdigest()}  {name}\n" for name, data in zips.items()))
     fma_dir = tmp_path / "data"
     env = {**subprocess_env, dl.BASE_URL_ENV: server.url}
-    cmd = [
-        python,
-        "-m",
-        "preprocess",
-        "download",
-        "--fma-dir",
-        str(fma_dir),
-        "--subset",
-        "small",
-        "--sums",
-        str(sums),
-        "--reserve",
-        "0",
-    ]
+    cmd = [python, "-m", "preprocess", "download", "--fma-dir", str(fma_dir), "--subset", "small"]
+    return fma_dir, sums, env, [*cmd, "--sums", str(sums), "--reserve", "0", *extra]
+
+
+def test_cli_downloads_with_env_base_url_and_sums_file(
+    tmp_path, server, zips, members, python, subprocess_env, repo_root
+):
+    fma_dir, sums, env, cmd = _download_command(tmp_path, server, zips, python, subprocess_env)
     done = subprocess.run(cmd, env=env, cwd=repo_root, capture_output=True, text=True, timeout=60)
     # The disk check uses FMA's published sizes (7.5 GiB for small); skip it where the disk is small.
     if "not enough free disk space" in done.stderr:
@@ -553,26 +549,9 @@ def test_no_unpack_with_remove_zip_is_refused(tmp_path, server, zips):
 
 
 def test_cli_no_unpack_and_make_variable(tmp_path, server, zips, members, python, subprocess_env, repo_root):
-    sums = tmp_path / "sums.txt"
-    sums.write_text("".join(f"{hashlib.sha1(data).hexdigest()}  {name}\n" for name, data in zips.items()))
-    fma_dir = tmp_path / "data"
-    env = {**subprocess_env, dl.BASE_URL_ENV: server.url}
-    cmd = [
-        python,
-        "-m",
-        "preprocess",
-        "download",
-        "--fma-dir",
-        str(fma_dir),
-        "--subset",
-        "small",
-        "--sums",
-        str(sums),
-        "--reserve",
-        "0",
-        "--no-unpack",
-        "--no-space-check",
-    ]
+    fma_dir, _, env, cmd = _download_command(
+        tmp_path, server, zips, python, subprocess_env, "--no-unpack", "--no-space-check"
+    )
     done = subprocess.run(cmd, env=env, cwd=repo_root, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert "fma_small.zip" in done.stdout.splitlines()[-1] and "make features" in done.stdout
