@@ -41,6 +41,7 @@ sys.path.insert(0, str(REPO))
 
 import joblib  # noqa: E402
 
+from bench.unpack import cpu_model  # noqa: E402
 from preprocess import download as dl  # noqa: E402
 from preprocess import fma  # noqa: E402
 from preprocess.driver import run_features  # noqa: E402
@@ -59,16 +60,6 @@ FMA_LARGE_ZIP_GIB = 93
 def folder_bytes(folder: Path) -> int:
     """Bytes of every file under ``folder``."""
     return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def make_dataset(root: Path, n_tracks: int, shard_size: int) -> tuple[Path, list[int]]:
