@@ -900,29 +900,15 @@ def download(
         for archive in archives:
             if is_unpacked(fma_dir, archive):
                 log.info(f"{archive.name}: already unpacked in {fma_dir / archive.folder}")
-            elif archive.is_audio and not unpack_audio:
-                obtain_zip(
-                    fma_dir,
-                    archive,
-                    base_url,
-                    retries=retries,
-                    retry_wait=retry_wait,
-                    timeout=timeout,
-                    progress=progress,
-                )
-                log.info(f"{archive.name}: kept as a zip (--no-unpack); the features stage reads it directly")
-                markers.append(verified_marker(fma_dir, archive))
-                continue
             else:
-                source = obtain_zip(
-                    fma_dir,
-                    archive,
-                    base_url,
-                    retries=retries,
-                    retry_wait=retry_wait,
-                    timeout=timeout,
-                    progress=progress,
-                )
+                fetch = dict(retries=retries, retry_wait=retry_wait, timeout=timeout, progress=progress)
+                source = obtain_zip(fma_dir, archive, base_url, **fetch)
+                if archive.is_audio and not unpack_audio:
+                    log.info(
+                        f"{archive.name}: kept as a zip (--no-unpack); the features stage reads it directly"
+                    )
+                    markers.append(verified_marker(fma_dir, archive))
+                    continue
                 unpack(source, fma_dir, archive, jobs=jobs, progress=progress)
                 log.info(f"{archive.name}: unpacked into {fma_dir / archive.folder}")
             if remove_zip and zip_path(fma_dir, archive).exists():
