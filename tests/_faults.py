@@ -18,9 +18,23 @@ import shards
 SHARD_GLOB = "*-of-*.h5"
 
 
+def default_sigint() -> None:
+    """``preexec_fn`` for a child that a test interrupts: SIGINT back to its default disposition.
+
+    A test run started in the background (``cmd &`` in a non-interactive shell, as CI runners
+    may do) inherits SIGINT *ignored*, and Python leaves an ignored SIGINT ignored, so the
+    child would never see the Ctrl-C the test sends. With the default disposition, the
+    child's Python turns SIGINT into KeyboardInterrupt as it does in a terminal.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def start(cmd: list[str], env: dict, **kwargs) -> subprocess.Popen:
-    """Start ``cmd`` as the leader of a new session, so that it and its workers can be killed together."""
-    return subprocess.Popen(cmd, env=env, start_new_session=True, **kwargs)
+    """Start ``cmd`` as the leader of a new session, so that it and its workers can be killed together.
+
+    SIGINT has its default disposition in the child (:func:`default_sigint`).
+    """
+    return subprocess.Popen(cmd, env=env, start_new_session=True, preexec_fn=default_sigint, **kwargs)
 
 
 def kill_group(proc: subprocess.Popen) -> None:

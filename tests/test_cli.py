@@ -25,6 +25,7 @@ from shards.cli import (
     run_command,
     setup_logging,
 )
+from tests._faults import default_sigint
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -124,6 +125,7 @@ def test_sigint_to_a_running_command_gives_130():
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        preexec_fn=default_sigint,
     )
     try:
         assert proc.stdout.readline().strip() == "ready"

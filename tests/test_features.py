@@ -22,6 +22,7 @@ from preprocess.fma import CLASS_NAMES, KNOWN_BAD
 from preprocess.metadata import load_tracks, tracks_csv_path
 from preprocess.options import FeatureOptions
 from shards import read_manifest, read_shard
+from tests._faults import start
 from tests._reference import plain_librosa
 
 SHARD_SIZE = 16
@@ -267,14 +268,7 @@ def test_ctrl_c_stops_the_workers_says_how_far_and_a_rerun_resumes(
         "--shard-size",
         str(SHARD_SIZE),
     ]
-    proc = subprocess.Popen(
-        cmd,
-        env=subprocess_env,
-        start_new_session=True,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc = start(cmd, subprocess_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 120
         while len(list(stopped.glob("*.h5"))) < 1 and time.monotonic() < deadline and proc.poll() is None:
