@@ -10,7 +10,8 @@ line, ``error: ...``, and exit 2 (see :mod:`shards.cli`). On this side they are
 - ``preprocess.audio_source.AudioSourceError``: no audio tree or zip, or a damaged zip;
 - ``preprocess.download.DownloadError`` and its kinds: a download, check or unpack failed;
 - ``preprocess.slurm.SlurmError``: sbatch/squeue failed or the queue is busy;
-- ``shards.errors.ShardError``: a shard, plan or manifest is missing or damaged.
+- ``shards.errors.ShardError``: a shard, plan or manifest is missing or damaged;
+- :class:`SynthError` (here): bad arguments to the mini-FMA generator or its zip writer.
 
 Not command errors: ``preprocess.audio.TrackFailure`` (and ``preprocess.recipe.TooShortError``,
 ``preprocess.audio_source.MemberError``) is one track's problem. The run records the track in
@@ -22,3 +23,7 @@ from shards.errors import FmaGenreError
 
 class FeaturesError(FmaGenreError):
     """The features run cannot go on (missing dataset, conflicting output, most tracks failing)."""
+
+
+class SynthError(FmaGenreError, ValueError):
+    """The generated mini-FMA: a bad --out (holds data it did not make), --tracks, --seed or folder to zip."""

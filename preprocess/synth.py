@@ -44,6 +44,7 @@ from pathlib import Path
 
 import numpy as np
 
+from preprocess.errors import SynthError
 from preprocess.fma import CLASS_NAMES, EMPTY_IDS, KNOWN_BAD, SHORT_IDS, UNREADABLE_IDS, audio_relpath
 from preprocess.synth_meta import (
     TOP_ID,
@@ -54,7 +55,6 @@ from preprocess.synth_meta import (
     tracks_frame,
 )
 from shards.cli import add_logging_arguments, run_command
-from shards.errors import FmaGenreError
 
 # Tracks with genre_top per genre in fma_medium (docs/fma.md): the imbalance we imitate.
 FMA_MEDIUM_COUNTS = {
@@ -95,10 +95,6 @@ MIN_TRACKS_ALL_KINDS = 60
 MAX_TRACKS = 100_000  # track ids are drawn from FMA's id range (2..155999) without repeats
 # Marks a folder this command is writing (so a run killed half-way can be regenerated over).
 IN_PROGRESS = ".synth-in-progress"
-
-
-class SynthError(FmaGenreError, ValueError):
-    """A bad --out (holds data this command did not make), --tracks or --seed."""
 
 
 # --------------------------------------------------------------------------- planning (pure)

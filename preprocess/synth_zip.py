@@ -17,7 +17,9 @@ import zipfile
 from pathlib import Path
 from typing import BinaryIO, Iterable
 
+from preprocess.errors import SynthError
 from shards import atomic_path
+from shards.cli import add_logging_arguments, run_command
 
 
 def write_fma_zip(target: str | os.PathLike | BinaryIO, members: Iterable[tuple[str, bytes]]) -> None:
@@ -53,7 +55,7 @@ def zip_audio_tree(
     """
     root = Path(fma_dir) / folder
     if not root.is_dir():
-        raise ValueError(f"{root}: no such folder to zip")
+        raise SynthError(f"{root}: no such folder to zip; give the folder that holds {folder}/")
     target = Path(zip_path) if zip_path is not None else Path(fma_dir) / f"{folder}.zip"
     files = sorted(p for p in root.rglob("*") if p.is_file())
     with atomic_path(target) as tmp:
@@ -78,13 +80,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("fma_dir", type=Path, help="folder holding the unpacked audio folder")
     parser.add_argument("--folder", default="fma_large", help="audio folder to pack (default fma_large)")
-    args = parser.parse_args(argv)
-    try:
-        path = zip_audio_tree(args.fma_dir, args.folder)
-    except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print(f"wrote {path}")
+    add_logging_arguments(parser)
+    return run_command(_zip_command, parser.parse_args(argv))
+
+
+def _zip_command(args: argparse.Namespace) -> int:
+    print(f"wrote {zip_audio_tree(args.fma_dir, args.folder)}")
     return 0
 
 
