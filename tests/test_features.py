@@ -355,9 +355,7 @@ print(json.dumps({"rss_mib": usage.ru_maxrss / 1024, "cpu_s": usage.ru_utime + u
 def test_a_60_minute_file_costs_what_a_clip_costs(mini_fma, long_mp3, tmp_path, python, subprocess_env):
     """Only the first 29.5 s is decoded: one 60-minute file in a shard of 30 s clips adds little memory
     and time (the whole file decoded would be ~1.2 GB of float32 samples)."""
-    from preprocess.assign import ShardSpec
     from preprocess.fma import audio_relpath
-    from preprocess.recipe import RECIPES
 
     fma_dir, truth = mini_fma
     clips = [
@@ -378,24 +376,7 @@ def test_a_60_minute_file_costs_what_a_clip_costs(mini_fma, long_mp3, tmp_path, 
 
     def probe(ids: list[int], folder: str) -> dict:
         (tmp_path / folder).mkdir()
-        spec = ShardSpec(
-            name="train-00000-of-00001.h5",
-            split="train",
-            shard_index=0,
-            num_shards=1,
-            track_ids=tuple(sorted(ids)),
-            labels=(0,) * len(ids),
-        )
-        task = {
-            "spec": spec.to_dict(),
-            "audio": AudioSource(str(audio)).to_dict(),
-            "out": str(tmp_path / folder),
-            "recipe": RECIPES["reference"].to_dict(),
-            "subset": "large",
-            "class_names": list(CLASS_NAMES),
-            "timeout_s": 120.0,
-            "compression": None,
-        }
+        task = one_shard_task(ids, audio, timeout_s=120.0, out=str(tmp_path / folder))
         proc = subprocess.run(
             [python, "-c", _SHARD_PROBE, json.dumps(task)],
             env=subprocess_env,
@@ -418,35 +399,41 @@ def test_a_60_minute_file_costs_what_a_clip_costs(mini_fma, long_mp3, tmp_path, 
     assert extra_rss < 100 and extra_cpu < 1.0
 
 
-def test_silence_fails_unless_kept(mini_fma, tmp_path):
+def one_shard_task(ids: list[int], audio_dir, timeout_s: float, **more) -> dict:
+    """``driver.compute_shard``'s argument: one training shard of ``ids`` (label 0) from ``audio_dir``."""
     from preprocess.assign import ShardSpec
     from preprocess.recipe import RECIPES
 
-    fma_dir, truth = mini_fma
-    silent = [int(k) for k, t in truth["tracks"].items() if t["kind"] == "silence"]
-    assert silent
     spec = ShardSpec(
         name="train-00000-of-00001.h5",
         split="train",
         shard_index=0,
         num_shards=1,
-        track_ids=tuple(sorted(silent)),
-        labels=(0,) * len(silent),
+        track_ids=tuple(sorted(ids)),
+        labels=(0,) * len(ids),
     )
-    task = {
+    return {
         "spec": spec.to_dict(),
-        "audio": AudioSource(str(fma_dir / "fma_large")).to_dict(),
+        "audio": AudioSource(str(audio_dir)).to_dict(),
         "recipe": RECIPES["reference"].to_dict(),
         "subset": "large",
         "class_names": list(CLASS_NAMES),
-        "timeout_s": 60.0,
+        "timeout_s": timeout_s,
         "compression": None,
+        **more,
     }
+
+
+def test_silence_fails_unless_kept(mini_fma, tmp_path):
+    fma_dir, truth = mini_fma
+    silent = [int(k) for k, t in truth["tracks"].items() if t["kind"] == "silence"]
+    assert silent
+    task = one_shard_task(silent, fma_dir / "fma_large", timeout_s=60.0)
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
     dropped = driver.compute_shard({**task, "out": str(tmp_path / "a")})
     assert dropped["written"] == 0 and {r for _, r in dropped["failed"]} == {"digital silence"}
     kept = driver.compute_shard({**task, "out": str(tmp_path / "b"), "keep_silence": True})
     assert kept["written"] == len(silent) and not kept["failed"]
-    with h5py.File(tmp_path / "b" / spec.name, "r") as f:
+    with h5py.File(tmp_path / "b" / task["spec"]["name"], "r") as f:
         assert (f["mel"][()] <= -90).all()  # at the dB floor (10 log10(amin) = -100 for zeros)
