@@ -24,7 +24,7 @@ import numpy as np
 from preprocess.assign import ShardSpec
 from preprocess.errors import FeaturesError
 from preprocess.plan import PLAN_NAME, read_plan, shard_status
-from shards import FORMAT_VERSION, MANIFEST_NAME, write_manifest
+from shards import EXTRAS_FORMAT_VERSION, FORMAT_VERSION, MANIFEST_NAME, write_manifest
 
 log = logging.getLogger(__name__)
 
@@ -34,12 +34,14 @@ def build_manifest(folder: Path, plan: dict) -> tuple[dict | None, list[str]]:
     class_names = plan["class_names"]
     entries, failed, padded, problems = [], [], [], []
     versions: dict = {}
+    extras: dict = {}  # what the shards' extra datasets are (the same in every shard of a plan)
     for spec in (ShardSpec.from_dict(d) for d in plan["shards"]):
         contents, problem = shard_status(folder / spec.name, spec, plan["recipe"])
         if problem is not None:
             problems.append(f"{spec.name}: {problem}")
             continue
-        counts = np.bincount(contents.label, minlength=len(class_names)).tolist()
+        labelled = contents.label[contents.label >= 0]  # NO_LABEL: a track without a top genre
+        counts = np.bincount(labelled, minlength=len(class_names)).tolist()
         entries.append(
             {
                 "name": spec.name,
@@ -58,6 +60,7 @@ def build_manifest(folder: Path, plan: dict) -> tuple[dict | None, list[str]]:
             {"track_id": int(t), "seconds": round(x, 3), "shard": spec.name} for t, x in contents.padded
         ]
         versions = versions or contents.versions
+        extras = extras or contents.extras
     if problems:
         return None, problems
     totals = {}
@@ -68,7 +71,7 @@ def build_manifest(folder: Path, plan: dict) -> tuple[dict | None, list[str]]:
             "per_class": {name: int(c) for name, c in zip(class_names, per_class, strict=True)},
         }
     manifest = {
-        "format_version": FORMAT_VERSION,
+        "format_version": EXTRAS_FORMAT_VERSION if extras else FORMAT_VERSION,
         "subset": plan["subset"],
         "recipe": plan["recipe"],
         "class_names": class_names,
@@ -81,6 +84,8 @@ def build_manifest(folder: Path, plan: dict) -> tuple[dict | None, list[str]]:
         "padded": sorted(padded, key=lambda f: f["track_id"]),
         "versions": versions,
     }
+    if extras:
+        manifest["extras"] = extras
     return manifest, []
 
 

@@ -33,13 +33,34 @@ Each shard file holds
 and attributes (JSON strings where structured): ``format_version``, ``name``,
 ``split``, ``shard_index``, ``num_shards``, ``subset``, ``recipe``,
 ``class_names``, ``versions``, ``checksum`` (see :func:`content_checksum`).
+
+Optional per-track datasets (format_version 2)
+----------------------------------------------
+A shard may also hold extra per-track datasets, each declared once in :data:`EXTRAS` (its
+dtype, dimensions and what describes it) and laid out like ``mel`` (one track per chunk,
+memory-mappable). The attribute ``extras`` (JSON) names them, with what each is:
+
+``mel_fine``    float16 (N, 128, T): a finer log-mel image of the same excerpt, from the same
+                decode; ``extras["mel_fine"]["recipe"]`` is its recipe.
+``genres``      uint8 (N, G), 0/1: every genre of FMA's taxonomy the track carries
+                (``genres_all``); ``extras["genres"]["genre_table"]`` lists the G genres
+                (``id``, ``title``, ``parent``, ``top_level``) in column order. In such a shard
+                ``label`` is :data:`NO_LABEL` (-1) for a track without a top-level genre.
+
+Such a shard has ``format_version`` 2, and its checksum also covers the extras. A shard without
+extras is the first format's, byte for byte; the manifest of a set with extras has
+``format_version`` 2 and the same ``extras`` object.
 """
 
 from shards.atomic import atomic_path, atomic_write_text
 from shards.errors import FmaGenreError, ShardError
 from shards.format import (
+    EXTRAS,
+    EXTRAS_FORMAT_VERSION,
     FORMAT_VERSION,
+    FORMAT_VERSIONS,
     MANIFEST_NAME,
+    NO_LABEL,
     SPLITS,
     Layout,
     ShardContents,
@@ -48,6 +69,7 @@ from shards.format import (
     mel_memmap,
     memmap,
     parse_shard_name,
+    read_extra,
     read_shard,
     shard_name,
     write_shard,
@@ -55,7 +77,11 @@ from shards.format import (
 from shards.manifest import read_manifest, shard_entries, write_manifest
 
 __all__ = [
+    "EXTRAS",
+    "EXTRAS_FORMAT_VERSION",
     "FORMAT_VERSION",
+    "FORMAT_VERSIONS",
+    "NO_LABEL",
     "MANIFEST_NAME",
     "SPLITS",
     "FmaGenreError",
@@ -70,6 +96,7 @@ __all__ = [
     "memmap",
     "parse_shard_name",
     "read_manifest",
+    "read_extra",
     "read_shard",
     "shard_name",
     "shard_entries",

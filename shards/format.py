@@ -8,7 +8,7 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Iterable, Mapping, Sequence
 
 import h5py
 import numpy as np
@@ -16,7 +16,9 @@ import numpy as np
 from shards.atomic import atomic_path
 from shards.errors import ShardError
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 1  # a shard with nothing but the reference image (byte-identical to the first format)
+EXTRAS_FORMAT_VERSION = 2  # a shard that also holds extra per-track datasets (EXTRAS)
+FORMAT_VERSIONS = (FORMAT_VERSION, EXTRAS_FORMAT_VERSION)
 MANIFEST_NAME = "manifest.json"
 SPLITS = ("train", "validation", "test")
 
@@ -45,7 +47,40 @@ def parse_shard_name(name: str) -> tuple[str, int, int]:
     return match.group(1), int(match.group(2)), int(match.group(3))
 
 
-def content_checksum(mel: np.ndarray, label: np.ndarray, track_id: np.ndarray) -> str:
+@dataclass(frozen=True)
+class Extra:
+    """An optional per-track dataset a shard may hold beside ``mel`` (see :data:`EXTRAS`).
+
+    Attributes
+    ----------
+    dtype : str
+        Its numpy dtype (little-endian), e.g. ``"<f2"``.
+    ndim : int
+        Dimensions, the track axis first.
+    about : str
+        What the shard's ``extras`` attribute says of it (a JSON object with this key).
+    """
+
+    dtype: str
+    ndim: int
+    about: str
+
+
+#: The optional per-track datasets, by name: the one place a new per-track dataset is declared.
+#: Each is chunked one track per chunk and, uncompressed, memory-mappable like ``mel``.
+EXTRAS = {
+    # A finer log-mel image of the same excerpt, from the same decode: (N, n_mels, n_frames).
+    "mel_fine": Extra("<f2", 3, "recipe: the fine image's recipe (preprocess.recipe.Recipe.to_dict())"),
+    # Multi-hot genres over FMA's whole taxonomy: (N, G), 0/1.
+    "genres": Extra("|u1", 2, "genre_table: G rows {id, title, parent, top_level}, column order"),
+}
+#: ``label`` of a track with no top-level genre (only in a shard that holds ``genres``).
+NO_LABEL = -1
+
+
+def content_checksum(
+    mel: np.ndarray, label: np.ndarray, track_id: np.ndarray, extras: dict | None = None
+) -> str:
     """SHA-256 over a shard's data, independent of how the file was laid out.
 
     Parameters
@@ -53,6 +88,9 @@ def content_checksum(mel: np.ndarray, label: np.ndarray, track_id: np.ndarray) -
     mel : np.ndarray, shape (N, H, W), float32 (may be a memmap or h5py dataset)
     label : np.ndarray, shape (N,)
     track_id : np.ndarray, shape (N,)
+    extras : dict, optional
+        name -> array (N, ...) of the :data:`EXTRAS` the shard holds. Without any, the checksum
+        is the first format's.
 
     Returns
     -------
@@ -63,10 +101,18 @@ def content_checksum(mel: np.ndarray, label: np.ndarray, track_id: np.ndarray) -
     h.update(np.asarray(mel.shape, dtype="<i8").tobytes())
     h.update(np.ascontiguousarray(track_id, dtype="<i8").tobytes())
     h.update(np.ascontiguousarray(label, dtype="<i8").tobytes())
-    for start in range(0, mel.shape[0], _HASH_BLOCK):
-        block = np.ascontiguousarray(mel[start : start + _HASH_BLOCK], dtype="<f4")
-        h.update(block.tobytes())
+    _hash_rows(h, mel, "<f4")
+    for name in sorted(extras or {}):
+        data = extras[name]
+        h.update(name.encode() + b"\0" + np.asarray(data.shape, dtype="<i8").tobytes())
+        _hash_rows(h, data, EXTRAS[name].dtype)
     return "sha256:" + h.hexdigest()
+
+
+def _hash_rows(h, data, dtype: str) -> None:
+    """Feed ``data`` to ``h`` a block of rows at a time, so a memmap is never copied whole."""
+    for start in range(0, data.shape[0], _HASH_BLOCK):
+        h.update(np.ascontiguousarray(data[start : start + _HASH_BLOCK], dtype=dtype).tobytes())
 
 
 @dataclass(frozen=True)
@@ -89,13 +135,36 @@ class ShardContents:
     label: np.ndarray
     failed: list[tuple[int, str]] = field(default_factory=list)
     padded: list[tuple[int, float]] = field(default_factory=list)
+    extras: dict = field(default_factory=dict)  # name -> what the shard says of it (EXTRAS)
+    extra_shapes: dict = field(default_factory=dict)  # name -> shape, the track axis first
 
     @property
     def num_tracks(self) -> int:
         return self.mel_shape[0]
 
 
-def _validate(mel, label, track_id, class_names, split, failed) -> None:
+def lowest_label(extras) -> int:
+    """The smallest valid ``label``: :data:`NO_LABEL` in a shard holding ``genres``, else 0."""
+    return NO_LABEL if "genres" in extras else 0
+
+
+def _validate_extra(name: str, data: np.ndarray, n: int) -> None:
+    """ValueError unless ``data`` fits :data:`EXTRAS` ``[name]`` for ``n`` tracks."""
+    if name not in EXTRAS:
+        raise ValueError(f"unknown extra dataset {name!r}; known: {sorted(EXTRAS)}")
+    spec = EXTRAS[name]
+    if data.ndim != spec.ndim or data.shape[0] != n or data.dtype != np.dtype(spec.dtype):
+        raise ValueError(
+            f"{name} must be {np.dtype(spec.dtype)} with {spec.ndim} dimensions and {n} rows, "
+            f"got {data.dtype} {data.shape}"
+        )
+    if n and data.dtype.kind == "f" and not np.isfinite(data).all():
+        raise ValueError(f"{name} holds NaN or infinite values")
+    if n and name == "genres" and data.max() > 1:
+        raise ValueError("genres must hold 0 or 1 (multi-hot)")
+
+
+def _validate(mel, label, track_id, class_names, split, failed, extras) -> None:
     if mel.ndim != 3 or mel.dtype != np.float32:
         raise ValueError(f"mel must be float32 of shape (N, H, W), got {mel.dtype} {mel.shape}")
     n = mel.shape[0]
@@ -103,8 +172,11 @@ def _validate(mel, label, track_id, class_names, split, failed) -> None:
         raise ValueError(f"label {label.shape} and track_id {track_id.shape} must both have shape ({n},)")
     if n and not np.isfinite(mel).all():
         raise ValueError("mel holds NaN or infinite values")
-    if n and (label.min() < 0 or label.max() >= len(class_names)):
-        raise ValueError(f"labels must lie in [0, {len(class_names)}), got {label.min()}..{label.max()}")
+    low = lowest_label(extras)
+    if n and (label.min() < low or label.max() >= len(class_names)):
+        raise ValueError(f"labels must lie in [{low}, {len(class_names)}), got {label.min()}..{label.max()}")
+    for name, (data, _) in extras.items():
+        _validate_extra(name, data, n)
     if n > 1 and not (np.diff(track_id) > 0).all():
         raise ValueError("track_id must be strictly increasing")
     if split not in SPLITS:
@@ -114,30 +186,44 @@ def _validate(mel, label, track_id, class_names, split, failed) -> None:
         raise ValueError(f"tracks both written and failed: {sorted(overlap)[:5]}")
 
 
-def _create_mel(f: h5py.File, shape: tuple[int, int, int], compression: str | None) -> h5py.Dataset:
-    n, height, width = shape
-    if n == 0:
-        return f.create_dataset("mel", shape=shape, dtype="<f4", track_times=False)
+_H5_TYPES = {"<f4": h5py.h5t.IEEE_F32LE, "<f2": h5py.h5t.IEEE_F16LE, "|u1": h5py.h5t.STD_U8LE}
+
+
+def _write_per_track(f: h5py.File, name: str, data: np.ndarray, compression: str | None) -> h5py.Dataset:
+    """Dataset ``name`` of ``data`` (N, ...), one track per chunk; uncompressed, memory-mappable.
+
+    Returns the open dataset: the caller keeps it open until the file is flushed, so that a
+    compressed dataset's chunks leave HDF5's chunk cache then, as they always did (the bytes
+    of a shard without extras stay the first format's).
+    """
+    dtype = data.dtype.newbyteorder("<").str if data.dtype.itemsize > 1 else data.dtype.str
+    if data.shape[0] == 0:
+        return f.create_dataset(name, shape=data.shape, dtype=dtype, track_times=False)
+    chunk = (1, *data.shape[1:])
     if compression is not None:
-        return f.create_dataset(
-            "mel",
-            shape=shape,
-            dtype="<f4",
-            chunks=(1, height, width),
+        dset = f.create_dataset(
+            name,
+            shape=data.shape,
+            dtype=dtype,
+            chunks=chunk,
             compression=compression,
             shuffle=True,
             track_times=False,
         )
+        dset.write_direct(np.ascontiguousarray(data))
+        return dset
     # Early allocation + libver='latest' lays the chunks out in order with no
     # index nodes between them: one memmap covers the whole dataset.
     dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
-    dcpl.set_chunk((1, height, width))
+    dcpl.set_chunk(chunk)
     dcpl.set_alloc_time(h5py.h5d.ALLOC_TIME_EARLY)
     dcpl.set_fill_time(h5py.h5d.FILL_TIME_NEVER)
     dcpl.set_obj_track_times(False)
-    space = h5py.h5s.create_simple(shape)
-    h5py.h5d.create(f.id, b"mel", h5py.h5t.IEEE_F32LE, space, dcpl=dcpl)
-    return f["mel"]
+    space = h5py.h5s.create_simple(data.shape)
+    h5py.h5d.create(f.id, name.encode(), _H5_TYPES[dtype], space, dcpl=dcpl)
+    dset = f[name]
+    dset.write_direct(np.ascontiguousarray(data))
+    return dset
 
 
 def write_shard(
@@ -156,6 +242,7 @@ def write_shard(
     failed: Iterable[tuple[int, str]] = (),
     compression: str | None = None,
     padded: Iterable[tuple[int, float]] = (),
+    extras: Mapping[str, tuple[np.ndarray, dict]] | None = None,
 ) -> str:
     """Write one shard atomically and return its content checksum.
 
@@ -181,6 +268,12 @@ def write_shard(
     padded : iterable of (track_id, seconds)
         Written tracks whose clip was shorter than the recipe's duration (padded with
         silence by the short-clip policy), with their real length in seconds.
+    extras : mapping, optional
+        name -> (array (N, ...), what it is): the optional per-track datasets of :data:`EXTRAS`,
+        e.g. ``{"mel_fine": (images float16 (N, 128, T), {"recipe": {...}})}`` or
+        ``{"genres": (multi_hot uint8 (N, G), {"genre_table": [...]})}``. With ``genres``,
+        ``label`` may be :data:`NO_LABEL` (a track without a top-level genre). Without extras the
+        file is the first format's, byte for byte.
 
     Returns
     -------
@@ -193,7 +286,8 @@ def write_shard(
     track_id = np.asarray(track_id, dtype=np.int64)
     failed = sorted((int(t), str(r)) for t, r in failed)
     padded = sorted((int(t), float(s)) for t, s in padded)
-    _validate(mel, label, track_id, class_names, split, failed)
+    extras = {name: (np.asarray(data), dict(about)) for name, (data, about) in (extras or {}).items()}
+    _validate(mel, label, track_id, class_names, split, failed, extras)
     if not {t for t, _ in padded} <= set(track_id.tolist()):
         raise ValueError("padded tracks must be written tracks")
     if path.name != shard_name(split, shard_index, num_shards):
@@ -201,9 +295,9 @@ def write_shard(
     if compression not in (None, "gzip", "lzf"):
         raise ValueError(f"compression must be None, 'gzip' or 'lzf', got {compression!r}")
 
-    checksum = content_checksum(mel, label, track_id)
+    checksum = content_checksum(mel, label, track_id, {k: data for k, (data, _) in extras.items()})
     attrs = {
-        "format_version": FORMAT_VERSION,
+        "format_version": EXTRAS_FORMAT_VERSION if extras else FORMAT_VERSION,
         "name": path.name,
         "split": split,
         "shard_index": int(shard_index),
@@ -214,13 +308,13 @@ def write_shard(
         "versions": json.dumps(versions or {}, sort_keys=True),
         "checksum": checksum,
     }
+    if extras:
+        attrs["extras"] = json.dumps({k: about for k, (_, about) in extras.items()}, sort_keys=True)
     # The file is built in memory and written with one plain write: a full disk (or a
     # file size limit) then fails cleanly in Python, never inside HDF5's own I/O,
     # which leaves the library in a state that can crash the process at exit.
     with h5py.File(f"{path.name}.in-memory", "w", driver="core", backing_store=False, libver="latest") as f:
-        dset = _create_mel(f, mel.shape, compression)
-        if mel.shape[0]:
-            dset.write_direct(np.ascontiguousarray(mel))
+        open_datasets = [_write_per_track(f, "mel", mel, compression)]
         f.create_dataset("label", data=label, track_times=False)
         f.create_dataset("track_id", data=track_id, track_times=False)
         f.create_dataset(
@@ -241,10 +335,13 @@ def write_shard(
         f.create_dataset(
             "padded_seconds", data=np.array([x for _, x in padded], dtype=np.float64), track_times=False
         )
+        for name, (data, _) in sorted(extras.items()):
+            open_datasets.append(_write_per_track(f, name, data, compression))
         for key, value in attrs.items():
             f.attrs[key] = value
         f.flush()
         image = f.id.get_file_image()
+        del open_datasets
     try:
         with atomic_path(path) as tmp:
             with open(tmp, "wb") as fh:
@@ -294,9 +391,10 @@ def read_shard(path: str | os.PathLike, *, verify: bool = False) -> ShardContent
             for key in ("mel", "label", "track_id", "failed_track_id", "failed_reason"):
                 if key not in f:
                     raise _fail(path, f"dataset {key!r} is missing")
-            if attrs.get("format_version") != FORMAT_VERSION:
+            if attrs.get("format_version") not in FORMAT_VERSIONS:
                 raise _fail(
-                    path, f"format_version {attrs.get('format_version')!r}, expected {FORMAT_VERSION}"
+                    path,
+                    f"format_version {attrs.get('format_version')!r}, expected one of {FORMAT_VERSIONS}",
                 )
             mel = f["mel"]
             if mel.ndim != 3 or mel.dtype != np.float32:
@@ -310,6 +408,7 @@ def read_shard(path: str | os.PathLike, *, verify: bool = False) -> ShardContent
                 padded = list(
                     zip(f["padded_track_id"][()].tolist(), f["padded_seconds"][()].tolist(), strict=True)
                 )
+            extras = _read_extras(path, f, attrs)
             contents = ShardContents(
                 path=path,
                 name=str(attrs["name"]),
@@ -327,12 +426,14 @@ def read_shard(path: str | os.PathLike, *, verify: bool = False) -> ShardContent
                 label=label,
                 failed=failed,
                 padded=padded,
+                extras=extras,
+                extra_shapes={name: tuple(int(x) for x in f[name].shape) for name in extras},
             )
             n = contents.num_tracks
             if label.shape != (n,) or track_id.shape != (n,):
                 raise _fail(path, f"label {label.shape} / track_id {track_id.shape} do not match {n} images")
             if verify:
-                _verify_data(path, contents, mel)
+                _verify_data(path, contents, f)
     except ShardError:
         raise
     except (OSError, KeyError, ValueError, TypeError) as exc:
@@ -340,16 +441,46 @@ def read_shard(path: str | os.PathLike, *, verify: bool = False) -> ShardContent
     return contents
 
 
-def _verify_data(path: Path, contents: ShardContents, mel: h5py.Dataset) -> None:
+def _read_extras(path: Path, f: h5py.File, attrs: dict) -> dict:
+    """The ``extras`` attribute of a shard, checked against its datasets and :data:`EXTRAS`."""
+    if attrs["format_version"] == FORMAT_VERSION:
+        return {}
+    extras = json.loads(attrs.get("extras", "{}"))
+    if not isinstance(extras, dict) or not extras:
+        raise _fail(path, "format_version 2 but no 'extras' attribute naming its extra datasets")
+    n = f["mel"].shape[0]
+    for name in extras:
+        if name not in EXTRAS:
+            raise _fail(
+                path, f"unknown extra dataset {name!r} (known: {sorted(EXTRAS)}); a newer version wrote it?"
+            )
+        if name not in f:
+            raise _fail(path, f"dataset {name!r} is missing")
+        dset, spec = f[name], EXTRAS[name]
+        if dset.ndim != spec.ndim or dset.shape[0] != n or dset.dtype != np.dtype(spec.dtype):
+            raise _fail(
+                path, f"{name!r} is {dset.dtype} {dset.shape}, expected {np.dtype(spec.dtype)} with {n} rows"
+            )
+    return extras
+
+
+def _verify_data(path: Path, contents: ShardContents, f: h5py.File) -> None:
     n = contents.num_tracks
-    if n and (contents.label.min() < 0 or contents.label.max() >= len(contents.class_names)):
-        raise _fail(path, f"labels outside [0, {len(contents.class_names)})")
+    low = lowest_label(contents.extras)
+    if n and (contents.label.min() < low or contents.label.max() >= len(contents.class_names)):
+        raise _fail(path, f"labels outside [{low}, {len(contents.class_names)})")
     if n > 1 and not (np.diff(contents.track_id) > 0).all():
         raise _fail(path, "track ids are not strictly increasing")
-    for start in range(0, n, _HASH_BLOCK):
-        if not np.isfinite(mel[start : start + _HASH_BLOCK]).all():
-            raise _fail(path, f"non-finite values in images {start}..{start + _HASH_BLOCK}")
-    actual = content_checksum(mel, contents.label, contents.track_id)
+    for name in ("mel", *sorted(contents.extras)):
+        data = f[name]
+        for start in range(0, n, _HASH_BLOCK):
+            block = data[start : start + _HASH_BLOCK]
+            if block.dtype.kind == "f" and not np.isfinite(block).all():
+                raise _fail(path, f"non-finite values in {name!r} rows {start}..{start + _HASH_BLOCK}")
+            if name == "genres" and block.size and block.max() > 1:
+                raise _fail(path, f"'genres' rows {start}..{start + _HASH_BLOCK} hold values other than 0/1")
+    extras = {name: f[name] for name in contents.extras}
+    actual = content_checksum(f["mel"], contents.label, contents.track_id, extras)
     if actual != contents.checksum:
         raise _fail(path, f"content checksum {actual} differs from the stored {contents.checksum}")
 
@@ -422,3 +553,23 @@ def mel_memmap(path: str | os.PathLike) -> np.memmap | None:
     """Memory-map a shard's images, shape (N, H, W) float32; None if compressed."""
     layout = data_layout(path, "mel")
     return None if layout is None else memmap(path, layout)
+
+
+def read_extra(path: str | os.PathLike, name: str) -> np.ndarray:
+    """The whole extra dataset ``name`` of a shard, read into memory (e.g. ``genres`` (N, G) uint8).
+
+    Raises
+    ------
+    ShardError
+        If the shard does not hold it, naming the file.
+    """
+    path = Path(path)
+    try:
+        with h5py.File(path, "r") as f:
+            if name not in json.loads(f.attrs.get("extras", "{}")):
+                raise _fail(path, f"it holds no {name!r} dataset (made without it?)")
+            return f[name][()]
+    except ShardError:
+        raise
+    except (OSError, KeyError, ValueError) as exc:
+        raise _fail(path, f"cannot be read as a shard ({type(exc).__name__}: {exc})") from exc

@@ -30,7 +30,7 @@ from pathlib import Path
 
 from shards.atomic import atomic_write_text
 from shards.errors import ShardError
-from shards.format import FORMAT_VERSION, MANIFEST_NAME, SPLITS, parse_shard_name
+from shards.format import FORMAT_VERSIONS, MANIFEST_NAME, SPLITS, parse_shard_name
 
 REQUIRED_KEYS = ("format_version", "subset", "recipe", "class_names", "shards", "totals")
 REQUIRED_SHARD_KEYS = ("name", "split", "num_tracks", "checksum")
@@ -78,8 +78,8 @@ def _validate(path: Path, manifest: dict) -> None:
     missing = [k for k in REQUIRED_KEYS if k not in manifest]
     if missing:
         raise bad(f"manifest lacks {missing}")
-    if manifest["format_version"] != FORMAT_VERSION:
-        raise bad(f"format_version {manifest['format_version']!r}, expected {FORMAT_VERSION}")
+    if manifest["format_version"] not in FORMAT_VERSIONS:
+        raise bad(f"format_version {manifest['format_version']!r}, expected one of {FORMAT_VERSIONS}")
     names = manifest["class_names"]
     if not (isinstance(names, list) and names and all(isinstance(n, str) for n in names)):
         raise bad("class_names must be a non-empty list of strings")

@@ -145,3 +145,138 @@ def test_manifest_round_trip_and_errors(tmp_path):
         shards.read_manifest(tmp_path)
     with pytest.raises(shards.ShardError, match="no manifest"):
         shards.read_manifest(tmp_path / "nowhere")
+
+
+# --------------------------------------------------------------------------- extra datasets (v2)
+
+GENRE_TABLE = [
+    {"id": 1, "title": "Avant-Garde", "parent": 38, "top_level": 38},
+    {"id": 38, "title": "Experimental", "parent": 0, "top_level": 38},
+    {"id": 12, "title": "Rock", "parent": 0, "top_level": 12},
+]
+
+
+def _extras(n, seed=0):
+    rng = np.random.default_rng(seed)
+    fine = rng.normal(-40, 10, size=(n, 128, 300)).astype(np.float16)
+    genres = (rng.random((n, len(GENRE_TABLE))) < 0.4).astype(np.uint8)
+    return {
+        "mel_fine": (fine, {"recipe": {"name": "fine", "n_frames": 300}}),
+        "genres": (genres, {"genre_table": GENRE_TABLE}),
+    }
+
+
+def test_a_shard_without_extras_is_the_first_format(tmp_path):
+    path, *_ = _write(tmp_path)
+    with h5py.File(path, "r") as f:
+        assert f.attrs["format_version"] == 1
+        assert "extras" not in f.attrs
+        assert sorted(f) == [
+            "failed_reason",
+            "failed_track_id",
+            "label",
+            "mel",
+            "padded_seconds",
+            "padded_track_id",
+            "track_id",
+        ]
+    same = tmp_path / "again"
+    same.mkdir()
+    path2, *_ = _write(same, extras={})
+    assert path.read_bytes() == path2.read_bytes()
+
+
+def test_extras_round_trip_and_memory_map(tmp_path):
+    extras = _extras(50)
+    path, mel, label, track_id, checksum = _write(tmp_path, extras=extras)
+    s = shards.read_shard(path, verify=True)
+    assert s.extras == {name: about for name, (_, about) in extras.items()}
+    assert s.extra_shapes == {"mel_fine": (50, 128, 300), "genres": (50, 3)}
+    data = {name: d for name, (d, _) in extras.items()}
+    assert checksum == s.checksum == shards.content_checksum(mel, label, track_id, data)
+    assert checksum != shards.content_checksum(mel, label, track_id)
+    with h5py.File(path, "r") as f:
+        assert f.attrs["format_version"] == shards.EXTRAS_FORMAT_VERSION
+        assert f["mel_fine"].chunks == (1, 128, 300)
+    fine = shards.memmap(path, shards.data_layout(path, "mel_fine"))
+    assert fine.dtype == np.float16
+    np.testing.assert_array_equal(fine, data["mel_fine"])
+    np.testing.assert_array_equal(shards.read_extra(path, "genres"), data["genres"])
+    np.testing.assert_array_equal(shards.mel_memmap(path), mel)
+
+
+def test_compressed_extras_read_back(tmp_path):
+    extras = _extras(20)
+    path, *_ = _write(tmp_path, n=20, extras=extras, compression="gzip")
+    assert shards.data_layout(path, "mel_fine") is None
+    np.testing.assert_array_equal(shards.read_extra(path, "mel_fine"), extras["mel_fine"][0])
+    shards.read_shard(path, verify=True)
+
+
+def test_a_flipped_byte_in_an_extra_is_caught(tmp_path):
+    path, *_ = _write(tmp_path, extras=_extras(50))
+    layout = shards.data_layout(path, "mel_fine")
+    with open(path, "r+b") as fh:
+        fh.seek(layout.offset + 4001)
+        byte = fh.read(1)
+        fh.seek(layout.offset + 4001)
+        fh.write(bytes([byte[0] ^ 0x01]))
+    shards.read_shard(path)
+    with pytest.raises(shards.ShardError, match="checksum"):
+        shards.read_shard(path, verify=True)
+
+
+def test_no_label_only_in_a_shard_with_genres(tmp_path):
+    mel = np.zeros((2, 128, 128), np.float32)
+    common = dict(
+        mel=mel,
+        label=[-1, 3],
+        track_id=[1, 2],
+        split="test",
+        shard_index=0,
+        num_shards=1,
+        subset="small",
+        recipe={},
+        class_names=CLASSES,
+    )
+    path = tmp_path / shards.shard_name("test", 0, 1)
+    with pytest.raises(ValueError, match=r"labels must lie in \[0, 16\)"):
+        shards.write_shard(path, **common)
+    genres = np.array([[1, 0, 0], [0, 0, 1]], np.uint8)
+    shards.write_shard(path, **common, extras={"genres": (genres, {"genre_table": GENRE_TABLE})})
+    assert shards.read_shard(path, verify=True).label.tolist() == [shards.NO_LABEL, 3]
+
+
+@pytest.mark.parametrize(
+    "extras, problem",
+    [
+        ({"mel_coarse": (np.zeros((2, 4), np.float16), {})}, "unknown extra dataset 'mel_coarse'"),
+        ({"mel_fine": (np.zeros((2, 128, 9), np.float32), {})}, "mel_fine must be float16"),
+        ({"mel_fine": (np.zeros((3, 128, 9), np.float16), {})}, "and 2 rows"),
+        ({"genres": (np.full((2, 3), 2, np.uint8), {})}, "0 or 1"),
+        ({"mel_fine": (np.full((2, 128, 9), np.inf, np.float16), {})}, "NaN or infinite"),
+    ],
+)
+def test_bad_extras_are_refused_and_nothing_written(tmp_path, extras, problem):
+    path = tmp_path / shards.shard_name("test", 0, 1)
+    with pytest.raises(ValueError, match=problem):
+        shards.write_shard(
+            path,
+            mel=np.zeros((2, 128, 128), np.float32),
+            label=[0, 1],
+            track_id=[1, 2],
+            split="test",
+            shard_index=0,
+            num_shards=1,
+            subset="small",
+            recipe={},
+            class_names=CLASSES,
+            extras=extras,
+        )
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_read_extra_names_the_shard_without_it(tmp_path):
+    path, *_ = _write(tmp_path)
+    with pytest.raises(shards.ShardError, match=f"{path.name}.*no 'genres' dataset"):
+        shards.read_extra(path, "genres")
