@@ -41,7 +41,7 @@ from typing import BinaryIO, Iterator, Union
 import numpy as np
 import soundfile
 
-from preprocess.recipe import Recipe, TooShortError, mel_from_mono, prepare_waveform
+from preprocess.recipe import Recipe, TooShortError, mel_from_mono, prepare_waveform, same_waveform
 
 #: A path, or a binary file object open for reading (seekable).
 Source = Union[str, os.PathLike, BinaryIO]
@@ -317,11 +317,14 @@ class TrackImage:
         Length of audio the image was made from (at most the recipe's ``duration_s``).
     padded : bool
         True when the clip was shorter than ``duration_s`` and padded with silence.
+    fine : np.ndarray or None, shape (fine.n_mels, fine.n_frames), float16
+        The finer image of the same samples, when a ``fine`` recipe was asked for.
     """
 
     image: np.ndarray
     seconds: float
     padded: bool
+    fine: np.ndarray | None = None
 
 
 def is_digital_silence(mono: np.ndarray, rate: int) -> bool:
@@ -330,7 +333,9 @@ def is_digital_silence(mono: np.ndarray, rate: int) -> bool:
     return rest.size == 0 or float(np.abs(rest).max()) <= SILENCE_PEAK
 
 
-def image_of(waveform: np.ndarray, rate: int, recipe: Recipe, keep_silence: bool = False) -> TrackImage:
+def image_of(
+    waveform: np.ndarray, rate: int, recipe: Recipe, keep_silence: bool = False, fine: Recipe | None = None
+) -> TrackImage:
     """The recipe's image of a decoded clip, with its padding and silence checks.
 
     Parameters
@@ -340,29 +345,43 @@ def image_of(waveform: np.ndarray, rate: int, recipe: Recipe, keep_silence: bool
     recipe : Recipe
     keep_silence : bool
         Make an image of digital silence instead of failing it.
+    fine : Recipe, optional
+        Also make this recipe's image of the same prepared samples (stored as float16); it must
+        prepare clips as ``recipe`` does (:func:`~preprocess.recipe.same_waveform`).
 
     Raises
     ------
     TrackFailure
         ``too short: ...``, ``digital silence``, ``bad audio: ...``.
     """
+    if fine is not None and not same_waveform(recipe, fine):
+        raise ValueError(
+            f"recipe {fine.name!r} prepares clips unlike {recipe.name!r}: it needs its own decode"
+        )
     try:
         n = min(waveform.shape[-1], int(recipe.duration_s * rate))
         mono, out_rate = prepare_waveform(waveform, rate, recipe)
         if not keep_silence and is_digital_silence(mono, out_rate):
             raise TrackFailure(SILENCE)
         image = mel_from_mono(mono, out_rate, recipe)
+        fine_image = None if fine is None else mel_from_mono(mono, out_rate, fine).astype(np.float16)
     except TooShortError as exc:
         raise TrackFailure(str(exc)) from None
     except TrackFailure:
         raise
     except ValueError as exc:
         raise TrackFailure(f"bad audio: {exc}") from None
-    return TrackImage(image=image, seconds=n / rate, padded=n < int(recipe.duration_s * rate))
+    return TrackImage(
+        image=image, seconds=n / rate, padded=n < int(recipe.duration_s * rate), fine=fine_image
+    )
 
 
 def track_image(
-    source: Source, recipe: Recipe, timeout_s: float | None = None, keep_silence: bool = False
+    source: Source,
+    recipe: Recipe,
+    timeout_s: float | None = None,
+    keep_silence: bool = False,
+    fine: Recipe | None = None,
 ) -> TrackImage:
     """Decode the first ``recipe.duration_s`` of one file and compute its image.
 
@@ -377,6 +396,8 @@ def track_image(
         Per-track wall-time limit (decode + image).
     keep_silence : bool
         Keep digital silence (an image at the dB floor) instead of failing it.
+    fine : Recipe, optional
+        Also the finer image of the same decoded samples (``TrackImage.fine``).
 
     Returns
     -------
@@ -387,7 +408,7 @@ def track_image(
         try:
             with time_limit(timeout_s):
                 waveform, rate = decode(source, max_seconds=recipe.duration_s)
-                return image_of(waveform, rate, recipe, keep_silence)
+                return image_of(waveform, rate, recipe, keep_silence, fine)
         except TrackFailure as exc:
             failure = type(exc)(with_decoder_messages(str(exc), said.text()))
     raise failure from None

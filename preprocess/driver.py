@@ -57,6 +57,7 @@ from preprocess.plan import (
     build_plan,
     changed_plan_error,
     plan_changes,
+    plan_extras,
     remove_unplanned,
     shard_status,
     write_plan,
@@ -103,8 +104,9 @@ def compute_shard(task: dict) -> dict:
     ----------
     task : dict
         ``spec`` (ShardSpec.to_dict()), ``audio`` (AudioSource.to_dict()), ``out``, ``recipe``
-        (Recipe.to_dict()), ``subset``, ``class_names``, ``timeout_s``, ``compression``,
-        ``keep_silence`` (optional, default False).
+        (Recipe.to_dict()), ``fine_recipe`` (Recipe.to_dict() or None: the ``mel_fine`` image),
+        ``subset``, ``class_names``, ``timeout_s``, ``compression``, ``keep_silence`` (optional,
+        default False).
 
     Returns
     -------
@@ -121,20 +123,26 @@ def compute_shard(task: dict) -> dict:
     start = time.perf_counter()
     spec = ShardSpec.from_dict(task["spec"])
     recipe = Recipe.from_dict(task["recipe"])
+    fine = Recipe.from_dict(task["fine_recipe"]) if task.get("fine_recipe") else None
     out = Path(task["out"])
     images = np.empty((len(spec.track_ids), recipe.n_mels, recipe.n_frames), dtype=np.float32)
+    fine_images = (
+        None if fine is None else np.empty((len(spec.track_ids), fine.n_mels, fine.n_frames), np.float16)
+    )
     kept: list[int] = []
     failed: list[tuple[int, str]] = []
     padded: list[tuple[int, float]] = []
 
     def image(source):
-        return track_image(source, recipe, task["timeout_s"], task.get("keep_silence", False))
+        return track_image(source, recipe, task["timeout_s"], task.get("keep_silence", False), fine)
 
     with open_tracks(AudioSource.from_dict(task["audio"])) as tracks:  # a zip: opened once per shard
         for i, track_id in enumerate(spec.track_ids):
             try:
                 result = tracks.apply(track_id, image)  # a path, or a zip member in memory
                 images[len(kept)] = result.image
+                if fine_images is not None:
+                    fine_images[len(kept)] = result.fine
                 kept.append(i)
                 if result.padded:
                     padded.append((track_id, result.seconds))
@@ -160,6 +168,9 @@ def compute_shard(task: dict) -> dict:
         failed=failed,
         compression=task["compression"],
         padded=padded,
+        extras={}
+        if fine is None
+        else {"mel_fine": (fine_images[: len(kept)], {"recipe": task["fine_recipe"]})},
     )
     return {
         "name": spec.name,
@@ -262,13 +273,15 @@ def sort_shards(
         if options.force:
             todo.append(spec)
             continue
-        contents, problem = shard_status(options.out / spec.name, spec, plan.recipe)
+        contents, problem = shard_status(options.out / spec.name, spec, plan.data)
         if problem is None:
             complete.append(spec)
             failed_reasons.update(reason_key(r) for _, r in contents.failed)
             padded += [seconds for _, seconds in contents.padded]
             continue
-        if contents is not None and contents.recipe != plan.recipe:
+        if contents is not None and (
+            contents.recipe != plan.recipe or contents.extras != plan_extras(plan.data)
+        ):
             raise FeaturesError(
                 f"{options.out / spec.name} was made with another recipe; use --force to replace it"
             )
@@ -283,6 +296,7 @@ def shard_task(options: FeatureOptions, plan: ShardPlan, spec: ShardSpec) -> dic
         "audio": plan.audio.to_dict(),
         "out": str(options.out.resolve()),
         "recipe": plan.recipe,
+        "fine_recipe": plan.data.get("fine_recipe"),
         "subset": options.subset,
         "class_names": list(fma.CLASS_NAMES),
         "timeout_s": options.track_timeout,
@@ -388,7 +402,7 @@ def run_features(options: FeatureOptions) -> dict:
     except KeyboardInterrupt:
         # The workers are stopped: count what is on disk (a shard may have been renamed into place
         # after its result last reached this process).
-        now = sum(shard_status(options.out / s.name, s, plan.recipe)[1] is None for s in todo)
+        now = sum(shard_status(options.out / s.name, s, plan.data)[1] is None for s in todo)
         log.warning(
             "interrupted: %d of %d shards are complete (%d computed in this run); finished shards "
             "are kept: rerun the same command to resume",

@@ -36,7 +36,7 @@ def build_manifest(folder: Path, plan: dict) -> tuple[dict | None, list[str]]:
     versions: dict = {}
     extras: dict = {}  # what the shards' extra datasets are (the same in every shard of a plan)
     for spec in (ShardSpec.from_dict(d) for d in plan["shards"]):
-        contents, problem = shard_status(folder / spec.name, spec, plan["recipe"])
+        contents, problem = shard_status(folder / spec.name, spec, plan)
         if problem is not None:
             problems.append(f"{spec.name}: {problem}")
             continue

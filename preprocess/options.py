@@ -26,7 +26,7 @@ from preprocess import fma
 from preprocess.assign import DEFAULT_SHARD_SIZE
 from preprocess.errors import FeaturesError
 from preprocess.metadata import DEFAULT_MIN_DURATION
-from preprocess.recipe import RECIPES, Recipe
+from preprocess.recipe import RECIPES, Recipe, same_waveform
 
 DEFAULT_TRACK_TIMEOUT = 120.0
 BACKENDS = ("local", "dask")
@@ -48,7 +48,11 @@ class FeatureOptions:
     subset : str
         FMA subset: small, medium or large (nested).
     recipe : Recipe
-        The feature recipe (``--recipe`` names one of ``preprocess.recipe.RECIPES``).
+        The feature recipe of the ``mel`` image (``--recipes NAME[,FINE]``' first name, one of
+        ``preprocess.recipe.RECIPES``).
+    fine : Recipe or None
+        A second, finer image of the same decoded samples, stored as ``mel_fine`` (the second
+        name of ``--recipes``, e.g. ``reference,fine``); None: only ``mel``.
     shard_size : int
         Tracks per shard (one shard is one task).
     skip_known_bad : bool
@@ -89,6 +93,7 @@ class FeatureOptions:
     out: Path
     subset: str = "large"
     recipe: Recipe = field(default_factory=lambda: RECIPES["reference"])
+    fine: Recipe | None = None
     shard_size: int = DEFAULT_SHARD_SIZE
     skip_known_bad: bool = True
     min_duration: float | None = DEFAULT_MIN_DURATION
@@ -123,7 +128,7 @@ class FeatureOptions:
     def from_args(cls, args: argparse.Namespace) -> FeatureOptions:
         """The options of a parsed command line (either command's; absent flags keep their defaults)."""
         given = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if hasattr(args, f.name)}
-        given["recipe"] = RECIPES[args.recipe]
+        given["recipe"], given["fine"] = parse_recipes(args.recipes)
         given["min_duration"] = None if args.min_duration < 0 else args.min_duration
         given["track_timeout"] = args.track_timeout or None
         for message in getattr(args, "deprecated", []):
@@ -136,8 +141,8 @@ class FeatureOptions:
         For the tasks of an array job (cluster/features-array.sbatch takes those three first).
         """
         argv = [
-            "--recipe",
-            self.recipe.name,
+            "--recipes",
+            self.recipe.name if self.fine is None else f"{self.recipe.name},{self.fine.name}",
             "--shard-size",
             str(self.shard_size),
             "--min-duration",
@@ -177,11 +182,34 @@ def validation_problems(options: FeatureOptions) -> list[str]:
         problems.append(f"--backend must be one of {', '.join(BACKENDS)}, got {options.backend!r}")
     if options.backend == "dask" and not options.scheduler:
         problems.append("--backend dask needs --scheduler tcp://host:port or a scheduler-file path")
+    if options.fine is not None and not same_waveform(options.recipe, options.fine):
+        problems.append(
+            f"--recipes: {options.fine.name!r} prepares clips unlike {options.recipe.name!r} (duration, "
+            f"sample rate): the second image must come from the same decoded samples"
+        )
     if options.compression not in (None, *COMPRESSIONS):
         problems.append(
             f"--compression must be one of {', '.join(COMPRESSIONS)}, got {options.compression!r}"
         )
     return problems
+
+
+def parse_recipes(text: str) -> tuple[Recipe, Recipe | None]:
+    """``--recipes`` ("reference" or "reference,fine") -> the ``mel`` recipe and the ``mel_fine`` one.
+
+    Raises
+    ------
+    FeaturesError
+        An unknown name, more than two, or the same one twice.
+    """
+    names = [n.strip() for n in text.split(",")]
+    unknown = [n for n in names if n not in RECIPES]
+    if unknown or not 1 <= len(names) <= 2 or len(set(names)) != len(names):
+        raise FeaturesError(
+            f"--recipes {text!r}: give one recipe, or two (the image and a finer one from the same "
+            f"decode, e.g. reference,fine), each one of {', '.join(sorted(RECIPES))}"
+        )
+    return RECIPES[names[0]], RECIPES[names[1]] if len(names) == 2 else None
 
 
 def worker_count(options: FeatureOptions, tasks: int) -> int:
@@ -208,11 +236,14 @@ def add_plan_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--out", required=True, help="shard set folder (created)")
     parser.add_argument(
-        "--recipe",
+        "--recipes",
         default="reference",
-        choices=sorted(RECIPES),
-        help="feature recipe (reference = the reference project's)",
+        metavar="NAME[,FINE]",
+        help="feature recipe of the image (reference = the reference project's), optionally a second, "
+        "finer image made from the same decode and stored beside it as mel_fine: reference,fine "
+        f"(known: {', '.join(sorted(RECIPES))}; default %(default)s)",
     )
+    parser.add_argument("--recipe", dest="recipes", help=argparse.SUPPRESS)  # the older name
     parser.add_argument(
         "--shard-size",
         type=int,

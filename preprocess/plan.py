@@ -104,7 +104,18 @@ def build_plan(options: FeatureOptions) -> ShardPlan:
         "shards": [s.to_dict() for s in specs],
         "skipped": selection.skipped,
     }
+    if options.fine is not None:  # only then: a plan without it is the same as before
+        data["fine_recipe"] = options.fine.to_dict()
     return ShardPlan(audio=audio, selection=selection, specs=specs, data=data)
+
+
+def plan_extras(plan: dict) -> dict:
+    """What every shard of ``plan`` (plan.json's data) says of its extra datasets
+    (the ``extras`` attribute, see :data:`shards.EXTRAS`); empty for a plain shard set."""
+    extras = {}
+    if "fine_recipe" in plan:
+        extras["mel_fine"] = {"recipe": plan["fine_recipe"]}
+    return extras
 
 
 def read_plan(out: Path) -> dict | None:
@@ -121,7 +132,7 @@ def read_plan(out: Path) -> dict | None:
 def plan_differences(old: dict, new: dict) -> list[str]:
     """Human-readable keys in which two plans differ (empty if they are equal)."""
     diffs = []
-    for key in ("subset", "class_names", "shard_size", "selection"):
+    for key in ("subset", "class_names", "shard_size", "selection", "fine_recipe"):
         if old.get(key) != new.get(key):
             diffs.append(f"{key}: {old.get(key)!r} -> {new.get(key)!r}")
     if old.get("recipe") != new.get("recipe"):
@@ -170,8 +181,9 @@ def remove_unplanned(out: Path, plan: ShardPlan) -> None:
     (Path(out) / MANIFEST_NAME).unlink(missing_ok=True)
 
 
-def shard_status(path: Path, spec: ShardSpec, recipe: dict) -> tuple[ShardContents | None, str | None]:
-    """Whether ``path`` is a complete shard of ``spec`` made with ``recipe``.
+def shard_status(path: Path, spec: ShardSpec, plan: dict) -> tuple[ShardContents | None, str | None]:
+    """Whether ``path`` is a complete shard of ``spec`` made as ``plan`` (plan.json's data) says:
+    its recipe and its extra datasets (:func:`plan_extras`).
 
     Cheap: reads attributes and ids, not the images (the checksum was verified when the
     shard was written; ``verify`` re-checks the data).
@@ -187,8 +199,10 @@ def shard_status(path: Path, spec: ShardSpec, recipe: dict) -> tuple[ShardConten
         contents = read_shard(path)
     except ShardError as exc:
         return None, f"unreadable ({exc})"
-    if contents.recipe != recipe:
+    if contents.recipe != plan["recipe"]:
         return contents, "made with another recipe"
+    if contents.extras != plan_extras(plan):
+        return contents, "made with other extra datasets"
     done = set(contents.track_id.tolist()) | {t for t, _ in contents.failed}
     if done != set(spec.track_ids):
         return contents, "holds other tracks than planned"

@@ -293,7 +293,7 @@ def plan_submission(options: FeatureOptions, shards_per_task: int) -> SubmitPlan
     complete = 0
     for task in range(num_tasks):
         for spec in select_for_task(plan.specs, task, num_tasks):
-            if shard_status(options.out / spec.name, spec, plan.recipe)[1] is None:
+            if shard_status(options.out / spec.name, spec, plan.data)[1] is None:
                 complete += 1
             else:
                 tasks.setdefault(task, []).append(spec.name)

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from shards import ShardError, data_layout, read_manifest, read_shard
+from shards import ShardError, data_layout, lowest_label, read_manifest, read_shard
 
 log = logging.getLogger(__name__)
 
@@ -52,8 +52,9 @@ def verify_shards(folder: str | Path, progress: bool = False) -> list[str]:
             continue
         if contents.mel_shape[1:] != shape:
             problems.append(f"{path}: images are {contents.mel_shape[1:]}, the recipe says {shape}")
-        if contents.num_tracks and (contents.label.min() < 0 or contents.label.max() >= n_classes):
-            problems.append(f"{path}: labels outside [0, {n_classes})")
+        low = lowest_label(contents.extras)
+        if contents.num_tracks and (contents.label.min() < low or contents.label.max() >= n_classes):
+            problems.append(f"{path}: labels outside [{low}, {n_classes})")
         if contents.checksum != entry["checksum"]:
             problems.append(
                 f"{path}: checksum {contents.checksum} differs from the manifest's "
@@ -63,6 +64,8 @@ def verify_shards(folder: str | Path, progress: bool = False) -> list[str]:
             problems.append(f"{path}: {contents.num_tracks} tracks, the manifest says {entry['num_tracks']}")
         if contents.recipe != recipe:
             problems.append(f"{path}: made with another recipe than the manifest's")
+        if contents.extras != manifest.get("extras", {}):
+            problems.append(f"{path}: its extra datasets differ from the manifest's")
         if contents.class_names != manifest["class_names"]:
             problems.append(f"{path}: class names differ from the manifest's")
         for tid in contents.track_id.tolist():

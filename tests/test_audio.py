@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from preprocess.audio import AudioReader, TrackFailure, decode, mel_from_file, track_image
-from preprocess.recipe import Recipe
+from preprocess.recipe import RECIPES, Recipe
 from preprocess.synth_audio import add_xing_header
 from tests._reference import plain_librosa
 
@@ -239,7 +239,7 @@ def _report(title: str, worst: dict) -> None:
 def test_every_generated_kind_decodes_as_librosa_load(mini_fma):
     """Loud, quiet, MPEG-2/2.5, mono, joint and true stereo, DC, lead-in, VBR (with and without a Xing
     header), full-length, ID3v1: our mono waveform is librosa.load's to 1e-5, nothing clamped, and
-    the image is the plain librosa recipe's to 0.05 dB."""
+    the image and the fine image are the plain librosa recipe's to 0.05 dB."""
     fma_dir, truth = mini_fma
     worst: dict[str, list] = {}
     loud_peaks = []
@@ -253,14 +253,29 @@ def test_every_generated_kind_decodes_as_librosa_load(mini_fma):
         wave_diff = float(np.abs(mono - theirs).max())
         n = int(29.5 * sr)
         padded = np.concatenate([theirs, np.zeros(max(n - theirs.size, 0), np.float32)])
-        image_diff = float(np.abs(track_image(path, Recipe()).image - plain_librosa(padded, sr)).max())
-        assert wave_diff <= 1e-5 and image_diff <= 0.05, (tid, wave_diff, image_diff)
+        ours = track_image(path, Recipe(), fine=RECIPES["fine"])
+        image_diff = float(np.abs(ours.image - plain_librosa(padded, sr)).max())
+        # The fine image (float16: <= 0.031 dB of rounding in -128..128 dB) from the same decode.
+        fine_diff = float(np.abs(ours.fine.astype(np.float32) - plain_librosa(padded, sr, 1271)).max())
+        assert wave_diff <= 1e-5 and image_diff <= 0.05 and fine_diff <= 0.05, (
+            tid,
+            wave_diff,
+            image_diff,
+            fine_diff,
+        )
+        assert ours.fine.shape == (128, 1271) and ours.fine.dtype == np.float16
         peak = float(np.abs(waveform).max())
         if info["master"] == "loud":
             loud_peaks.append(peak)
         for kind in generated_kinds(info):
-            row = worst.setdefault(kind, [0, 0.0, 0.0, 0.0])
-            row[:] = [row[0] + 1, max(row[1], wave_diff), max(row[2], image_diff), max(row[3], peak)]
+            row = worst.setdefault(kind, [0, 0.0, 0.0, 0.0, 0.0])
+            row[:] = [
+                row[0] + 1,
+                max(row[1], wave_diff),
+                max(row[2], image_diff),
+                max(row[3], fine_diff),
+                max(row[4], peak),
+            ]
     # Every kind occurs, and the loud masters really overshoot full scale (clamping would show).
     assert set(worst) >= {
         "loud",
@@ -279,7 +294,11 @@ def test_every_generated_kind_decodes_as_librosa_load(mini_fma):
         "id3v1",
     }
     assert min(loud_peaks) > 1.0 and max(loud_peaks) >= 1.25, loud_peaks
-    _report("kind: files, max |mono - librosa.load|, max |image - plain librosa| (dB), max peak", worst)
+    _report(
+        "kind: files, max |mono - librosa.load|, max |image - plain librosa| (dB), the same for the fine "
+        "image (dB), max peak",
+        worst,
+    )
 
 
 def test_generated_files_decode_as_ffmpeg(mini_fma):

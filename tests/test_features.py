@@ -192,6 +192,41 @@ def test_other_recipe_is_refused_and_wrong_dataset_is_explained(run, mini_fma, t
         driver.run_features(FeatureOptions(wrong, tmp_path / "o2", shard_size=SHARD_SIZE, progress=False))
 
 
+def test_the_fine_image_comes_from_the_same_decode_beside_an_unchanged_mel(run, mini_fma, tmp_path):
+    """--recipes reference,fine: every shard holds the same tracks, failures and `mel` as without it,
+    plus `mel_fine` (float16, 128 x 1271) recorded with its recipe in the shards, plan and manifest;
+    switching an existing shard set to or from the fine image is refused without --force."""
+    from preprocess.recipe import RECIPES
+
+    plain, _ = run
+    out = tmp_path / "fine"
+    options = FeatureOptions(
+        mini_fma[0], out, jobs=2, shard_size=SHARD_SIZE, fine=RECIPES["fine"], progress=False
+    )
+    driver.run_features(options)
+    manifest = read_manifest(out)
+    assert manifest["format_version"] == 2
+    assert manifest["extras"] == {"mel_fine": {"recipe": RECIPES["fine"].to_dict()}}
+    assert json.loads((out / "plan.json").read_text())["fine_recipe"] == RECIPES["fine"].to_dict()
+    assert "fine_recipe" not in json.loads((plain / "plan.json").read_text())
+    for entry in manifest["shards"]:
+        ours, theirs = read_shard(out / entry["name"], verify=True), read_shard(plain / entry["name"])
+        assert ours.failed == theirs.failed
+        np.testing.assert_array_equal(ours.track_id, theirs.track_id)
+        assert ours.extra_shapes["mel_fine"] == (ours.num_tracks, 128, 1271)
+        with h5py.File(out / entry["name"]) as f, h5py.File(plain / entry["name"]) as g:
+            coarse = g["mel"][()]
+            np.testing.assert_array_equal(f["mel"][()], coarse)
+            assert f["mel_fine"].dtype == np.float16
+            fine = f["mel_fine"][()].astype(np.float32)
+        if ours.num_tracks:  # the same excerpt: the time-averaged spectra agree, band by band
+            assert np.corrcoef(fine.mean(axis=2).ravel(), coarse.mean(axis=2).ravel())[0, 1] > 0.95
+    assert driver.run_features(options)["computed"] == []  # complete: rerun does nothing
+    for other, into in ((options.replace(fine=None), out), (options.replace(out=plain), plain)):
+        with pytest.raises(driver.FeaturesError, match="different settings.*fine_recipe.*--force"):
+            driver.run_features(other.replace(out=into))
+
+
 def test_killed_run_restarts_to_identical_shards(run, mini_fma, tmp_path, python, subprocess_env):
     out, _ = run
     killed = tmp_path / "killed"

@@ -105,6 +105,7 @@ def test_every_flag_reaches_its_field():
         {"max_failure_fraction": 0.9},
         {"keep_silence": True},
         {"audio_zip": Path("/fma/fma_large.zip")},
+        {"fine": RECIPES["fine"]},
     ],
 )
 def test_array_tasks_get_the_same_plan_options(changes):
@@ -124,7 +125,23 @@ def test_plan_options_are_the_same_for_features_and_slurm():
     add_plan_arguments(plan_only)
     add_run_arguments(run_only)
     dests = set(vars(plan_only.parse_args(["--out", "o"]))) | set(vars(run_only.parse_args([])))
-    assert dests == {f.name for f in dataclasses.fields(FeatureOptions)}
+    # --recipes gives two fields: the image's recipe and the fine one
+    assert dests - {"recipes"} | {"recipe", "fine"} == {f.name for f in dataclasses.fields(FeatureOptions)}
+
+
+@pytest.mark.parametrize(
+    "text, problem",
+    [("reference,nope", "nope"), ("reference,fine,fixed22050", "two"), ("fine,fine", "two")],
+)
+def test_bad_recipes_are_refused_naming_the_flag(text, problem):
+    with pytest.raises(FeaturesError, match=f"--recipes.*{problem}"):
+        _parse("--recipes", text)
+
+
+def test_the_fine_image_must_come_from_the_same_decode():
+    assert _parse("--recipes", "reference,fine").fine == RECIPES["fine"]
+    with pytest.raises(FeaturesError, match="--recipes.*same decoded samples"):
+        _parse("--recipes", "reference,fixed22050")
 
 
 def test_old_flag_names_still_work_and_warn(caplog):
