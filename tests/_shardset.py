@@ -13,11 +13,14 @@ import numpy as np
 import shards
 
 RECIPE = {"name": "test-recipe", "n_mels": 128, "frames": 128}
+FINE_RECIPE = {"name": "test-fine", "n_mels": 128, "n_frames": 300}
 
 
-def band_images(labels: np.ndarray, num_classes: int, rng: np.random.Generator) -> np.ndarray:
-    """Images (N, 128, 128) float32 whose class is a band-energy pattern."""
-    images = rng.normal(-40.0, 4.0, size=(len(labels), 128, 128)).astype(np.float32)
+def band_images(
+    labels: np.ndarray, num_classes: int, rng: np.random.Generator, frames: int = 128
+) -> np.ndarray:
+    """Images (N, 128, frames) float32 whose class is a band-energy pattern."""
+    images = rng.normal(-40.0, 4.0, size=(len(labels), 128, frames)).astype(np.float32)
     band = 128 // num_classes
     for i, c in enumerate(labels):
         images[i, c * band : (c + 1) * band, :] += 12.0
@@ -31,25 +34,32 @@ def make_shard_set(
     seed: int = 0,
     compression: str | None = None,
     label_noise: float = 0.0,
+    fine: bool = False,
 ) -> dict:
     """Write a shard set: ``counts[split]`` = tracks per shard of that split, plus manifest.json.
 
     ``label_noise``: this fraction of the stored labels is replaced by a random class
     (the images keep their true pattern), so even a perfect model makes mistakes.
+    ``fine``: also a ``mel_fine`` image (N, 128, 300) float16 of the same pattern (:data:`FINE_RECIPE`).
 
     Returns
     -------
     dict: {"manifest": dict, "data": {split: (mel (N,128,128), label (N,), track_id (N,))}}
+        and, with ``fine``, "fine": {split: (N, 128, 300) float16}
     """
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     class_names = [f"genre{c:02d}" for c in range(num_classes)]
-    entries, data, next_id, totals = [], {}, 1, {}
+    entries, data, fine_data, next_id, totals = [], {}, {}, 1, {}
+    extras = {"mel_fine": {"recipe": FINE_RECIPE}} if fine else {}
     for split, per_shard in counts.items():
-        mels, labels, ids = [], [], []
+        mels, labels, ids, fines = [], [], [], []
         for index, n in enumerate(per_shard):
             label = rng.integers(0, num_classes, size=n)
             mel = band_images(label, num_classes, rng)
+            fine_mel = None
+            if fine:  # drawn only then: shard sets without it stay as they were
+                fine_mel = band_images(label, num_classes, rng, FINE_RECIPE["n_frames"]).astype(np.float16)
             noisy = rng.random(n) < label_noise
             label = np.where(noisy, rng.integers(0, num_classes, size=n), label)
             track_id = np.arange(next_id, next_id + n, dtype=np.int64)
@@ -67,6 +77,7 @@ def make_shard_set(
                 recipe=RECIPE,
                 class_names=class_names,
                 compression=compression,
+                extras={"mel_fine": (fine_mel, extras["mel_fine"])} if fine else None,
             )
             entries.append(
                 {
@@ -83,10 +94,13 @@ def make_shard_set(
             mels.append(mel)
             labels.append(label)
             ids.append(track_id)
+            fines.append(fine_mel)
         data[split] = (np.concatenate(mels), np.concatenate(labels).astype(np.int64), np.concatenate(ids))
+        if fine:
+            fine_data[split] = np.concatenate(fines)
         totals[split] = {"tracks": int(sum(per_shard))}
     manifest = {
-        "format_version": shards.FORMAT_VERSION,
+        "format_version": shards.EXTRAS_FORMAT_VERSION if fine else shards.FORMAT_VERSION,
         "subset": "large",
         "recipe": RECIPE,
         "class_names": class_names,
@@ -97,8 +111,10 @@ def make_shard_set(
         "failed": [],
         "versions": {},
     }
+    if fine:
+        manifest["extras"] = extras
     shards.write_manifest(folder, manifest)
-    return {"manifest": manifest, "data": data}
+    return {"manifest": manifest, "data": data, **({"fine": fine_data} if fine else {})}
 
 
 def fit_argv(shards_dir: Path, run: Path, *extra: str, batch_size: int = 16, seed: int = 3) -> list[str]:

@@ -21,7 +21,8 @@ import yaml
 from shards import atomic_write_text
 from shards.errors import FmaGenreError
 
-MODEL_CHOICES = ("seed", "resnet")
+MODEL_CHOICES = ("seed", "resnet", "shortchunk")
+IMAGES = ("mel", "mel_fine")
 OPTIMIZERS = ("sgd", "adamw")
 METRICS = ("macro_f1", "accuracy")
 PRELOAD = ("none", "ram", "gpu")
@@ -52,11 +53,27 @@ class TrainConfig:
     shards: str = _f("", "shard set folder (holds manifest.json)")
     run: str = _f("", "run folder: checkpoints, config.yaml, TensorBoard events, test report")
     model: str = _f("seed", "model name", MODEL_CHOICES)
+    image: str = _f(
+        "mel",
+        "the image the model reads: mel (128 x 128 over 29.5 s, the reference) or mel_fine (128 x 1271, "
+        "23 ms frames; shard sets made with RECIPES=reference,fine)",
+        IMAGES,
+    )
+    crop_frames: int = _f(
+        128,
+        "train on random crops of this many frames of each image (a new crop every epoch) and score a "
+        "clip as the mean of its chunks' probabilities; 128 frames are the whole mel image, or 2.97 s "
+        "of mel_fine",
+    )
     norm: str = _f(
         "batch",
         "normalisation layers: batch (BatchNorm, the reference) or group (GroupNorm: "
         "independent of how the batch is split across ranks)",
         NORMS,
+    )
+    width: int = _f(0, "channels of the first layer of resnet / shortchunk (0: the model's default)")
+    dropout: float = _f(
+        -1.0, "dropout before the last layer of resnet / shortchunk (-1: the model's default)"
     )
     epochs: int = _f(20, "number of epochs")
     batch_size: int = _f(32, "samples per batch")
@@ -75,6 +92,9 @@ class TrainConfig:
         CLASS_WEIGHTS,
     )
     select_metric: str = _f("macro_f1", "validation metric that picks best.pt", METRICS)
+    validate_every: int = _f(
+        1, "validate (and consider for best.pt) every this many epochs, and after the last one"
+    )
     normalize: bool = _f(True, "standardise each mel band with training-split mean/std")
     preload: str = _f("none", "copy the split into memory first: none, ram or gpu", PRELOAD)
     num_workers: int = _f(-1, "DataLoader worker processes (-1: 0 on CPU or small machines, else 4)")
@@ -125,9 +145,13 @@ class TrainConfig:
             value = getattr(self, f.name)
             if choices and value not in choices:
                 raise ConfigError(f"config {f.name}={value!r}: must be one of {choices}")
-        for name in ("epochs", "batch_size"):
+        for name in ("epochs", "batch_size", "crop_frames", "validate_every"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"config {name}={getattr(self, name)}: must be >= 1")
+        if (self.width or self.dropout >= 0) and self.model == "seed":
+            raise ConfigError("config width / dropout: the seed model has neither (it is the reference's)")
+        if self.width < 0 or self.dropout >= 1:
+            raise ConfigError(f"config: need width >= 0 and dropout < 1, got {self.width}, {self.dropout}")
         if self.dist_timeout <= 0:
             raise ConfigError(f"config dist_timeout={self.dist_timeout}: must be > 0 seconds")
         if self.lr <= 0 or self.weight_decay < 0 or self.warmup_epochs < 0 or not 0 < self.gamma <= 1:
@@ -147,6 +171,15 @@ class TrainConfig:
             self.augment_settings()
         except ValueError as exc:
             raise ConfigError(f"config: {exc}") from exc
+
+    def model_options(self) -> dict:
+        """Keyword options of the model (:class:`train.models.ModelConfig`): only those set."""
+        options = {} if self.norm == "batch" else {"norm": self.norm}
+        if self.width:
+            options["width"] = self.width
+        if self.dropout >= 0:
+            options["dropout"] = self.dropout
+        return options
 
     def augment_settings(self):
         """The augmentation settings (:class:`train.augment.AugmentSettings`); ValueError naming a bad one."""

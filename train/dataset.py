@@ -11,6 +11,12 @@ is shared with them.
 ``dataset[i]`` gives one sample, ``dataset[index_array]`` one whole batch in a
 single gather (used with :class:`train.sampling.EpochBatchSampler` and
 ``DataLoader(batch_size=None)``).
+
+It reads one image of the shards: ``mel`` (the 128 x 128 reference image) or ``mel_fine`` (the
+finer image, 128 x 1271 float16, in shard sets made with ``--recipes reference,fine``). With
+``crop_frames`` a batch can be a ``(B, 2)`` array of (index, start frame) rows: each sample is
+then the crop ``image[:, start:start + crop_frames]`` (random training crops,
+:func:`train.chunks.crop_starts`), read straight from the memory map.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ import torch
 
 import shards
 from shards import ShardError
+from train.chunks import check_crop
 
 
 @dataclass(frozen=True)
@@ -37,7 +44,31 @@ class ShardInfo:
     layout: shards.Layout | None  # None: compressed, read through h5py
 
 
-def _check_shard(path: Path, entry: dict, manifest: dict, verify: bool) -> shards.ShardContents:
+IMAGES = ("mel", "mel_fine")
+
+
+def image_recipe(manifest: dict, image: str, folder: Path) -> dict:
+    """The recipe of ``image`` in a shard set (its manifest): ``mel``'s, or ``mel_fine``'s from the extras.
+
+    Raises
+    ------
+    ShardError
+        If the shard set holds no such image, naming the folder and the fix.
+    """
+    if image not in IMAGES:
+        raise ValueError(f"image must be one of {IMAGES}, got {image!r}")
+    if image == "mel":
+        return manifest["recipe"]
+    about = manifest.get("extras", {}).get(image)
+    if about is None:
+        raise ShardError(
+            f"{folder}: this shard set holds no {image} image. Make one that does: "
+            f"`make features RECIPES=reference,fine SHARDS=...` (or --recipes reference,fine)."
+        )
+    return about["recipe"]
+
+
+def _check_shard(path: Path, entry: dict, manifest: dict, verify: bool, image: str) -> shards.ShardContents:
     contents = shards.read_shard(path, verify=verify)
     fix = "Rerun the features stage for this shard (delete it first), then `make finalize`."
     if contents.recipe != manifest["recipe"]:
@@ -58,8 +89,11 @@ def _check_shard(path: Path, entry: dict, manifest: dict, verify: bool) -> shard
         raise ShardError(
             f"{path}: holds {contents.num_tracks} tracks, the manifest says {entry['num_tracks']}. {fix}"
         )
-    if contents.num_tracks and contents.mel_shape[1:] != (128, 128):
-        raise ShardError(f"{path}: images are {contents.mel_shape[1:]}, expected (128, 128). {fix}")
+    recipe = image_recipe(manifest, image, path.parent)
+    shape = contents.mel_shape if image == "mel" else contents.extra_shapes.get(image, (0, 0, 0))
+    expected = (recipe.get("n_mels", 128), recipe.get("n_frames", 128))
+    if contents.num_tracks and tuple(shape[1:]) != expected:
+        raise ShardError(f"{path}: {image} images are {tuple(shape[1:])}, expected {expected}. {fix}")
     return contents
 
 
@@ -79,29 +113,51 @@ class ShardDataset(torch.utils.data.Dataset):
         recipe, class names, stored checksum and track count against the manifest,
         and that the file holds all the image bytes.
 
+    image : {"mel", "mel_fine"}
+        Which image of the shards to read (default ``mel``, the 128 x 128 reference image).
+    crop_frames : int, optional
+        The length of the crops a ``(B, 2)`` index batch asks for (see the module doc).
+
     Attributes
     ----------
     labels : np.ndarray, shape (N,), int64
     track_ids : np.ndarray, shape (N,), int64
     class_names : list of str
     recipe : dict
+        The recipe of the image read (``mel``'s, or the fine one's).
+    height, width : int
+        Mel bands and frames of one image.
 
-    Images come out raw (log-mel dB); standardisation is :mod:`train.normalization`'s,
+    Images come out raw (log-mel dB) as float32; standardisation is :mod:`train.normalization`'s,
     applied on the device by :class:`train.inference.BatchSource`.
     """
 
-    def __init__(self, folder: str | os.PathLike, split: str, *, verify: bool = True):
+    def __init__(
+        self,
+        folder: str | os.PathLike,
+        split: str,
+        *,
+        verify: bool = True,
+        image: str = "mel",
+        crop_frames: int | None = None,
+    ):
         self.folder = Path(folder)
         self.split = split
+        self.image = image
         self.manifest = shards.read_manifest(self.folder)
         self.class_names = list(self.manifest["class_names"])
-        self.recipe = self.manifest["recipe"]
+        self.recipe = image_recipe(self.manifest, image, self.folder)
+        self.height = int(self.recipe.get("n_mels", 128))
+        self.width = int(self.recipe.get("n_frames", 128))
+        if crop_frames is not None:
+            check_crop(self.width, crop_frames)
+        self.crop_frames = crop_frames
         entries = shards.shard_entries(self.manifest, split)
         infos, labels, track_ids, start = [], [], [], 0
         for entry in entries:
             path = self.folder / entry["name"]
-            contents = _check_shard(path, entry, self.manifest, verify)
-            layout = shards.data_layout(path, "mel") if contents.num_tracks else None
+            contents = _check_shard(path, entry, self.manifest, verify, image)
+            layout = shards.data_layout(path, image) if contents.num_tracks else None
             infos.append(ShardInfo(path, contents.num_tracks, start, layout))
             labels.append(contents.label.astype(np.int64))
             track_ids.append(contents.track_id.astype(np.int64))
@@ -144,7 +200,7 @@ class ShardDataset(torch.utils.data.Dataset):
                     reader = np.asarray(shards.memmap(info.path, info.layout))
                 else:
                     # Small chunk cache: memory must not grow with the number of shards.
-                    reader = h5py.File(info.path, "r", rdcc_nbytes=1 << 16)["mel"]
+                    reader = h5py.File(info.path, "r", rdcc_nbytes=1 << 16)[self.image]
             except (OSError, ValueError) as exc:
                 raise ShardError(
                     f"{info.path}: cannot open the images ({exc}). The file changed "
@@ -162,40 +218,55 @@ class ShardDataset(torch.utils.data.Dataset):
 
     # -- access ---------------------------------------------------------------
 
-    def _read(self, indices: np.ndarray) -> np.ndarray:
-        """Raw images of sorted ``indices``: shape (B, 128, 128) float32."""
-        out = np.empty((len(indices), 128, 128), dtype=np.float32)
-        if self._ram is not None:
-            self._ram.take(indices, axis=0, out=out, mode="clip")
-            return out
+    def _read(self, indices: np.ndarray, starts: np.ndarray | None = None) -> np.ndarray:
+        """Raw images of sorted ``indices``, float32: shape (B, H, W), or (B, H, crop_frames) crops
+        from ``starts`` (B,)."""
+        frames = self.width if starts is None else self.crop_frames
+        out = np.empty((len(indices), self.height, frames), dtype=np.float32)
         if len(indices) == 0:
+            return out
+        if self._ram is not None:
+            self._copy(self._ram, indices, starts, out)
             return out
         shard_of = np.searchsorted(self._starts, indices, side="right") - 1
         local_all = indices - self._starts[shard_of]
         bounds = (np.flatnonzero(np.diff(shard_of)) + 1).tolist()
         for lo, hi in zip([0, *bounds], [*bounds, len(indices)], strict=True):
-            shard = int(shard_of[lo])
-            local = local_all[lo:hi]
-            reader = self._reader(shard)
-            if isinstance(reader, np.ndarray):  # memmap view (h5py.Dataset otherwise)
-                # mode="clip": indices are checked in gather; "raise" would buffer the output
-                reader.take(local, axis=0, out=out[lo:hi], mode="clip")
-            else:
-                unique, inverse = np.unique(local, return_inverse=True)
-                out[lo:hi] = reader[unique][inverse]
+            reader = self._reader(int(shard_of[lo]))
+            part = None if starts is None else starts[lo:hi]
+            self._copy(reader, local_all[lo:hi], part, out[lo:hi])
         return out
 
-    def gather(self, indices) -> tuple[torch.Tensor, torch.Tensor]:
+    @staticmethod
+    def _copy(reader, local: np.ndarray, starts: np.ndarray | None, out: np.ndarray) -> None:
+        """``out[k] = reader[local[k]]`` (or its crop from ``starts[k]``), reader a memmap view,
+        an array in RAM or an h5py dataset."""
+        if starts is not None:
+            frames = out.shape[-1]
+            for k, (i, s) in enumerate(zip(local.tolist(), starts.tolist(), strict=True)):
+                out[k] = reader[i, :, s : s + frames]
+        elif isinstance(reader, np.ndarray) and reader.dtype == out.dtype:
+            # mode="clip": indices are checked in gather; "raise" would buffer the output
+            reader.take(local, axis=0, out=out, mode="clip")
+        elif isinstance(reader, np.ndarray):  # float16 (mel_fine): gather, then widen
+            out[...] = reader[local]
+        else:
+            unique, inverse = np.unique(local, return_inverse=True)
+            out[...] = reader[unique][inverse]
+
+    def gather(self, indices, starts=None) -> tuple[torch.Tensor, torch.Tensor]:
         """One batch in one call.
 
         Parameters
         ----------
         indices : array-like of int, shape (B,)
             Any order, repeats allowed; sorted input skips the reordering.
+        starts : array-like of int, shape (B,), optional
+            Crop each sample to ``crop_frames`` frames from these start frames.
 
         Returns
         -------
-        x : torch.Tensor, shape (B, 1, 128, 128), float32 (raw log-mel)
+        x : torch.Tensor, shape (B, 1, H, W) or (B, 1, H, crop_frames), float32 (raw log-mel)
         y : torch.Tensor, shape (B,), int64
         """
         indices = np.asarray(indices, dtype=np.int64).reshape(-1)
@@ -206,31 +277,56 @@ class ShardDataset(torch.utils.data.Dataset):
                 raise IndexError(f"index out of range for a dataset of {n} samples")
             if low < 0:
                 indices = np.where(indices < 0, indices + n, indices)
+        if starts is not None:
+            starts = self._check_starts(starts, indices.size)
         if indices.size > 1 and not (indices[1:] >= indices[:-1]).all():
             order = np.argsort(indices, kind="stable")
-            images = np.empty((len(indices), 128, 128), dtype=np.float32)
-            images[order] = self._read(indices[order])
+            images = np.empty(
+                (len(indices), self.height, self.width if starts is None else self.crop_frames), np.float32
+            )
+            images[order] = self._read(indices[order], None if starts is None else starts[order])
         else:
-            images = self._read(indices)
+            images = self._read(indices, starts)
         return torch.from_numpy(images).unsqueeze(1), torch.from_numpy(self.labels[indices])
 
+    def _check_starts(self, starts, count: int) -> np.ndarray:
+        if self.crop_frames is None:
+            raise ValueError("crop starts given, but this dataset was opened without crop_frames")
+        starts = np.asarray(starts, dtype=np.int64).reshape(-1)
+        if starts.size != count:
+            raise ValueError(f"{starts.size} crop starts for {count} indices")
+        if starts.size and (starts.min() < 0 or starts.max() > self.width - self.crop_frames):
+            raise IndexError(f"crop starts must lie in [0, {self.width - self.crop_frames}]")
+        return starts
+
     def __getitem__(self, index):
-        """``dataset[i]`` -> (x (1, 128, 128) float32, y int64 scalar);
-        ``dataset[array]`` -> a batch as :meth:`gather`."""
+        """``dataset[i]`` -> (x (1, H, W) float32, y int64 scalar); ``dataset[array]`` -> a batch as
+        :meth:`gather`; ``dataset[pairs]`` with pairs (B, 2) of (index, crop start) -> a batch of crops."""
         if np.ndim(index) == 0:
             x, y = self.gather([int(index)])
             return x[0], y[0]
+        if np.ndim(index) == 2:
+            pairs = np.asarray(index, dtype=np.int64)
+            return self.gather(pairs[:, 0], pairs[:, 1])
         return self.gather(index)
 
     # -- whole-split operations ----------------------------------------------
 
     def preload(self) -> None:
-        """Copy every image of the split into one array in RAM, shape (N, 128, 128)."""
-        self._ram = self._read(np.arange(len(self), dtype=np.int64))
+        """Copy every image of the split into one array in RAM, shape (N, H, W), in the stored dtype."""
+        ram = np.empty((len(self), self.height, self.width), dtype=self._stored_dtype())
+        for start in range(0, len(self), 256):
+            ram[start : start + 256] = self._read(np.arange(start, min(start + 256, len(self))))
+        self._ram = ram
         self.close()
 
+    def _stored_dtype(self) -> np.dtype:
+        return (
+            np.dtype(shards.EXTRAS[self.image].dtype) if self.image in shards.EXTRAS else np.dtype(np.float32)
+        )
+
     def raw_array(self) -> np.ndarray:
-        """All images, not standardised: shape (N, 128, 128) float32 (a copy)."""
+        """All images, not standardised: shape (N, H, W) float32 (a copy)."""
         return self._read(np.arange(len(self), dtype=np.int64))
 
     def class_counts(self) -> np.ndarray:

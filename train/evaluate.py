@@ -13,7 +13,7 @@ from train import metrics
 from train.checkpoint import BEST, load_checkpoint
 from train.config import ConfigError
 from train.dataset import ShardDataset
-from train.inference import evaluation_source, load_model, predict_scores, resolve_device
+from train.inference import chunk_frames_of, evaluation_source, load_model, predict_scores, resolve_device
 from train.plots import save_confusion_png
 
 REPORT_NAME = "test_report.json"
@@ -86,11 +86,13 @@ def test(
     run_dir = Path(run_dir)
     device = resolve_device(device_name)
     checkpoint = load_checkpoint(run_dir / checkpoint_name)
-    dataset = ShardDataset(shards_dir, split)
+    dataset = ShardDataset(shards_dir, split, image=checkpoint["config"].get("image", "mel"))
     _check_compatible(dataset, checkpoint, shards_dir)
     model = load_model(checkpoint, device)
     source = evaluation_source(dataset, batch_size, device, checkpoint["normalization"])
-    scores, labels = predict_scores(model, source, device, desc=split)
+    scores, labels = predict_scores(
+        model, source, device, desc=split, chunk_frames=chunk_frames_of(checkpoint)
+    )
     report = build_report(labels, scores, dataset.class_names)
     report.update(
         {

@@ -17,6 +17,7 @@ from torch import nn
 from tqdm import tqdm
 
 from shards.cli import progress_disabled
+from train.chunks import mean_over_chunks, split_chunks
 from train.config import ConfigError
 from train.dataset import ShardDataset
 from train.ema import inference_state_dict
@@ -55,7 +56,7 @@ def resolve_workers(requested: int, device: torch.device, preload: str) -> int:
 
 
 def prepare_input(x: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """A batch (B, 1, 128, 128) in the memory format the model runs fastest with (channels-last on CUDA)."""
+    """A batch (B, 1, H, W) in the memory format the model runs fastest with (channels-last on CUDA)."""
     return x.contiguous(memory_format=torch.channels_last) if device.type == "cuda" else x
 
 
@@ -132,12 +133,18 @@ class BatchSource:
         return len(self.sampler)
 
     def epoch(self, epoch: int):
-        """Iterate ``(x (B, 1, 128, 128), y (B,))`` on the device for one epoch."""
+        """Iterate ``(x (B, 1, H, W), y (B,))`` on the device for one epoch."""
         self.sampler.set_epoch(epoch)
         if self.images is not None:
             for indices in self.sampler:
                 idx = torch.from_numpy(indices).to(self.device, non_blocking=True)
-                yield self.images.index_select(0, idx), self.targets.index_select(0, idx)
+                if idx.ndim == 1:
+                    yield self.images.index_select(0, idx), self.targets.index_select(0, idx)
+                else:  # (index, crop start) rows: crops gathered on the device
+                    yield (
+                        crop_rows(self.images, idx, self.dataset.crop_frames),
+                        self.targets.index_select(0, idx[:, 0]),
+                    )
             return
         loader = torch.utils.data.DataLoader(
             self.dataset,
@@ -153,6 +160,13 @@ class BatchSource:
             yield x, y.to(self.device, non_blocking=True)
 
 
+def crop_rows(images: torch.Tensor, pairs: torch.Tensor, crop_frames: int) -> torch.Tensor:
+    """Crops (B, 1, H, crop_frames) of ``images`` (N, 1, H, W) at (index, start) ``pairs`` (B, 2)."""
+    rows = images.index_select(0, pairs[:, 0])
+    frames = pairs[:, 1, None] + torch.arange(crop_frames, device=images.device)  # (B, crop_frames)
+    return torch.gather(rows, 3, frames[:, None, None, :].expand(-1, *rows.shape[1:3], -1))
+
+
 def evaluation_source(
     dataset: ShardDataset, batch_size: int, device: torch.device, normalization: dict | None
 ) -> BatchSource:
@@ -163,26 +177,43 @@ def evaluation_source(
     )
 
 
-def score_batch(model: nn.Module, x: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """Softmax probabilities (B, K) float32 of a standardised batch (B, 1, 128, 128) on ``device``."""
-    with torch.no_grad(), autocast(device):
-        logits = model(prepare_input(x, device))
-    return torch.softmax(logits.float(), dim=1)
+def chunk_frames_of(checkpoint: dict) -> int:
+    """The chunk length a checkpoint's model scores images by (its ``crop_frames``; the whole
+    image for checkpoints from before chunks existed)."""
+    width = int(checkpoint["recipe"].get("n_frames", 128))
+    return int(checkpoint["config"].get("crop_frames") or width)
 
 
-def embed_batch(model: nn.Module, x: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Softmax probabilities (B, K) and penultimate-layer embeddings (B, D), float32, of a
-    standardised batch (B, 1, 128, 128) on ``device``, from one forward pass."""
+def score_batch(
+    model: nn.Module, x: torch.Tensor, device: torch.device, chunk_frames: int | None = None
+) -> torch.Tensor:
+    """Probabilities (B, K) float32 of a standardised batch (B, 1, H, W) on ``device``: the softmax,
+    or with ``chunk_frames`` the mean of the softmax of each image's chunks (:mod:`train.chunks`)."""
+    return embed_batch(model, x, device, chunk_frames)[0]
+
+
+def embed_batch(
+    model: nn.Module, x: torch.Tensor, device: torch.device, chunk_frames: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Probabilities (B, K) and penultimate-layer embeddings (B, D), float32, of a standardised
+    batch (B, 1, H, W) on ``device``, from one forward pass; with ``chunk_frames`` both are the
+    means over each image's chunks."""
+    chunks, count = split_chunks(x, chunk_frames or x.shape[-1])
     with torch.no_grad(), autocast(device):
-        embedding = model.embed(prepare_input(x, device))
+        embedding = model.embed(prepare_input(chunks, device))
         logits = model.classify(embedding)
-    return torch.softmax(logits.float(), dim=1), embedding.float()
+    probabilities = torch.softmax(logits.float(), dim=1)
+    return mean_over_chunks(probabilities, count), mean_over_chunks(embedding.float(), count)
 
 
 def predict_scores(
-    model: nn.Module, source: BatchSource, device: torch.device, desc: str = "eval"
+    model: nn.Module,
+    source: BatchSource,
+    device: torch.device,
+    desc: str = "eval",
+    chunk_frames: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Softmax probabilities over a split, in the source's order (eval mode).
+    """Probabilities over a split, in the source's order (eval mode), as :func:`score_batch` gives them.
 
     Returns
     -------
@@ -194,7 +225,7 @@ def predict_scores(
     for x, y in tqdm(
         source.epoch(0), total=len(source), desc=desc, leave=False, mininterval=1, disable=progress_disabled()
     ):
-        scores.append(score_batch(model, x, device).cpu().numpy())
+        scores.append(score_batch(model, x, device, chunk_frames).cpu().numpy())
         labels.append(y.cpu().numpy())
     k = model_num_classes(model)
     return (

@@ -224,8 +224,17 @@ def _check_run_folder(config: TrainConfig, resume: bool) -> dict | None:
 
 
 def _open_splits(config: TrainConfig, checkpoint: dict | None) -> tuple[ShardDataset, ShardDataset]:
-    train_set = ShardDataset(config.shards, "train", verify=config.verify_shards)
-    val_set = ShardDataset(config.shards, "validation", verify=config.verify_shards)
+    """The train split (read as crops when ``crop_frames`` is shorter than its images) and the
+    validation split (whole images, scored by their chunks)."""
+    train_set = ShardDataset(config.shards, "train", verify=config.verify_shards, image=config.image)
+    if config.crop_frames > train_set.width:
+        raise ConfigError(
+            f"crop_frames={config.crop_frames}: longer than the {config.image} images of {config.shards} "
+            f"({train_set.width} frames)"
+        )
+    if config.crop_frames < train_set.width:
+        train_set.crop_frames = config.crop_frames
+    val_set = ShardDataset(config.shards, "validation", verify=config.verify_shards, image=config.image)
     if len(train_set) == 0:
         raise ConfigError(f"{config.shards}: the train split is empty")
     if checkpoint is not None and checkpoint["class_names"] != train_set.class_names:
@@ -255,6 +264,7 @@ def _batch_sources(
         drop_last=len(train_set) > config.batch_size,
         max_batches=config.max_steps_per_epoch,
         balance_labels=balance,
+        crop=None if train_set.crop_frames is None else (train_set.width, train_set.crop_frames),
     )
     train_sampler = RankBatchSampler(global_batches, world.rank, world.size)
     val_part = np.arange(*rank_range(len(val_set), world.rank, world.size))
@@ -293,9 +303,7 @@ def start_run(
             f"{config.shards}: the train split has {len(train_set)} samples, fewer than "
             f"the {world.size} ranks"
         )
-    model_config = ModelConfig(
-        config.model, len(train_set.class_names), {} if config.norm == "batch" else {"norm": config.norm}
-    )
+    model_config = ModelConfig(config.model, len(train_set.class_names), config.model_options())
     model = place_model(build_model(model_config), device)
     if checkpoint is not None:
         model.load_state_dict(checkpoint["state_dict"])
@@ -365,12 +373,16 @@ def run_epoch(run: TrainingRun, epoch: int, writer) -> dict:
     entry = train_epoch(
         run.model, run.optimizer, run.criterion, run.train_source, config, epoch, run.device, world, run.ema
     )
-    val_scores, val_labels = validate(run)
+    checked = (epoch + 1) % config.validate_every == 0 or epoch + 1 == config.epochs
+    if checked:
+        val_scores, val_labels = validate(run)
+    else:  # not validated this epoch: NaN metrics, best.pt stays as it is
+        val_scores, val_labels = np.zeros((0, len(run.class_names)), np.float32), np.zeros(0, np.int64)
     entry.update(validation_metrics(run.criterion, val_scores, val_labels, len(run.class_names), run.device))
     run.history.append(entry)
     score = entry["val_" + config.select_metric]
-    # Without validation data (NaN) every epoch counts as the best: best.pt = last.pt.
-    improved = bool(score > run.best) if np.isfinite(score) else True
+    # Without validation data (NaN) every validated epoch counts as the best: best.pt = last.pt.
+    improved = (bool(score > run.best) if np.isfinite(score) else True) and checked
     run.best = max(run.best, score) if np.isfinite(score) else run.best
     rank_rng = distributed.gather_objects(rng_state(), world)
     if not world.main:
@@ -403,7 +415,9 @@ def validate(run: TrainingRun) -> tuple[np.ndarray, np.ndarray]:
     first); the parts are gathered in rank order.
     """
     distributed.broadcast_buffers(run.eval_model, run.world)
-    scores, labels = predict_scores(run.eval_model, run.val_source, run.device, desc="validation")
+    scores, labels = predict_scores(
+        run.eval_model, run.val_source, run.device, desc="validation", chunk_frames=run.config.crop_frames
+    )
     return (
         distributed.gather_rows(scores, run.world, run.device),
         distributed.gather_rows(labels, run.world, run.device),
@@ -501,7 +515,8 @@ def validation_metrics(
     labels : np.ndarray, shape (N,), int64
     """
     if len(labels) == 0:
-        return {"val_loss": float("nan"), "val_accuracy": float("nan"), "val_macro_f1": float("nan")}
+        nan = float("nan")
+        return {"val_loss": nan, "val_accuracy": nan, "val_macro_f1": nan, "val_balanced_accuracy": nan}
     log_probs = torch.log(torch.from_numpy(scores).clamp_min(1e-12)).to(device)
     loss = nn.functional.nll_loss(
         log_probs, torch.from_numpy(labels).to(device), weight=criterion.weight

@@ -12,6 +12,8 @@ from typing import Iterator
 
 import numpy as np
 
+from train.chunks import check_crop, crop_starts
+
 
 def epoch_order(num_samples: int, seed: int, epoch: int, shuffle: bool = True) -> np.ndarray:
     """The sample order of one epoch.
@@ -80,23 +82,26 @@ def batch_indices(
 
     Parameters
     ----------
-    order : np.ndarray, shape (N,)
+    order : np.ndarray, shape (N,) or (N, 2)
+        Sample indices, or (index, crop start) rows.
     batch_size : int
     drop_last : bool
         Drop a final batch smaller than ``batch_size``.
     sort : bool
-        Sort the indices inside each batch, so the gather reads each shard in
-        file order (which samples form a batch is unchanged).
+        Sort each batch by index, so the gather reads each shard in file order
+        (which samples form a batch is unchanged).
 
     Returns
     -------
-    list of np.ndarray, each shape (B,), int64
+    list of np.ndarray, each shape (B,) or (B, 2), int64
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     stop = len(order) - len(order) % batch_size if drop_last else len(order)
     batches = [np.asarray(order[i : i + batch_size], dtype=np.int64) for i in range(0, stop, batch_size)]
-    return [np.sort(b) for b in batches] if sort else batches
+    if not sort:
+        return batches
+    return [b[np.argsort(b if b.ndim == 1 else b[:, 0], kind="stable")] for b in batches]
 
 
 class EpochBatchSampler:
@@ -107,6 +112,10 @@ class EpochBatchSampler:
 
     With ``balance_labels`` (the split's labels, shape (N,)), each epoch is
     :func:`balanced_order` instead of a permutation.
+
+    With ``crop = (width, crop_frames)`` every batch is a (B, 2) array of (index, crop start)
+    rows instead, the starts drawn by :func:`train.chunks.crop_starts` for the epoch (a dataset
+    opened with ``crop_frames`` reads those crops).
     """
 
     def __init__(
@@ -119,10 +128,14 @@ class EpochBatchSampler:
         drop_last: bool = False,
         max_batches: int = 0,
         balance_labels: np.ndarray | None = None,
+        crop: tuple[int, int] | None = None,
     ):
         if balance_labels is not None and len(balance_labels) != num_samples:
             raise ValueError(f"balance_labels has {len(balance_labels)} entries for {num_samples} samples")
+        if crop is not None:
+            check_crop(*crop)
         self.balance_labels = balance_labels
+        self.crop = crop
         self.num_samples = num_samples
         self.batch_size = batch_size
         self.shuffle = shuffle
@@ -139,6 +152,9 @@ class EpochBatchSampler:
             order = balanced_order(self.balance_labels, self.seed, self.epoch)
         else:
             order = epoch_order(self.num_samples, self.seed, self.epoch, self.shuffle)
+        if self.crop is not None:
+            starts = crop_starts(len(order), *self.crop, self.seed, self.epoch)
+            order = np.stack([order, starts], axis=1)
         batches = batch_indices(order, self.batch_size, self.drop_last)
         return batches[: self.max_batches] if self.max_batches > 0 else batches
 

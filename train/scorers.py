@@ -77,7 +77,7 @@ class TorchScorer:
         if threads is not None:
             torch.set_num_threads(threads)
 
-        from train.inference import load_model, resolve_device
+        from train.inference import chunk_frames_of, load_model, resolve_device
         from train.normalization import to_device
 
         self._torch = torch
@@ -86,6 +86,7 @@ class TorchScorer:
         self.normalization = to_device(checkpoint.get("normalization"), self.device)
         self.class_names = list(checkpoint["class_names"])
         self.recipe = dict(checkpoint["recipe"])
+        self.chunk_frames = chunk_frames_of(checkpoint)
         self.description = f"{source} ({checkpoint['model']['name']} model on {self.device})"
 
     def __call__(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -93,7 +94,9 @@ class TorchScorer:
         from train.normalization import standardize
 
         x = self._torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32)[:, None]).to(self.device)
-        probabilities, embedding = embed_batch(self.model, standardize(x, self.normalization), self.device)
+        probabilities, embedding = embed_batch(
+            self.model, standardize(x, self.normalization), self.device, self.chunk_frames
+        )
         return probabilities.cpu().numpy(), embedding.cpu().numpy()
 
 
