@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import time
@@ -199,31 +198,22 @@ def write_fold(base: dict, splits: np.ndarray, out: Path, shard_size: int = 256)
 def run_recipe(recipe: str, shards: Path, run: Path, seed: int, threads: int, extra: list[str]) -> dict:
     """``train fit`` then ``train test`` of one recipe on one fold with one seed; its figures.
 
-    Skipped (read back) when ``run/test_report.json`` exists. CPU seconds are the children's.
+    Skipped (read back) when ``run/test_report.json`` exists; resumed when only ``last.pt`` does.
     """
     report = run / "test_report.json"
     if not report.exists():
         env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
         base = [sys.executable, "-m", "train"]
-        before = resource.getrusage(resource.RUSAGE_CHILDREN)
-        start = time.perf_counter()
         config = REPO / "train" / "configs" / f"{recipe}.yaml"
         fit = [*base, "fit", "--config", str(config), "--shards", str(shards), "--run", str(run)]
         fit += ["--seed", str(seed), "--device", "cpu", "-q", *extra]
-        if (run / "last.pt").exists():
+        resumed = (run / "last.pt").exists()
+        if resumed:
             fit.append("--resume")
-        subprocess.run(fit, check=True, env=env)
-        subprocess.run(
-            [*base, "test", "--shards", str(shards), "--run", str(run), "--device", "cpu", "-q"],
-            check=True,
-            env=env,
-            stdout=subprocess.DEVNULL,
-        )
-        after = resource.getrusage(resource.RUSAGE_CHILDREN)
-        cost = {
-            "wall_s": round(time.perf_counter() - start, 1),
-            "cpu_s": round((after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime), 1),
-        }
+        fit_wall, fit_cpu = timed(fit, env)
+        test = [*base, "test", "--shards", str(shards), "--run", str(run), "--device", "cpu", "-q"]
+        _, test_cpu = timed(test, env)
+        cost = {"fit_wall_s": fit_wall, "fit_cpu_s": fit_cpu, "test_cpu_s": test_cpu, "resumed": resumed}
         (run / "cost.json").write_text(json.dumps(cost) + "\n")
     test = json.loads(report.read_text())
     history = json.loads((run / "history.json").read_text())
@@ -236,6 +226,17 @@ def run_recipe(recipe: str, shards: Path, run: Path, seed: int, threads: int, ex
         "best_epoch": best["epoch"],
         **cost,
     }
+
+
+def timed(argv: list[str], env: dict) -> tuple[float, float]:
+    """Run ``argv`` (stdout to /dev/null; a failure raises); its wall and CPU seconds (its own rusage)."""
+    start = time.perf_counter()
+    child = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL)
+    _, status, usage = os.wait4(child.pid, 0)
+    child.returncode = os.waitstatus_to_exitcode(status)
+    if child.returncode != 0:
+        raise subprocess.CalledProcessError(child.returncode, argv)
+    return round(time.perf_counter() - start, 1), round(usage.ru_utime + usage.ru_stime, 1)
 
 
 def run_probe(shards: Path, out: Path) -> dict:
@@ -268,7 +269,7 @@ def summarize(results: dict, probe: dict, k: int) -> dict:
         row["per_fold_macro_f1"] = per_fold.round(4).tolist()
         row["folds_above_probe"] = int((per_fold > probe_f1).sum())
         row["ratio_to_probe"] = round(float(row["test_macro_f1"][0] / out["probe"]["macro_f1"][0]), 3)
-        row["cpu_s_per_run"] = round(float(np.mean([r.get("cpu_s", np.nan) for r in runs.values()])), 1)
+        row["cpu_s_per_run"] = round(float(np.mean([r.get("fit_cpu_s", np.nan) for r in runs.values()])), 1)
         row["runs"] = len(runs)
         out[recipe] = row
     return out

@@ -169,6 +169,7 @@ class ShardDataset(torch.utils.data.Dataset):
         self._ram: np.ndarray | None = None
         self._open_pid: int | None = None
         self._readers: dict[int, object] = {}
+        self._windows: dict = {}  # shard (or "ram") -> its sliding-window view for crops
 
     @property
     def num_classes(self) -> int:
@@ -181,14 +182,14 @@ class ShardDataset(torch.utils.data.Dataset):
 
     def __getstate__(self) -> dict:
         state = dict(self.__dict__)
-        state["_readers"] = {}
+        state["_readers"], state["_windows"] = {}, {}
         state["_open_pid"] = None
         return state
 
     def _reader(self, shard: int):
         """The open memmap (or h5py dataset) of shard ``shard`` in this process."""
         if self._open_pid != os.getpid():
-            self._readers = {}  # inherited over fork: never reuse
+            self._readers, self._windows = {}, {}  # inherited over fork: never reuse
             self._open_pid = os.getpid()
         reader = self._readers.get(shard)
         if reader is None:
@@ -214,7 +215,7 @@ class ShardDataset(torch.utils.data.Dataset):
         for reader in self._readers.values():
             if isinstance(reader, h5py.Dataset):
                 reader.file.close()
-        self._readers = {}
+        self._readers, self._windows = {}, {}
 
     # -- access ---------------------------------------------------------------
 
@@ -226,22 +227,28 @@ class ShardDataset(torch.utils.data.Dataset):
         if len(indices) == 0:
             return out
         if self._ram is not None:
-            self._copy(self._ram, indices, starts, out)
+            self._copy(self._ram, indices, starts, out, "ram")
             return out
         shard_of = np.searchsorted(self._starts, indices, side="right") - 1
         local_all = indices - self._starts[shard_of]
         bounds = (np.flatnonzero(np.diff(shard_of)) + 1).tolist()
         for lo, hi in zip([0, *bounds], [*bounds, len(indices)], strict=True):
-            reader = self._reader(int(shard_of[lo]))
+            shard = int(shard_of[lo])
             part = None if starts is None else starts[lo:hi]
-            self._copy(reader, local_all[lo:hi], part, out[lo:hi])
+            self._copy(self._reader(shard), local_all[lo:hi], part, out[lo:hi], shard)
         return out
 
-    @staticmethod
-    def _copy(reader, local: np.ndarray, starts: np.ndarray | None, out: np.ndarray) -> None:
+    def _copy(self, reader, local: np.ndarray, starts: np.ndarray | None, out: np.ndarray, key) -> None:
         """``out[k] = reader[local[k]]`` (or its crop from ``starts[k]``), reader a memmap view,
-        an array in RAM or an h5py dataset."""
-        if starts is not None:
+        an array in RAM or an h5py dataset (``key`` names it for the cached crop view)."""
+        if starts is not None and isinstance(reader, np.ndarray):
+            # One gather over a sliding-window view (N, H, W - frames + 1, frames): no Python loop.
+            windows = self._windows.get(key)
+            if windows is None:
+                windows = np.lib.stride_tricks.sliding_window_view(reader, out.shape[-1], axis=2)
+                self._windows[key] = windows
+            out[...] = windows[local, :, starts]
+        elif starts is not None:
             frames = out.shape[-1]
             for k, (i, s) in enumerate(zip(local.tolist(), starts.tolist(), strict=True)):
                 out[k] = reader[i, :, s : s + frames]

@@ -533,16 +533,17 @@ def validation_metrics(
 def log_epoch(
     writer, entry: dict, scores: np.ndarray, labels: np.ndarray, class_names: list[str], epoch: int
 ) -> None:
-    """Scalars of one epoch and the validation confusion image to TensorBoard."""
+    """Scalars of one epoch and the validation confusion image to TensorBoard (validation only
+    when the epoch was validated)."""
     step = epoch + 1
     writer.add_scalar("loss/train", entry["train_loss"], step)
-    writer.add_scalar("loss/validation", entry["val_loss"], step)
     writer.add_scalar("accuracy/train", entry["train_accuracy"], step)
-    writer.add_scalar("accuracy/validation", entry["val_accuracy"], step)
-    writer.add_scalar("macro_f1/validation", entry["val_macro_f1"], step)
     writer.add_scalar("lr", entry["lr"], step)
     writer.add_scalar("samples_per_s", entry["samples_per_s"], step)
     if len(labels):
+        writer.add_scalar("loss/validation", entry["val_loss"], step)
+        writer.add_scalar("accuracy/validation", entry["val_accuracy"], step)
+        writer.add_scalar("macro_f1/validation", entry["val_macro_f1"], step)
         confusion = metrics.confusion_matrix(labels, scores.argmax(axis=1), len(class_names))
         image = confusion_image(confusion, class_names, f"validation, epoch {step}")
         writer.add_image("confusion/validation", image, step, dataformats="HWC")
