@@ -10,7 +10,9 @@ full scale, decoded peaks above 1.0) and quiet ones (peak -1 .. -7 dBFS, as synt
 * ours: ``preprocess.driver.compute_shard`` (decode the first 29.5 s with the same reader,
   the image with the cached sparse filterbank, the HDF5 shard written atomically and read
   back); and its two parts per track: ``decode`` (``preprocess.audio.decode``, 29.5 s) and
-  ``image`` (``preprocess.audio.image_of`` on the decoded samples: down-mix, STFT, mel, dB).
+  ``image`` (``preprocess.audio.image_of`` on the decoded samples: down-mix, STFT, mel, dB);
+* ours with the fine image too (``--recipes reference,fine``: the second image from the same
+  decoded samples, stored as ``mel_fine``), against ours without it.
 
 For 1 job (in this process, BLAS limited to one thread as in a pool worker), per group, timed in
 CPU seconds of this process (on a shared machine other jobs inflate wall time far more than the
@@ -20,6 +22,7 @@ median of ``--repeats`` pairs. Prints a markdown
 table with the machine and date and the targets:
 
   ours >= 2.0x the reference per core, on loud and on quiet clips;
+  ours with the fine image costs about a third more than without (not twice: one decode);
   ours on 2 jobs >= 1.6x ours on 1 job.
 
 Usage: python bench/features.py [--tracks 24] [--repeats 3] [--jobs N] [--dir DIR]
@@ -109,7 +112,9 @@ def busy_work(rounds: int = 40) -> int:
     return rounds
 
 
-def _tasks(tracks: list[tuple[int, int]], audio_dir: Path, out: Path, n_parts: int) -> list[dict]:
+def _tasks(
+    tracks: list[tuple[int, int]], audio_dir: Path, out: Path, n_parts: int, fine: bool = False
+) -> list[dict]:
     tasks = []
     for k in range(n_parts):
         part = tracks[k * len(tracks) // n_parts : (k + 1) * len(tracks) // n_parts]
@@ -127,6 +132,7 @@ def _tasks(tracks: list[tuple[int, int]], audio_dir: Path, out: Path, n_parts: i
                 "audio": AudioSource(str(audio_dir)).to_dict(),
                 "out": str(out),
                 "recipe": RECIPES["reference"].to_dict(),
+                "fine_recipe": RECIPES["fine"].to_dict() if fine else None,
                 "subset": "large",
                 "class_names": list(fma.CLASS_NAMES),
                 "timeout_s": 120.0,
@@ -199,25 +205,29 @@ def main(argv: list[str] | None = None) -> int:
                 for p in paths[group]:
                     reference_track(p, str(pickles))
 
-        def ours_1(group):
+        def ours_1(group, fine=False):
             with controller.limit(limits=1):
-                compute_shard(_tasks(tracks[group], audio_dir, shards, 1)[0])
+                compute_shard(_tasks(tracks[group], audio_dir, shards, 1, fine)[0])
 
         def decode_1(group):
             return [decode(p, max_seconds=recipe.duration_s) for p in paths[group]]
 
-        def parts_1(group) -> tuple[float, float]:
-            """CPU seconds of decoding and of the image, track by track (one waveform held at a time)."""
-            spent = [0.0, 0.0]
+        def parts_1(group) -> tuple[float, float, float]:
+            """CPU seconds of decoding, of the image, and of the image with the fine one, track by
+            track (one waveform held at a time)."""
+            spent = [0.0, 0.0, 0.0]
             with controller.limit(limits=1):
                 for p in paths[group]:
                     t0 = time.process_time()
                     waveform, rate = decode(p, max_seconds=recipe.duration_s)
                     t1 = time.process_time()
                     image_of(waveform, rate, recipe)
+                    t2 = time.process_time()
+                    image_of(waveform, rate, recipe, fine=RECIPES["fine"])
                     spent[0] += t1 - t0
-                    spent[1] += time.process_time() - t1
-            return spent[0], spent[1]
+                    spent[1] += t2 - t1
+                    spent[2] += time.process_time() - t2
+            return spent[0], spent[1], spent[2]
 
         peaks = {g: max(float(np.abs(w).max()) for w, _ in decode_1(g)) for g in groups}
         with joblib.Parallel(n_jobs=args.jobs) as pool:
@@ -249,7 +259,8 @@ def main(argv: list[str] | None = None) -> int:
                 for g in groups:
                     row[f"ref_1 {g}"] = cpu(lambda g=g: ref_1(g))
                     row[f"ours_1 {g}"] = cpu(lambda g=g: ours_1(g))
-                    row[f"decode {g}"], row[f"image {g}"] = parts_1(g)
+                    row[f"fine_1 {g}"] = cpu(lambda g=g: ours_1(g, fine=True))
+                    row[f"decode {g}"], row[f"image {g}"], row[f"both {g}"] = parts_1(g)
                 row["ref_n"] = timed(ref_n)
                 row["ours_n"] = timed(ours_n)
                 row["ours_1 all"] = timed(ours_1_all)  # wall time, as the pool's
@@ -267,9 +278,10 @@ def main(argv: list[str] | None = None) -> int:
     for g in groups:
         ms = {
             k: med(lambda r, k=k, g=g: r[f"{k} {g}"]) / n * 1e3
-            for k in ("ref_1", "ours_1", "decode", "image")
+            for k in ("ref_1", "ours_1", "fine_1", "decode", "image", "both")
         }
         ratio = med(lambda r, g=g: r[f"ref_1 {g}"] / r[f"ours_1 {g}"])
+        fine_ratio = med(lambda r, g=g: r[f"fine_1 {g}"] / r[f"ours_1 {g}"])
         table += [
             (
                 f"{g} clips (decoded peak {peaks[g]:.2f}): reference, 1 job (CPU ms/track)",
@@ -283,6 +295,12 @@ def main(argv: list[str] | None = None) -> int:
             ),
             (f"{g}: ours decode / image (CPU ms/track)", f"{ms['decode']:.1f} / {ms['image']:.1f}", ""),
             (f"{g}: ours / reference, 1 job", f"{ratio:.2f}x", ">= 2.0x"),
+            (
+                f"{g}: ours with the fine image too, 1 job (CPU ms/track; image + fine image)",
+                f"{ms['fine_1']:.1f} ({ms['both']:.1f})",
+                "",
+            ),
+            (f"{g}: with the fine image / without, 1 job", f"{fine_ratio:.2f}x", "about 1.33x, not 2x"),
         ]
     table += [
         (f"reference, {jobs} jobs (tracks/s)", f"{n_all / med(lambda r: r['ref_n']):.1f}", ""),

@@ -14,6 +14,9 @@ from shards import read_manifest, read_shard
 
 # Small shards so the mini-FMA gives several array tasks / dask tasks.
 SHARD_SIZE = 16
+# Every cluster run (and the local run it is compared with) makes the fine image too, so the
+# equality checks cover it on every backend and from the zip.
+RECIPE_ARGS = ("--recipes", "reference,fine")
 
 
 def features_argv(python: str, fma_dir: Path, out: Path, *more: str) -> list[str]:
@@ -31,6 +34,7 @@ def features_argv(python: str, fma_dir: Path, out: Path, *more: str) -> list[str
         str(out),
         "--shard-size",
         str(SHARD_SIZE),
+        *RECIPE_ARGS,
         "--no-progress",
         *more,
     ]

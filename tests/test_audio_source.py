@@ -27,6 +27,7 @@ from preprocess.audio_source import (
 )
 from preprocess.fma import audio_relpath
 from preprocess.options import FeatureOptions
+from preprocess.recipe import RECIPES
 from preprocess.synth_zip import zip_audio_tree, zip_only_copy
 from preprocess.verify import verify_shards
 from shards import read_manifest, read_shard
@@ -205,10 +206,10 @@ SHARD_SIZE = 16
 
 
 def _run(fma_dir: Path, out: Path, **more):
-    """``run_features`` with the test's shard size, 2 workers, no progress bar."""
-    return driver.run_features(
-        FeatureOptions(fma_dir, out, **{"jobs": 2, "shard_size": SHARD_SIZE, "progress": False, **more})
-    )
+    """``run_features`` with the test's shard size, 2 workers, no progress bar, and the fine image
+    (so that the zip's equality with the tree covers it too)."""
+    options = {"jobs": 2, "shard_size": SHARD_SIZE, "progress": False, "fine": RECIPES["fine"], **more}
+    return driver.run_features(FeatureOptions(fma_dir, out, **options))
 
 
 def _failed(out: Path) -> dict[int, str]:
@@ -327,6 +328,8 @@ def test_damaged_zip_directory_stops_the_run_naming_the_zip(
         "--no-progress",
         "--shard-size",
         str(SHARD_SIZE),
+        "--recipes",
+        "reference,fine",
     ]
     done = subprocess.run(cmd, env=subprocess_env, cwd=repo_root, capture_output=True, text=True, timeout=120)
     assert done.returncode == 2, done.stderr

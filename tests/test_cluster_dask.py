@@ -13,6 +13,7 @@ import pytest
 
 from preprocess import driver
 from preprocess.options import FeatureOptions
+from preprocess.recipe import RECIPES
 from preprocess.synth_zip import zip_audio_tree
 from tests._cluster_common import (
     SHARD_SIZE,
@@ -66,6 +67,7 @@ def test_shards_are_computed_in_the_worker_processes(dask_cluster, local_shards,
             out,
             subset="large",
             shard_size=SHARD_SIZE,
+            fine=RECIPES["fine"],
             backend="dask",
             scheduler=str(dask_cluster.scheduler_file),
             progress=False,
@@ -89,6 +91,7 @@ def test_dask_workers_read_the_zip(dask_cluster, local_shards, mini_fma, tmp_pat
             out,
             subset="large",
             shard_size=SHARD_SIZE,
+            fine=RECIPES["fine"],
             backend="dask",
             audio_zip=zip_path,
             scheduler=dask_cluster.address,

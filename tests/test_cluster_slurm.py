@@ -21,6 +21,7 @@ import pytest
 from preprocess.slurm import format_indices
 from preprocess.synth_zip import zip_only_copy
 from tests._cluster_common import (
+    RECIPE_ARGS,
     SHARD_SIZE,
     assert_same_shard_set,
     assert_same_shards_from_zip,
@@ -54,6 +55,7 @@ def submit(slurm: SlurmCluster, python: str, env: dict, fma_dir: Path, out: Path
         str(out),
         "--shard-size",
         str(SHARD_SIZE),
+        *RECIPE_ARGS,
         "--shards-per-task",
         str(SHARDS_PER_TASK),
         "--cpus-per-task",
