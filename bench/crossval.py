@@ -36,6 +36,7 @@ from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import h5py
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
@@ -124,8 +125,6 @@ def read_base(shards: Path) -> dict:
         contents = read_shard(path)
         rows["track_id"].append(contents.track_id)
         rows["label"].append(contents.label)
-        import h5py
-
         with h5py.File(path, "r") as f:
             for name in ("mel", *sorted(contents.extras)):
                 rows[name].append(f[name][()])
@@ -242,7 +241,7 @@ def timed(argv: list[str], env: dict) -> tuple[float, float]:
 def run_probe(shards: Path, out: Path) -> dict:
     """The probe on one fold (deterministic: one run serves every seed); cached in ``out``."""
     if not out.exists():
-        import probe
+        from bench import probe
 
         result = probe.run(str(shards))
         out.write_text(json.dumps(result, indent=1) + "\n")
@@ -332,7 +331,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tag", default="", help="suffix of the run folders (a variant of a recipe)")
     args = parser.parse_args(argv)
 
-    sys.path.insert(0, str(REPO / "bench"))
     base = read_base(args.shards)
     clips = json.loads(args.clips.read_text())["clips"]
     groups = [(clips[str(t)]["source"], clips[str(t)]["group"]) for t in base["track_id"].tolist()]
