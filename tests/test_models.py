@@ -76,3 +76,19 @@ def test_group_norm_models_treat_each_sample_alone(name):
     torch.testing.assert_close(half, whole[:3], atol=1e-5, rtol=1e-4)
     batch = build_model(ModelConfig(name, 5)).train()
     assert not torch.allclose(batch(x[:3]), batch(x)[:3], atol=1e-3)
+
+
+@pytest.mark.parametrize("freq_pools, bins", [(7, 1), (4, 8), (0, 128)])
+def test_shortchunk_takes_any_width_and_keeps_freq_pools_positions(freq_pools, bins):
+    torch.manual_seed(0)
+    model = build_model(ModelConfig("shortchunk", 5, {"width": 8, "freq_pools": freq_pools})).eval()
+    assert model.freq_bins == bins
+    assert model.features(torch.zeros(1, 1, 128, 128)).shape[2] == bins
+    for frames in (64, 128, 300):  # global pooling over time: any chunk length
+        assert model(torch.randn(2, 1, 128, frames)).shape == (2, 5)
+    assert model.project[0].in_features == 2 * 4 * 8 * bins  # max and mean over time, per position
+
+
+def test_shortchunk_options_are_checked():
+    with pytest.raises(ValueError, match="freq_pools"):
+        build_model(ModelConfig("shortchunk", 5, {"freq_pools": 8}))

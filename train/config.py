@@ -75,6 +75,10 @@ class TrainConfig:
     dropout: float = _f(
         -1.0, "dropout before the last layer of resnet / shortchunk (-1: the model's default)"
     )
+    freq_pools: int = _f(
+        7,
+        "shortchunk: how many of its 7 blocks pool frequency (fewer keep where in the spectrum a pattern is)",
+    )
     epochs: int = _f(20, "number of epochs")
     batch_size: int = _f(32, "samples per batch")
     optimizer: str = _f("sgd", "sgd (momentum, the reference recipe) or adamw", OPTIMIZERS)
@@ -150,6 +154,8 @@ class TrainConfig:
                 raise ConfigError(f"config {name}={getattr(self, name)}: must be >= 1")
         if (self.width or self.dropout >= 0) and self.model == "seed":
             raise ConfigError("config width / dropout: the seed model has neither (it is the reference's)")
+        if (self.freq_pools != 7 and self.model != "shortchunk") or not 0 <= self.freq_pools <= 7:
+            raise ConfigError(f"config freq_pools={self.freq_pools}: a shortchunk option, 0..7")
         if self.width < 0 or self.dropout >= 1:
             raise ConfigError(f"config: need width >= 0 and dropout < 1, got {self.width}, {self.dropout}")
         if self.dist_timeout <= 0:
@@ -179,6 +185,8 @@ class TrainConfig:
             options["width"] = self.width
         if self.dropout >= 0:
             options["dropout"] = self.dropout
+        if self.freq_pools != 7:
+            options["freq_pools"] = self.freq_pools
         return options
 
     def augment_settings(self):

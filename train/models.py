@@ -153,27 +153,41 @@ class ShortChunkCNN(nn.Module):
 
     After the short-chunk CNNs of music tagging (Won et al. 2020): seven blocks of 3x3 conv +
     BatchNorm + ReLU + 2x2 max-pool (ceil mode, so no side shrinks to nothing) with channels
-    ``width * (1, 1, 2, 2, 2, 2, 4)``, take (B, 1, 128, 128) to (B, 4 * width, 1, 1); global max
-    and mean pooling over what is left are concatenated, a linear layer + BatchNorm1d + ReLU
-    gives the embedding (B, 4 * width), then dropout and the logits. ``width`` 16 costs about
+    ``width * (1, 1, 2, 2, 2, 2, 4)``, take (B, 1, 128, 128) to (B, 4 * width, 1, 1); max and
+    mean pooling over time are concatenated, a linear layer + BatchNorm1d + ReLU gives the
+    embedding (B, 4 * width), then dropout and the logits. With ``freq_pools`` < 7 only the first
+    ``freq_pools`` blocks pool frequency (the rest pool time only), so ``128 / 2**freq_pools``
+    frequency positions reach the linear layer: the model can tell where in the spectrum a
+    pattern is, as the seed CNN's flattened map can. ``width`` 16 costs about
     what the seed CNN costs per 128 x 128 chunk (~20 MMAC), 32 about four times that.
     """
 
-    def __init__(self, num_classes: int = 16, width: int = 16, dropout: float = 0.3, norm: str = "batch"):
+    def __init__(
+        self,
+        num_classes: int = 16,
+        width: int = 16,
+        dropout: float = 0.3,
+        norm: str = "batch",
+        freq_pools: int = 7,
+        n_mels: int = 128,
+    ):
         super().__init__()
+        if not 0 <= freq_pools <= 7:
+            raise ValueError(f"freq_pools must be in 0..7, got {freq_pools}")
         channels = [1] + [width * m for m in (1, 1, 2, 2, 2, 2, 4)]
         blocks = []
-        for c_in, c_out in zip(channels[:-1], channels[1:], strict=True):
+        for i, (c_in, c_out) in enumerate(zip(channels[:-1], channels[1:], strict=True)):
             blocks += [
                 nn.Conv2d(c_in, c_out, 3, padding=1, bias=False),
                 norm_layer(norm, c_out),
                 nn.ReLU(inplace=True),
-                nn.MaxPool2d(2, ceil_mode=True),
+                nn.MaxPool2d((2 if i < freq_pools else 1, 2), ceil_mode=True),
             ]
         self.features = nn.Sequential(*blocks)
+        self.freq_bins = -(-n_mels // 2**freq_pools)  # frequency positions kept to the end
         self.embedding_dim = channels[-1]
         self.project = nn.Sequential(
-            nn.Linear(2 * channels[-1], self.embedding_dim),
+            nn.Linear(2 * channels[-1] * self.freq_bins, self.embedding_dim),
             norm_layer(norm, self.embedding_dim, dims=1),
             nn.ReLU(inplace=True),
         )
@@ -181,8 +195,9 @@ class ShortChunkCNN(nn.Module):
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         """(B, 1, n_mels, frames) -> penultimate-layer vectors (B, 4 * width)."""
-        h = self.features(x)
-        return self.project(torch.cat([h.amax(dim=(2, 3)), h.mean(dim=(2, 3))], dim=1))
+        h = self.features(x)  # (B, C, freq_bins, T')
+        pooled = torch.cat([h.amax(dim=3), h.mean(dim=3)], dim=1)  # over time: (B, 2C, freq_bins)
+        return self.project(pooled.flatten(1))
 
     def classify(self, embedding: torch.Tensor) -> torch.Tensor:
         """Embeddings (B, 4 * width) -> logits (B, num_classes) (dropout only in training)."""
