@@ -268,7 +268,8 @@ def summarize(results: dict, probe: dict, k: int) -> dict:
         row["per_fold_macro_f1"] = per_fold.round(4).tolist()
         row["folds_above_probe"] = int((per_fold > probe_f1).sum())
         row["ratio_to_probe"] = round(float(row["test_macro_f1"][0] / out["probe"]["macro_f1"][0]), 3)
-        row["cpu_s_per_run"] = round(float(np.mean([r.get("fit_cpu_s", np.nan) for r in runs.values()])), 1)
+        whole = [r["fit_cpu_s"] for r in runs.values() if "fit_cpu_s" in r and not r.get("resumed")]
+        row["cpu_s_per_run"] = round(float(np.mean(whole)), 1) if whole else float("nan")
         row["runs"] = len(runs)
         out[recipe] = row
     return out
