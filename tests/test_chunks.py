@@ -65,11 +65,16 @@ def test_split_chunks_and_their_mean():
     assert torch.equal(mean_over_chunks(values, 3), torch.tensor([[2.0, 3.0], [8.0, 9.0]]))
 
 
-@pytest.mark.parametrize("preload", [False, True])
-def test_crops_read_from_the_shards_equal_slices_of_the_fine_images(fine_set, preload):
+@pytest.mark.parametrize("reader", ["memmap", "ram", "gzip"])
+def test_crops_read_from_the_shards_equal_slices_of_the_fine_images(fine_set, reader, tmp_path):
     folder, written = fine_set
+    if reader == "gzip":  # compressed shards: read through h5py, one crop at a time
+        folder = tmp_path
+        split_sizes = {"train": [40, 40], "validation": [4], "test": [4]}
+        written = make_shard_set(folder, split_sizes, fine=True, compression="gzip")
     dataset = ShardDataset(folder, "train", image="mel_fine", crop_frames=128)
-    if preload:
+    assert (dataset.shards[0].layout is None) == (reader == "gzip")
+    if reader == "ram":
         dataset.preload()
     fine = written["fine"]["train"].astype(np.float32)
     assert (dataset.height, dataset.width) == (128, WIDTH) and dataset.recipe == FINE_RECIPE

@@ -219,40 +219,25 @@ class ShardDataset(torch.utils.data.Dataset):
 
     # -- access ---------------------------------------------------------------
 
-    def _read(self, indices: np.ndarray, starts: np.ndarray | None = None) -> np.ndarray:
-        """Raw images of sorted ``indices``, float32: shape (B, H, W), or (B, H, crop_frames) crops
-        from ``starts`` (B,)."""
-        frames = self.width if starts is None else self.crop_frames
-        out = np.empty((len(indices), self.height, frames), dtype=np.float32)
+    def _read(self, indices: np.ndarray) -> np.ndarray:
+        """Raw images of sorted ``indices``, float32, shape (B, H, W)."""
+        out = np.empty((len(indices), self.height, self.width), dtype=np.float32)
         if len(indices) == 0:
             return out
         if self._ram is not None:
-            self._copy(self._ram, indices, starts, out, "ram")
+            self._copy(self._ram, indices, out)
             return out
         shard_of = np.searchsorted(self._starts, indices, side="right") - 1
         local_all = indices - self._starts[shard_of]
         bounds = (np.flatnonzero(np.diff(shard_of)) + 1).tolist()
         for lo, hi in zip([0, *bounds], [*bounds, len(indices)], strict=True):
-            shard = int(shard_of[lo])
-            part = None if starts is None else starts[lo:hi]
-            self._copy(self._reader(shard), local_all[lo:hi], part, out[lo:hi], shard)
+            self._copy(self._reader(int(shard_of[lo])), local_all[lo:hi], out[lo:hi])
         return out
 
-    def _copy(self, reader, local: np.ndarray, starts: np.ndarray | None, out: np.ndarray, key) -> None:
-        """``out[k] = reader[local[k]]`` (or its crop from ``starts[k]``), reader a memmap view,
-        an array in RAM or an h5py dataset (``key`` names it for the cached crop view)."""
-        if starts is not None and isinstance(reader, np.ndarray):
-            # One gather over a sliding-window view (N, H, W - frames + 1, frames): no Python loop.
-            windows = self._windows.get(key)
-            if windows is None:
-                windows = np.lib.stride_tricks.sliding_window_view(reader, out.shape[-1], axis=2)
-                self._windows[key] = windows
-            out[...] = windows[local, :, starts]
-        elif starts is not None:
-            frames = out.shape[-1]
-            for k, (i, s) in enumerate(zip(local.tolist(), starts.tolist(), strict=True)):
-                out[k] = reader[i, :, s : s + frames]
-        elif isinstance(reader, np.ndarray) and reader.dtype == out.dtype:
+    @staticmethod
+    def _copy(reader, local: np.ndarray, out: np.ndarray) -> None:
+        """``out[k] = reader[local[k]]``, reader a memmap view, an array in RAM or an h5py dataset."""
+        if isinstance(reader, np.ndarray) and reader.dtype == out.dtype:
             # mode="clip": indices are checked in gather; "raise" would buffer the output
             reader.take(local, axis=0, out=out, mode="clip")
         elif isinstance(reader, np.ndarray):  # float16 (mel_fine): gather, then widen
@@ -260,6 +245,53 @@ class ShardDataset(torch.utils.data.Dataset):
         else:
             unique, inverse = np.unique(local, return_inverse=True)
             out[...] = reader[unique][inverse]
+
+    def _read_crops(self, indices: np.ndarray, starts: np.ndarray) -> np.ndarray:
+        """Crops of ``crop_frames`` frames from ``starts`` (B,) of the sorted images ``indices``
+        (B,): float32, shape (B, H, crop_frames).
+
+        A crop is one item of a strided view of the shard's map whose first axis is the offset of
+        the crop's first element (:meth:`_crop_view`), so each shard's crops are one integer gather.
+        """
+        out = np.empty((len(indices), self.height, self.crop_frames), dtype=np.float32)
+        if len(indices) == 0:
+            return out
+        offsets = starts.copy()
+        if self._ram is not None:
+            offsets += indices * (self.height * self.width)
+            out[...] = self._crop_view("ram", self._ram)[offsets]
+            return out
+        shard_of = np.searchsorted(self._starts, indices, side="right") - 1
+        offsets += (indices - self._starts[shard_of]) * (self.height * self.width)
+        bounds = (np.flatnonzero(np.diff(shard_of)) + 1).tolist()
+        for lo, hi in zip([0, *bounds], [*bounds, len(indices)], strict=True):
+            shard = int(shard_of[lo])
+            reader = self._reader(shard)
+            if isinstance(reader, np.ndarray):
+                out[lo:hi] = self._crop_view(shard, reader)[offsets[lo:hi]]
+            else:  # an h5py dataset: one read per crop
+                local = (indices[lo:hi] - self._starts[shard]).tolist()
+                for row, i, s in zip(range(lo, hi), local, starts[lo:hi].tolist(), strict=True):
+                    out[row] = reader[i, :, s : s + self.crop_frames]
+        return out
+
+    def _crop_view(self, key, reader: np.ndarray) -> np.ndarray:
+        """A read-only view of C-contiguous images ``reader`` (N, H, W), shape (N*H*W - span + 1, H,
+        crop): item ``o`` is the (H, crop) block whose first element is element ``o`` of the flat
+        array, so the crop of image i from frame s is item ``i*H*W + s`` (cached per ``key``)."""
+        view = self._windows.get(key)
+        if view is None:
+            flat = np.ascontiguousarray(reader).reshape(-1)
+            step = flat.strides[0]
+            span = (self.height - 1) * self.width + self.crop_frames
+            view = np.lib.stride_tricks.as_strided(
+                flat,
+                shape=(flat.size - span + 1, self.height, self.crop_frames),
+                strides=(step, self.width * step, step),
+                writeable=False,
+            )
+            self._windows[key] = view
+        return view
 
     def gather(self, indices, starts=None) -> tuple[torch.Tensor, torch.Tensor]:
         """One batch in one call.
@@ -291,9 +323,13 @@ class ShardDataset(torch.utils.data.Dataset):
             images = np.empty(
                 (len(indices), self.height, self.width if starts is None else self.crop_frames), np.float32
             )
-            images[order] = self._read(indices[order], None if starts is None else starts[order])
+            images[order] = (
+                self._read(indices[order])
+                if starts is None
+                else self._read_crops(indices[order], starts[order])
+            )
         else:
-            images = self._read(indices, starts)
+            images = self._read(indices) if starts is None else self._read_crops(indices, starts)
         return torch.from_numpy(images).unsqueeze(1), torch.from_numpy(self.labels[indices])
 
     def _check_starts(self, starts, count: int) -> np.ndarray:
