@@ -11,13 +11,14 @@ import numpy as np
 import pytest
 
 from preprocess.audio import decode, image_of, track_image
-from preprocess.recipe import Recipe
+from preprocess.recipe import RECIPES, Recipe
 from preprocess.synth_audio import encode_mp3
-from preprocess.windows import hop_length, window_images, window_length, window_starts
+from preprocess.windows import window_images, window_plan, window_starts
 from tests._inference import SR, direct_scores, make_checkpoint, tones, write_mp3
 from train.__main__ import main
 
 RECIPE = Recipe()
+FINE = RECIPES["fine"]
 
 
 @pytest.fixture(scope="module")
@@ -36,21 +37,24 @@ def run(tmp_path_factory):
     return folder, checkpoint
 
 
-@pytest.mark.parametrize("seconds", [20, 30, 75])
-def test_each_window_image_is_the_features_stage_image_of_that_excerpt(clips, seconds):
-    hop_s = 10.0
-    result = window_images(clips[seconds], RECIPE, hop_s=hop_s)
+@pytest.mark.parametrize(
+    "seconds, recipe, hop_s",
+    [(20, RECIPE, 10.0), (30, RECIPE, 10.0), (75, RECIPE, 10.0), (75, RECIPE, None), (75, FINE, None)],
+)
+def test_each_window_image_is_the_features_stage_image_of_that_excerpt(clips, seconds, recipe, hop_s):
+    result = window_images(clips[seconds], recipe, hop_s=hop_s)
     waveform, rate = decode(clips[seconds])  # the whole file, decoded at once
-    window, hop = window_length(RECIPE, rate), hop_length(hop_s, rate)
-    starts = window_starts(waveform.shape[1], window, hop)
-    assert len(starts) == {20: 1, 30: 2, 75: 6}[seconds]
+    plan = window_plan(recipe, rate, hop_s)
+    assert plan.grid == recipe.hop_length(rate)  # windows on the frame grid: their frames are shared
+    starts = window_starts(waveform.shape[1], plan.window, plan.hop, plan.grid)
+    assert len(starts) == {20: 1, 30: 2, 75: 6 if hop_s else 5}[seconds]
     np.testing.assert_allclose(result.starts_s, np.array(starts) / rate)
-    assert result.images.shape == (len(starts), 128, 128) and result.silent == 0
+    assert result.images.shape == (len(starts), 128, recipe.n_frames) and result.silent == 0
     for start, image in zip(starts, result.images, strict=True):
-        expected = image_of(waveform[:, start : start + window], rate, RECIPE).image
+        expected = image_of(waveform[:, start : start + plan.window], rate, recipe).image
         np.testing.assert_array_equal(image, expected)
     # The first window is exactly the image the features stage stores for the track.
-    np.testing.assert_array_equal(result.images[0], track_image(clips[seconds], RECIPE).image)
+    np.testing.assert_array_equal(result.images[0], track_image(clips[seconds], recipe).image)
     assert result.seconds == pytest.approx(waveform.shape[1] / rate)
 
 
@@ -231,13 +235,8 @@ def test_memory_of_a_60_minute_file_is_that_of_a_30_second_clip(
         python, subprocess_env, repo_root, [str(hour_long_mp3), *common, "--output", str(out)]
     )
     record = json.loads(out.read_text())
-    assert (
-        record["windows"]
-        == len(
-            window_starts(int(3600 * SR), window_length(RECIPE, SR), hop_length(RECIPE.duration_s / 2, SR))
-        )
-        == 244
-    )
+    plan = window_plan(RECIPE, SR)
+    assert record["windows"] == len(window_starts(int(3600 * SR), plan.window, plan.hop, plan.grid)) == 244
     print(
         f"peak RSS: 30 s clip {short:.0f} MB, 60-minute file {long:.0f} MB (+{long - short:.0f} MB)",
         file=sys.stderr,
