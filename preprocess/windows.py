@@ -318,7 +318,11 @@ def _mono_blocks(reader: AudioReader, frames: int, clock: dict[str, float]) -> I
 
 
 def window_images(
-    source: Source, recipe: Recipe, hop_s: float | None = None, first_only: bool = False
+    source: Source,
+    recipe: Recipe,
+    hop_s: float | None = None,
+    first_only: bool = False,
+    share_frames: bool = True,
 ) -> WindowImages:
     """Decode a file window by window and make each window's image (streamed: memory bounded).
 
@@ -331,6 +335,9 @@ def window_images(
         default half of ``recipe.duration_s``.
     first_only : bool
         Only the first window (what the features stage stores for a track).
+    share_frames : bool
+        Reuse the frames windows share (:class:`SharedFrames`; the same images). False images
+        every window on its own, as before frames were shared (``bench/predict.py`` compares).
 
     Returns
     -------
@@ -350,8 +357,9 @@ def window_images(
             with AudioReader(source) as reader:
                 rate = reader.rate
                 plan = window_plan(recipe, rate, hop_s)
-                shared = SharedFrames() if plan.grid > 1 else None
-                blocks = _mono_blocks(reader, min(plan.hop, plan.window), clock)
+                shared = SharedFrames() if share_frames and plan.grid > 1 else None
+                block = plan.window if first_only else min(plan.hop, plan.window)
+                blocks = _mono_blocks(reader, block, clock)
                 for start, excerpt in cut_windows(blocks, plan.window, plan.hop, first_only, plan.grid):
                     t0 = time.perf_counter()
                     mel = mel_from_mono
@@ -388,13 +396,17 @@ def window_images(
 
 
 def file_window_images(
-    path: str | os.PathLike, recipe: dict, hop_s: float | None = None, first_only: bool = False
+    path: str | os.PathLike,
+    recipe: dict,
+    hop_s: float | None = None,
+    first_only: bool = False,
+    share_frames: bool = True,
 ) -> tuple[WindowImages | None, str | None]:
     """:func:`window_images` for a process pool: ``(images, None)`` or ``(None, reason)``.
 
     ``recipe`` is the plain dict stored in checkpoints and ONNX metadata.
     """
     try:
-        return window_images(path, Recipe.from_dict(recipe), hop_s, first_only), None
+        return window_images(path, Recipe.from_dict(recipe), hop_s, first_only, share_frames), None
     except TrackFailure as exc:
         return None, str(exc)

@@ -58,34 +58,24 @@ def test_each_window_image_is_the_features_stage_image_of_that_excerpt(clips, se
     assert result.seconds == pytest.approx(waveform.shape[1] / rate)
 
 
+def _predict_per_window(folder, clip, checkpoint: dict, out) -> tuple[dict, np.ndarray, np.ndarray]:
+    """``predict --per-window`` of one clip into ``out`` (JSON Lines): the record, the windows'
+    probabilities (W, K) and the track's (K,), in the checkpoint's class order."""
+    argv = ["predict", "--run", str(folder), str(clip), "--per-window", "--output", str(out), "--jobs", "1"]
+    assert main([*argv, "--top", "5"]) == 0
+    [record] = [json.loads(line) for line in out.read_text().splitlines()]
+    names = checkpoint["class_names"]
+    per_window = np.array([[w["probabilities"][n] for n in names] for w in record["per_window"]])
+    return record, per_window, np.array([record["probabilities"][n] for n in names])
+
+
 def test_track_scores_are_the_mean_of_the_window_scores(clips, run, tmp_path):
     folder, checkpoint = run
-    out = tmp_path / "r.jsonl"
-    code = main(
-        [
-            "predict",
-            "--run",
-            str(folder),
-            str(clips[75]),
-            "--per-window",
-            "--output",
-            str(out),
-            "--jobs",
-            "1",
-            "--top",
-            "5",
-        ]
-    )
-    assert code == 0
-    [record] = [json.loads(line) for line in out.read_text().splitlines()]
+    record, per_window, track = _predict_per_window(folder, clips[75], checkpoint, tmp_path / "r.jsonl")
     windows = window_images(clips[75], RECIPE)  # default hop: half a window
     assert record["windows"] == len(windows.starts_s) == 5
-    per_window = np.array(
-        [[w["probabilities"][n] for n in checkpoint["class_names"]] for w in record["per_window"]]
-    )
     expected, _ = direct_scores(checkpoint, windows.images)
     np.testing.assert_allclose(per_window, expected, atol=1e-6)
-    track = np.array([record["probabilities"][n] for n in checkpoint["class_names"]])
     np.testing.assert_allclose(track, expected.mean(axis=0), atol=1e-6)
     # The windows score differently, so the mean is not any single window's score.
     assert np.abs(expected - expected.mean(axis=0)).max() > 0.01
@@ -99,6 +89,42 @@ def test_first_window_is_the_old_single_image_prediction(clips, run, tmp_path, c
     probabilities, _ = direct_scores(checkpoint, track_image(clips[75], RECIPE).image[None])
     best = int(probabilities[0].argmax())
     assert line == f"{clips[75]}: {checkpoint['class_names'][best]} {probabilities[0, best]:.3f} (1 window)"
+
+
+CHUNKS = {"image": "mel_fine", "crop_frames": 128}
+
+
+@pytest.fixture(scope="module")
+def chunk_run(tmp_path_factory):
+    """A run of a chunk model: shortchunk on the fine image, scored by 10 chunks of 128 frames."""
+    folder = tmp_path_factory.mktemp("chunk-run")
+    checkpoint = make_checkpoint(folder / "best.pt", "shortchunk", 5, recipe=FINE.to_dict(), config=CHUNKS)
+    return folder, checkpoint
+
+
+def test_a_chunk_model_scores_windows_of_its_recipe_each_by_its_chunks(clips, chunk_run, tmp_path, capsys):
+    folder, checkpoint = chunk_run
+    record, per_window, track = _predict_per_window(folder, clips[75], checkpoint, tmp_path / "r.jsonl")
+    # A chunk model's default hop is a whole window: its chunks already cover every part of one.
+    assert "windows of 29.5 s every 29.49 s (1270 frames)" in capsys.readouterr().err
+    windows = window_images(clips[75], FINE, hop_s=FINE.duration_s)
+    assert record["windows"] == len(windows.starts_s) == 3
+    assert windows.images.shape == (3, 128, 1271)
+    expected, _ = direct_scores(checkpoint, windows.images)  # each of the 10 chunks by hand, then the mean
+    np.testing.assert_allclose(per_window, expected, atol=1e-5)
+    np.testing.assert_allclose(track, expected.mean(axis=0), atol=1e-5)
+    assert np.abs(expected - expected.mean(axis=0)).max() > 0.01  # the windows score differently
+
+
+def test_the_header_says_how_the_windows_are_cut(clips, run, capsys):
+    folder, _ = run
+    common = ["predict", "--run", str(folder), str(clips[20]), "--jobs", "1"]
+    assert main(common) == 0
+    assert "windows of 29.5 s every 14.75 s (64 frames)" in capsys.readouterr().err
+    assert main([*common, "--hop", "10"]) == 0  # rounded to whole frames of 10,164 samples
+    assert "windows of 29.5 s every 9.91 s (43 frames)" in capsys.readouterr().err
+    assert main([*common, "--first-window"]) == 0
+    assert "first window only" in capsys.readouterr().err
 
 
 def test_a_folder_with_broken_files_gives_one_row_each_and_exit_status_1(clips, run, tmp_path, capsys):
@@ -195,6 +221,25 @@ sys.exit(code)
     assert o["windows"] == t["windows"] == 5
     for name, p in t["probabilities"].items():
         assert o["probabilities"][name] == pytest.approx(p, abs=1e-5)
+
+
+@pytest.mark.slow
+def test_predict_with_an_exported_chunk_model_matches_the_checkpoint(clips, chunk_run, tmp_path):
+    folder, _ = chunk_run
+    model = tmp_path / "chunks.onnx"
+    assert main(["export", "--run", str(folder), "--onnx", str(model)]) == 0
+    by_torch, by_onnx = tmp_path / "t.jsonl", tmp_path / "o.jsonl"
+    common = [str(clips[75]), "--per-window", "--jobs", "1"]
+    assert main(["predict", "--run", str(folder), *common, "--output", str(by_torch)]) == 0
+    assert main(["predict", "--onnx", str(model), *common, "--output", str(by_onnx)]) == 0
+    t, o = (json.loads(p.read_text()) for p in (by_torch, by_onnx))
+    assert o["windows"] == t["windows"] == 3
+    for name, p in t["probabilities"].items():
+        assert o["probabilities"][name] == pytest.approx(p, abs=1e-5)
+    for wt, wo in zip(t["per_window"], o["per_window"], strict=True):
+        assert wo["start_s"] == wt["start_s"]
+        for name, p in wt["probabilities"].items():
+            assert wo["probabilities"][name] == pytest.approx(p, abs=1e-5)
 
 
 def _peak_rss_mb(python, env, cwd, args) -> float:
