@@ -43,6 +43,10 @@ import scipy.sparse
 FRAME_BLOCK = 32
 
 
+#: What :func:`prepare_waveform` says about a waveform with NaN or infinite samples.
+NOT_FINITE = "waveform holds NaN or infinite samples"
+
+
 class TooShortError(ValueError):
     """A clip shorter than the recipe's minimum duration."""
 
@@ -214,7 +218,7 @@ def prepare_waveform(waveform: np.ndarray, sample_rate: int, recipe: Recipe) -> 
     if seconds < recipe.min_duration_s:
         raise TooShortError(f"too short: {seconds:.1f} s < {recipe.min_duration_s:g} s")
     if not np.isfinite(y).all():
-        raise ValueError("waveform holds NaN or infinite samples")
+        raise ValueError(NOT_FINITE)
     rate = recipe.output_rate(sample_rate)
     if rate != sample_rate:
         import librosa

@@ -51,7 +51,6 @@ once, not twice, at the default hop.
 
 from __future__ import annotations
 
-import functools
 import os
 import time
 from dataclasses import dataclass
@@ -66,9 +65,11 @@ from preprocess.audio import (
     TrackFailure,
     captured_stderr,
     image_of,
+    is_quiet,
+    silence_skip,
     with_decoder_messages,
 )
-from preprocess.recipe import Recipe, downmix, mel_from_mono, mel_power, power_to_db
+from preprocess.recipe import NOT_FINITE, Recipe, downmix, mel_power, power_to_db
 
 #: The sample rate the predict header describes the hop at (FMA's usual rate).
 NOMINAL_RATE = 44100
@@ -181,10 +182,50 @@ def end_window_start(n_samples: int, window: int, grid: int) -> int:
     return -(-(n_samples - window) // grid) * grid
 
 
-def cut_windows(
+class SampleBuffer:
+    """Consecutive blocks of a stream, shape (n_channels, n_i) each, holding samples ``offset`` to
+    ``end`` of it: what the windows still to come need, and nothing older."""
+
+    def __init__(self) -> None:
+        self.blocks: list[np.ndarray] = []
+        self.offset = 0  # the stream's index of blocks[0][:, 0]
+        self.end = 0  # one past the last sample received
+
+    def push(self, block: np.ndarray) -> None:
+        """Append the next block (n_channels, n)."""
+        self.blocks.append(block)
+        self.end += block.shape[1]
+
+    def parts(self, start: int, stop: int) -> list[np.ndarray]:
+        """Views (n_channels, n_i) of the blocks that together are samples ``[start, stop)``
+        (``offset <= start``, ``stop <= end``)."""
+        if start < self.offset or stop > self.end:
+            raise ValueError(f"samples [{start}, {stop}) are not all in [{self.offset}, {self.end})")
+        parts, position = [], self.offset
+        for block in self.blocks:
+            lo, hi = max(start - position, 0), min(stop - position, block.shape[1])
+            if hi > lo:
+                parts.append(block[:, lo:hi])
+            position += block.shape[1]
+        return parts
+
+    def take(self, start: int, stop: int) -> np.ndarray:
+        """Samples ``[start, stop)`` as one new array (n_channels, stop - start)."""
+        parts = self.parts(start, stop)
+        if not parts:
+            return np.zeros((self.blocks[0].shape[0] if self.blocks else 1, 0), np.float32)
+        return parts[0].copy() if len(parts) == 1 else np.concatenate(parts, axis=1)
+
+    def drop_before(self, position: int) -> None:
+        """Forget the blocks that end at or before ``position``."""
+        while self.blocks and self.offset + self.blocks[0].shape[1] <= position:
+            self.offset += self.blocks.pop(0).shape[1]
+
+
+def window_spans(
     blocks: Iterable[np.ndarray], window: int, hop: int, first_only: bool = False, grid: int = 1
-) -> Iterator[tuple[int, np.ndarray]]:
-    """The planned windows of a stream of sample blocks, in order.
+) -> Iterator[tuple[int, int, SampleBuffer]]:
+    """The planned windows of a stream of sample blocks, in order, as soon as their samples are in.
 
     Parameters
     ----------
@@ -197,80 +238,120 @@ def cut_windows(
 
     Yields
     ------
-    (int, np.ndarray of shape (n_channels, <= window))
-        Start offset and the samples ``all[:, start:start + window]``; the single
-        window of a file shorter than ``window`` is the whole file, and the end
-        window is up to ``grid - 1`` samples short.
+    (int, int, SampleBuffer)
+        The window's samples ``[start, stop)`` of the stream, and the buffer holding them (at
+        most a window and a block; read it before asking for the next window). The single window
+        of a file shorter than ``window`` is the whole file, and the end window is up to
+        ``grid - 1`` samples short.
     """
-    pieces: list[np.ndarray] = []  # consecutive blocks, the first starting at `offset`
-    offset = 0  # absolute index of pieces[0][:, 0]
-    end = 0  # absolute index one past the last sample received
+    buffer = SampleBuffer()
     next_start = 0
     last_end = 0  # end of the last window yielded
-
-    def take(start: int, stop: int) -> np.ndarray:
-        parts, pos = [], offset
-        for piece in pieces:
-            lo, hi = max(start - pos, 0), min(stop - pos, piece.shape[1])
-            if hi > lo:
-                parts.append(piece[:, lo:hi])
-            pos += piece.shape[1]
-        return parts[0].copy() if len(parts) == 1 else np.concatenate(parts, axis=1)
-
     for block in blocks:
         if block.shape[1] == 0:
             continue
-        pieces.append(block)
-        end += block.shape[1]
-        while next_start + window <= end:
-            yield next_start, take(next_start, next_start + window)
+        buffer.push(block)
+        while next_start + window <= buffer.end:
+            yield next_start, next_start + window, buffer
             if first_only:
                 return
             last_end = next_start + window
             next_start += hop
         # Keep what a later window, or the end window, can still need.
-        keep_from = min(next_start, end - window)
-        while pieces and offset + pieces[0].shape[1] <= keep_from:
-            offset += pieces.pop(0).shape[1]
-    if end == 0:
+        buffer.drop_before(min(next_start, buffer.end - window))
+    if buffer.end == 0:
         return
     if last_end == 0:  # no full window: the file is shorter than one
-        yield 0, take(0, end)
-    elif last_end < end:
-        start = end_window_start(end, window, grid)
-        yield start, take(start, end)
+        yield 0, buffer.end, buffer
+    elif last_end < buffer.end:
+        yield end_window_start(buffer.end, window, grid), buffer.end, buffer
 
 
-class SharedFrames:
-    """The mel power of the frames one window shares with the next, for one file's windows in order.
+def cut_windows(
+    blocks: Iterable[np.ndarray], window: int, hop: int, first_only: bool = False, grid: int = 1
+) -> Iterator[tuple[int, np.ndarray]]:
+    """The planned windows of a stream of sample blocks, in order, as arrays (see :func:`window_spans`).
 
-    See the module doc. :meth:`image` is a drop-in for :func:`preprocess.recipe.mel_from_mono`
-    on the prepared excerpt of a window that starts at frame ``frame`` of the file's frame grid.
+    Yields
+    ------
+    (int, np.ndarray of shape (n_channels, <= window))
+        Start offset and the samples ``all[:, start:start + window]``.
+    """
+    for start, stop, buffer in window_spans(blocks, window, hop, first_only, grid):
+        yield start, buffer.take(start, stop)
+
+
+class FrameStream:
+    """The images of one file's windows made from the file's frame grid (see the module doc).
+
+    Each frame that lies wholly inside the file is transformed once, when the first window that
+    holds it is imaged, and kept while the next window shares it; each window adds only its edge
+    frames, computed on its own excerpt. Samples are checked as they arrive (:meth:`watch`), so a
+    window's image needs no copy of its excerpt: :meth:`image` gives what
+    :func:`preprocess.audio.image_of` gives for the excerpt, the same image and the same failures.
+
+    Parameters
+    ----------
+    recipe : Recipe
+    rate : int
+        The file's sample rate; the recipe must make its image at that rate (:func:`frame_grid`).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, recipe: Recipe, rate: int):
+        if recipe.output_rate(rate) != rate:
+            raise ValueError(f"recipe {recipe.name!r} resamples {rate} Hz: its windows share no frames")
+        self.recipe, self.rate, self.hop = recipe, rate, recipe.hop_length(rate)
         self.first = 0  # the file's frame index of columns[:, 0]
-        self.columns: np.ndarray | None = None  # (n_mels, C) mel power, float32
+        self.columns: np.ndarray | None = None  # (n_mels, C) mel power of the frames kept
+        self.first_bad: int | None = None  # the first NaN or infinite sample seen
 
-    def image(self, frame: int, y: np.ndarray, rate: int, recipe: Recipe) -> np.ndarray:
-        """The image of the excerpt ``y`` (n,) (at most a window, prepared mono at ``rate``) that
-        starts at frame ``frame`` of the file: (recipe.n_mels, recipe.n_frames) float32, equal to
-        ``mel_from_mono(y, rate, recipe)``."""
-        n_frames = recipe.n_frames
-        inner = min(y.shape[0] // recipe.hop_length(rate) - 1, n_frames - 1)  # frames 1..inner: the file's
-        lo = hi = 1  # local frames [lo, hi) taken from the previous window's
+    def watch(self, mono: np.ndarray, at: int) -> None:
+        """Check a block of the down-mixed stream (1, n) that starts at sample ``at``."""
+        if self.first_bad is None:
+            bad = ~np.isfinite(mono[0])
+            if bad.any():
+                self.first_bad = at + int(bad.argmax())
+
+    def image(self, start: int, stop: int, buffer: SampleBuffer) -> np.ndarray:
+        """The image of the down-mixed samples ``[start, stop)`` in ``buffer`` (``start`` on the frame
+        grid, ``stop - start`` from ``recipe.min_duration_s`` to a window), shape (n_mels, n_frames)
+        float32: equal to ``image_of(buffer.take(start, stop), rate, recipe).image``.
+
+        Raises
+        ------
+        TrackFailure
+            ``bad audio: ...`` (a NaN or infinite sample in the window) or ``digital silence``,
+            as :func:`preprocess.audio.image_of` says them.
+        """
+        length, window = stop - start, window_length(self.recipe, self.rate)
+        if start % self.hop or not self.recipe.min_duration_s * self.rate <= length <= window:
+            raise ValueError(f"samples [{start}, {stop}) are not a window on the frame grid of {self.hop}")
+        if self.first_bad is not None and start <= self.first_bad < stop:
+            raise TrackFailure(f"bad audio: {NOT_FINITE}")
+        if is_quiet(part[0] for part in buffer.parts(start + silence_skip(self.rate), stop)):
+            raise TrackFailure(SILENCE)
+        n_frames, frame = self.recipe.n_frames, start // self.hop
+        inner = min(length // self.hop - 1, n_frames - 1)  # frames 1..inner: the file's
+        lo = hi = 1  # frames [lo, hi) of this window taken from the ones kept
         if self.columns is not None and inner >= 1:
             lo = max(1, self.first - frame)
-            hi = min(inner + 1, self.first + self.columns.shape[1] - frame)
+            hi = max(lo, min(inner + 1, self.first + self.columns.shape[1] - frame))
+        power = np.empty((self.recipe.n_mels, n_frames), dtype=np.float32)
         if hi > lo:
-            power = np.empty((recipe.n_mels, n_frames), dtype=np.float32)
             power[:, lo:hi] = self.columns[:, lo + frame - self.first : hi + frame - self.first]
-            power[:, :lo] = mel_power(y, rate, recipe, 0, lo)
-            power[:, hi:] = mel_power(y, rate, recipe, hi, n_frames - hi)
-        else:
-            power = mel_power(y, rate, recipe, 0, n_frames)
+        power[:, :lo] = self._frames(buffer, start, stop, 0, lo)
+        power[:, hi:] = self._frames(buffer, start, stop, hi, n_frames)
         self.first, self.columns = frame + 1, (power[:, 1 : inner + 1] if inner >= 1 else None)
-        return power_to_db(power, recipe)
+        return power_to_db(power, self.recipe)
+
+    def _frames(self, buffer: SampleBuffer, start: int, stop: int, first: int, end: int) -> np.ndarray:
+        """Mel power (n_mels, end - first) of frames ``first .. end - 1`` of the excerpt
+        ``[start, stop)``, from only the samples they cover (zeros past the excerpt's ends)."""
+        skip = max(first - 1, 0)  # frames the samples taken begin after: frame k is their k - skip
+        lo, hi = start + skip * self.hop, min(stop, start + end * self.hop)
+        # Past the excerpt's end a frame is all zeros: one zero sample stands for the padding.
+        y = buffer.take(lo, hi)[0] if hi > lo else np.zeros(1, np.float32)
+        return mel_power(y, self.rate, self.recipe, first - skip, end - first)
 
 
 @dataclass
@@ -302,9 +383,12 @@ class WindowImages:
     cpu_s: float
 
 
-def _mono_blocks(reader: AudioReader, frames: int, clock: dict[str, float]) -> Iterator[np.ndarray]:
-    """``reader``'s blocks down-mixed, shape (1, n) each; decoding and down-mix timed into ``clock``."""
-    blocks = reader.blocks(frames)
+def _mono_blocks(
+    reader: AudioReader, frames: int, clock: dict[str, float], stream: FrameStream | None
+) -> Iterator[np.ndarray]:
+    """``reader``'s blocks down-mixed, shape (1, n) each (and watched by ``stream``); decoding and
+    down-mix timed into ``clock``."""
+    blocks, at = reader.blocks(frames), 0
     while True:
         t0 = time.perf_counter()
         block = next(blocks, None)
@@ -313,6 +397,9 @@ def _mono_blocks(reader: AudioReader, frames: int, clock: dict[str, float]) -> I
         if block is None:
             return
         mono = downmix(block)[None]
+        if stream is not None:
+            stream.watch(mono, at)
+        at += mono.shape[1]
         clock["image"] += time.perf_counter() - t1
         yield mono
 
@@ -336,8 +423,8 @@ def window_images(
     first_only : bool
         Only the first window (what the features stage stores for a track).
     share_frames : bool
-        Reuse the frames windows share (:class:`SharedFrames`; the same images). False images
-        every window on its own, as before frames were shared (``bench/predict.py`` compares).
+        Make the images from the file's frame grid (:class:`FrameStream`; the same images). False
+        images every window on its own, as before frames were shared (``bench/predict.py`` compares).
 
     Returns
     -------
@@ -357,23 +444,24 @@ def window_images(
             with AudioReader(source) as reader:
                 rate = reader.rate
                 plan = window_plan(recipe, rate, hop_s)
-                shared = SharedFrames() if share_frames and plan.grid > 1 else None
+                shared = share_frames and plan.grid > 1 and not first_only
+                stream = FrameStream(recipe, rate) if shared else None
                 block = plan.window if first_only else min(plan.hop, plan.window)
-                blocks = _mono_blocks(reader, block, clock)
-                for start, excerpt in cut_windows(blocks, plan.window, plan.hop, first_only, plan.grid):
+                blocks = _mono_blocks(reader, block, clock, stream)
+                for start, stop, buffer in window_spans(blocks, plan.window, plan.hop, first_only, plan.grid):
                     t0 = time.perf_counter()
-                    mel = mel_from_mono
-                    if shared is not None:
-                        mel = functools.partial(shared.image, start // plan.grid)
                     try:
-                        images.append(image_of(excerpt[0], rate, recipe, mel=mel).image)
+                        if stream is not None and stop - start >= recipe.min_duration_s * rate:
+                            images.append(stream.image(start, stop, buffer))
+                        else:
+                            images.append(image_of(buffer.take(start, stop), rate, recipe).image)
                         starts.append(start / rate)
                     except TrackFailure as exc:
                         if str(exc) != SILENCE:
                             raise
                         silent += 1
                     clock["image"] += time.perf_counter() - t0
-                    end = max(end, start + excerpt.shape[1])
+                    end = max(end, stop)
             if end == 0:
                 raise TrackFailure("cannot decode: no audio frames")
             if not images:

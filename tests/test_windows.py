@@ -6,12 +6,14 @@ import numpy as np
 import pytest
 
 import preprocess.windows as windows_module
-from preprocess.recipe import RECIPES, Recipe, mel_from_mono
+from preprocess.audio import TrackFailure, image_of
+from preprocess.recipe import NOT_FINITE, RECIPES, Recipe
 from preprocess.windows import (
-    SharedFrames,
+    FrameStream,
     cut_windows,
     describe_hop,
     window_plan,
+    window_spans,
     window_starts,
 )
 
@@ -160,16 +162,43 @@ def _stream(seconds: float, seed: int) -> np.ndarray:
     return y.astype(np.float32)
 
 
+def _outcomes(recipe: Recipe, y: np.ndarray, hop_s: float | None, skip: int | None = None):
+    """Each window's image (or failure reason) by a FrameStream and by image_of of its excerpt."""
+    plan = window_plan(recipe, RATE, hop_s)
+    stream = FrameStream(recipe, RATE)
+
+    def watched(blocks):  # as window_images feeds them: every block checked once on arrival
+        at = 0
+        for block in blocks:
+            stream.watch(block, at)
+            at += block.shape[1]
+            yield block
+
+    def outcome(make, *args):
+        try:
+            return make(*args)
+        except TrackFailure as exc:
+            return str(exc)
+
+    def by_image_of(start, stop, buffer):
+        return image_of(buffer.take(start, stop), RATE, recipe).image
+
+    blocks = watched(_blocks(y[None], np.random.default_rng(0)))
+    pairs = []
+    for i, span in enumerate(window_spans(blocks, plan.window, plan.hop, grid=plan.grid)):
+        if i != skip:  # (predict skips a window of digital silence)
+            pairs.append((outcome(stream.image, *span), outcome(by_image_of, *span)))
+    return plan, pairs
+
+
 @pytest.mark.parametrize(
     "name, seconds, hop_s",
     [("reference", 200.3, None), ("fine", 95.0, None), ("reference", 100.0, 10.0), ("fine", 70.0, 29.5)],
 )
-def test_shared_frames_give_each_window_the_features_stage_image_and_compute_each_frame_once(
+def test_a_frame_stream_gives_each_window_the_features_stage_image_and_transforms_each_frame_once(
     name, seconds, hop_s, monkeypatch
 ):
     recipe = RECIPES[name]
-    plan = window_plan(recipe, RATE, hop_s)
-    y = _stream(seconds, seed=len(name))
     computed = []
 
     def counted(y, rate, recipe, first, count):  # the real function, its frames counted
@@ -178,16 +207,29 @@ def test_shared_frames_give_each_window_the_features_stage_image_and_compute_eac
 
     real = windows_module.mel_power
     monkeypatch.setattr(windows_module, "mel_power", counted)
-    shared = SharedFrames()
-    cut = list(cut_windows(_blocks(y[None], np.random.default_rng(0)), plan.window, plan.hop, grid=plan.grid))
-    assert len(cut) >= 3
-    for i, (start, excerpt) in enumerate(cut):
-        if i == 1:
-            continue  # as predict skips a window of digital silence
-        image = shared.image(start // plan.grid, excerpt[0], RATE, recipe)
-        np.testing.assert_array_equal(image, mel_from_mono(excerpt[0], RATE, recipe))
+    y = _stream(seconds, seed=len(name))
+    plan, pairs = _outcomes(recipe, y, hop_s, skip=1)
+    assert len(pairs) >= 2
+    for by_stream, by_image_of in pairs:
+        np.testing.assert_array_equal(by_stream, by_image_of)
     # Every frame of the file's grid is transformed once, plus each window's edge frames.
     file_frames = len(y) // plan.grid + 1
-    assert sum(computed) <= file_frames + 3 * len(cut), (sum(computed), file_frames, len(cut))
+    assert sum(computed) <= file_frames + 3 * (len(pairs) + 1), (sum(computed), file_frames, len(pairs))
     if plan.hop < plan.window / 2 + plan.grid:  # windows overlap by half or more
-        assert sum(computed) < 0.6 * len(cut) * recipe.n_frames
+        assert sum(computed) < 0.6 * (len(pairs) + 1) * recipe.n_frames
+
+
+def test_a_frame_stream_fails_the_windows_image_of_fails():
+    y = _stream(120.0, seed=3)
+    y[int(40.2 * RATE) : int(75 * RATE)] = 0.0  # digital silence over more than a window
+    y[int(100.0 * RATE)] = np.nan
+    _, pairs = _outcomes(Recipe(), y, None)
+    outcomes = [a if isinstance(a, str) else "image" for a, _ in pairs]
+    # Windows at 0, 14.75, ... 88.5 s and one at 90.5 s: the one at 44.25 s lies in the silence,
+    # the last three hold the NaN.
+    assert outcomes == ["image"] * 3 + ["digital silence", "image"] + ["bad audio: " + NOT_FINITE] * 3
+    for by_stream, by_image_of in pairs:
+        if isinstance(by_stream, str):
+            assert by_stream == by_image_of
+        else:
+            np.testing.assert_array_equal(by_stream, by_image_of)
