@@ -2,10 +2,12 @@
 
 For the retrieval and clustering work people do with genre models: every
 track's vector from the layer before the logits (192 numbers for ``seed``, 512
-for ``resnet``; ``train.models``).
+for ``resnet``, 4 x width for ``shortchunk``; ``train.models``). A chunk model's
+vector for an image is the mean over its chunks, as it scores them.
 
-``--shards S [--split test]``  the stored images of one split, with each track's
-                               ``track_id`` and ``label``;
+``--shards S [--split test]``  the stored images of one split (the model's own:
+                               ``mel``, or ``mel_fine`` for a model of the fine
+                               image), with each track's ``track_id`` and ``label``;
 ``FILES/FOLDERS``              audio files cut into windows exactly as ``predict``
                                does; a file's vector is the mean over its windows,
                                and files that fail are listed with their reasons.

@@ -1,11 +1,12 @@
 """Genres of whole audio files: ``python -m train predict --run RUN FILES/FOLDERS [...]``.
 
 Each file is decoded window by window (29.5 s windows of the recipe stored with
-the model, every ``--hop`` seconds, default half a window; see
-:mod:`preprocess.windows` for the plan and the short-file policy); each window
-becomes an image by the features stage's own function, the windows of a file go
-through the model in batches, and the file's probabilities are the mean of its
-windows' softmax probabilities. Windows of digital silence are left out (a file
+the model, every ``--hop`` seconds rounded to whole frames, default half a window,
+or a whole window for a chunk model; see :mod:`preprocess.windows` for the plan
+and the short-file policy); each window's image equals the features stage's image
+of that excerpt, the windows of a file go through the model in batches (a chunk
+model scores an image as the mean over its chunks), and the file's probabilities
+are the mean of its windows' softmax probabilities. Windows of digital silence are left out (a file
 that is all silence fails). ``--first-window`` scores only the first window (what
 the features stage stores for a training track).
 
