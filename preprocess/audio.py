@@ -36,7 +36,7 @@ import tempfile
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Callable, Iterable, Iterator, Union
+from typing import BinaryIO, Iterable, Iterator, Union
 
 import numpy as np
 import soundfile
@@ -353,12 +353,7 @@ def is_quiet(parts: Iterable[np.ndarray]) -> bool:
 
 
 def image_of(
-    waveform: np.ndarray,
-    rate: int,
-    recipe: Recipe,
-    keep_silence: bool = False,
-    fine: Recipe | None = None,
-    mel: Callable[[np.ndarray, int, Recipe], np.ndarray] = mel_from_mono,
+    waveform: np.ndarray, rate: int, recipe: Recipe, keep_silence: bool = False, fine: Recipe | None = None
 ) -> TrackImage:
     """The recipe's image of a decoded clip, with its padding and silence checks.
 
@@ -372,10 +367,6 @@ def image_of(
     fine : Recipe, optional
         Also make this recipe's image of the same prepared samples (stored as float16); it must
         prepare clips as ``recipe`` does (:func:`~preprocess.recipe.same_waveform`).
-    mel : callable ``(mono (n,), rate, recipe) -> image (n_mels, n_frames)``
-        The last step, from the prepared mono waveform to ``recipe``'s image: by default
-        :func:`~preprocess.recipe.mel_from_mono`. ``preprocess.windows`` passes one that reuses
-        the frames a window shares with the one before and gives the same image.
 
     Raises
     ------
@@ -391,7 +382,7 @@ def image_of(
         mono, out_rate = prepare_waveform(waveform, rate, recipe)
         if not keep_silence and is_digital_silence(mono, out_rate):
             raise TrackFailure(SILENCE)
-        image = mel(mono, out_rate, recipe)
+        image = mel_from_mono(mono, out_rate, recipe)
         fine_image = None if fine is None else mel_from_mono(mono, out_rate, fine).astype(np.float16)
     except TooShortError as exc:
         raise TrackFailure(str(exc)) from None

@@ -28,25 +28,27 @@ at 0 and 0.69 s; 60 s four, at 0, 14.75, 29.50 and 30.65 s.
 
 Cutting (streamed)
 ------------------
-:func:`cut_windows` takes the decoded samples as a sequence of blocks and yields
+:func:`window_spans` takes the decoded samples as a sequence of blocks and gives
 the planned windows as they become complete, keeping at most one window plus one
-block in memory, so memory does not depend on the file's length. It needs no
-length up front (a decoder's header length can be an estimate): the end window
-is placed when the stream ends. Its windows are exactly
-``samples[:, start:start + window]`` for the starts of :func:`window_starts`.
+block in memory (:class:`SampleBuffer`), so memory does not depend on the file's
+length. It needs no length up front (a decoder's header length can be an
+estimate): the end window is placed when the stream ends. :func:`cut_windows`
+gives each window as an array, exactly ``samples[:, start:start + window]`` for the
+starts of :func:`window_starts`.
 
 Shared frames
 -------------
 Frame ``j`` of a window starting at sample ``s`` covers ``[s + (j-1) hop, s + (j+1) hop)``
 (``n_fft`` = 2 hop), so when two windows start a whole number of frames apart, all the
 frames of one that lie wholly inside it are frames of the file's own frame grid, and those
-it shares with the other are the same numbers. :class:`SharedFrames` keeps the mel power
+it shares with the other are the same numbers. :class:`FrameStream` keeps the mel power
 of the frames one window shares with the next and computes only the new ones and the
 window's edge frames (the first, and the last one or two, which reach into the window's
-zero padding), then converts to dB with the window's own ``top_db`` floor: each window's
-image is the features stage's image of its excerpt, bit for bit
-(:func:`preprocess.recipe.mel_power`), at the cost of imaging each second of audio about
-once, not twice, at the default hop.
+zero padding) from just the samples they cover, then converts to dB with the window's own
+``top_db`` floor; the samples are checked for NaN once as they arrive and for silence on
+views, without copying the window. Each window's image is the features stage's image of its
+excerpt, bit for bit (:func:`preprocess.recipe.mel_power`; ``tests/test_predict.py``), at
+the cost of imaging each second of audio about once, not twice, at the default hop.
 """
 
 from __future__ import annotations
@@ -84,7 +86,7 @@ def frame_grid(recipe: Recipe, rate: int) -> int:
     """Samples between the points a window may start at, at the native ``rate``.
 
     The recipe's frame hop when it makes its image at ``rate`` itself (then windows that start
-    on this grid share their frames: :class:`SharedFrames`); 1 when it resamples first.
+    on this grid share their frames: :class:`FrameStream`); 1 when it resamples first.
     """
     return recipe.hop_length(rate) if recipe.output_rate(rate) == rate else 1
 
