@@ -46,11 +46,16 @@ import torch  # noqa: E402
 from bench.unpack import cpu_model  # noqa: E402
 from preprocess.recipe import RECIPES, Recipe  # noqa: E402
 from preprocess.synth_audio import encode_mp3  # noqa: E402
-from preprocess.windows import default_hop_s, describe_hop  # noqa: E402
 from train.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
 from train.models import ModelConfig, build_model  # noqa: E402
-from train.predict import PredictOptions, Timings, predict_tracks  # noqa: E402
-from train.scorers import TorchScorer, is_chunked  # noqa: E402
+from train.predict import (  # noqa: E402
+    PredictOptions,
+    Timings,
+    describe_windows,
+    predict_tracks,
+    with_default_hop,
+)
+from train.scorers import TorchScorer  # noqa: E402
 
 SR = 44100
 
@@ -98,11 +103,9 @@ def make_checkpoint(path: Path, name: str) -> dict:
 
 def runs_of(name: str, scorer) -> dict[str, PredictOptions]:
     """The runs of one model, by label; the first is at predict's default hop, the last the first window."""
-    recipe = Recipe.from_dict(scorer.recipe)
-    default = default_hop_s(recipe, whole_window=is_chunked(scorer))
-    other, other_label = (
-        (recipe.duration_s / 2, "half") if default == recipe.duration_s else (recipe.duration_s, "a")
-    )
+    window = Recipe.from_dict(scorer.recipe).duration_s
+    default = with_default_hop(PredictOptions(), scorer).hop_s
+    other, other_label = (window, "a") if default < window else (window / 2, "half")
     runs = {f"{name}: whole track, 1 job": PredictOptions(jobs=1)}
     if name == "seed":
         runs[f"{name}: whole track, 2 jobs"] = PredictOptions(jobs=2)
@@ -195,8 +198,7 @@ def main() -> int:
                 if "2 jobs" not in label
             )
             print(f"{name}, {what} time per second of audio vs the first window: {ratios}.")
-        recipe = Recipe.from_dict(scorers[name].recipe)
-        hop = describe_hop(recipe, default_hop_s(recipe, whole_window=is_chunked(scorers[name])))
+        hop = describe_windows(PredictOptions(), scorers[name])
         print(f"{name}: predict's default hop ('whole track'): {hop} at 44.1 kHz.")
     return 0
 

@@ -112,3 +112,35 @@ def test_export_of_a_missing_run_is_a_one_line_error(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "no checkpoint here" in err and "Traceback" not in err
     assert not (tmp_path / "m.onnx").exists()
+
+
+@pytest.mark.slow
+def test_a_file_exported_before_chunk_models_still_scores(tmp_path):
+    import onnx
+
+    from train.scorers import OnnxScorer
+
+    run = tmp_path / "run"
+    run.mkdir()
+    checkpoint = make_checkpoint(run / "best.pt", "seed", num_classes=4)
+    out = tmp_path / "new.onnx"
+    assert main(["export", "--run", str(run), "--onnx", str(out)]) == 0
+    # The earlier format: outputs logits and embedding only, no image or crop_frames metadata.
+    proto = onnx.load(str(out))
+    outputs = [o for o in proto.graph.output if o.name != "probabilities"]
+    del proto.graph.output[:]
+    proto.graph.output.extend(outputs)
+    props = [p for p in proto.metadata_props if p.key not in ("fma_genre.image", "fma_genre.crop_frames")]
+    del proto.metadata_props[:]
+    proto.metadata_props.extend(props)
+    old = tmp_path / "old.onnx"
+    onnx.save_model(proto, str(old))
+    scorer = OnnxScorer(old)
+    assert sorted(o.name for o in scorer.session.get_outputs()) == ["embedding", "logits"]
+    assert (scorer.image, scorer.chunk_frames) == ("mel", 128)
+    rng = np.random.default_rng(2)
+    mel = (rng.normal(-40, 15, size=(5, 128, 128)) + rng.normal(0, 10, size=(5, 128, 1))).astype(np.float32)
+    probabilities, embedding = scorer(mel)
+    expected_probabilities, expected_embedding = direct_scores(checkpoint, mel)
+    np.testing.assert_allclose(probabilities, expected_probabilities, rtol=0, atol=1e-4)
+    np.testing.assert_allclose(embedding, expected_embedding, rtol=0, atol=1e-4)

@@ -6,9 +6,9 @@ or a whole window for a chunk model; see :mod:`preprocess.windows` for the plan
 and the short-file policy); each window's image equals the features stage's image
 of that excerpt, the windows of a file go through the model in batches (a chunk
 model scores an image as the mean over its chunks), and the file's probabilities
-are the mean of its windows' softmax probabilities. Windows of digital silence are left out (a file
-that is all silence fails). ``--first-window`` scores only the first window (what
-the features stage stores for a training track).
+are the mean of its windows' softmax probabilities. Windows of digital silence are
+left out (a file that is all silence fails). ``--first-window`` scores only the
+first window (what the features stage stores for a training track).
 
 Folders are searched recursively for audio files (by extension); files named on
 the command line are used whatever their extension. Decoding and images run in a
