@@ -43,6 +43,10 @@ import scipy.sparse
 FRAME_BLOCK = 32
 
 
+#: What :func:`prepare_waveform` says about a waveform with NaN or infinite samples.
+NOT_FINITE = "waveform holds NaN or infinite samples"
+
+
 class TooShortError(ValueError):
     """A clip shorter than the recipe's minimum duration."""
 
@@ -209,19 +213,12 @@ def prepare_waveform(waveform: np.ndarray, sample_rate: int, recipe: Recipe) -> 
         raise ValueError(f"sample rate must be positive, got {sample_rate}")
     y = y.astype(np.float32, copy=False)[..., : int(recipe.duration_s * sample_rate)]
     if y.ndim == 2:
-        # The mean over channels, summed row by row: np.mean(axis=0) gives the same
-        # values but is ~20x slower on the strided view of interleaved samples.
-        mono = y[0] + y[1] if y.shape[0] > 1 else y[0].copy()
-        for channel in y[2:]:
-            mono += channel
-        if y.shape[0] > 1:
-            np.divide(mono, np.float32(y.shape[0]), out=mono)
-        y = mono
+        y = downmix(y)
     seconds = y.shape[0] / sample_rate
     if seconds < recipe.min_duration_s:
         raise TooShortError(f"too short: {seconds:.1f} s < {recipe.min_duration_s:g} s")
     if not np.isfinite(y).all():
-        raise ValueError("waveform holds NaN or infinite samples")
+        raise ValueError(NOT_FINITE)
     rate = recipe.output_rate(sample_rate)
     if rate != sample_rate:
         import librosa
@@ -229,6 +226,30 @@ def prepare_waveform(waveform: np.ndarray, sample_rate: int, recipe: Recipe) -> 
         y = librosa.resample(y, orig_sr=sample_rate, target_sr=rate, res_type=recipe.resample_quality)
         y = y.astype(np.float32, copy=False)
     return np.ascontiguousarray(y), rate
+
+
+def downmix(waveform: np.ndarray) -> np.ndarray:
+    """The mean over channels, sample by sample (step 1 of the recipe).
+
+    Summed row by row: ``np.mean(axis=0)`` gives the same values but is ~20x slower on the
+    strided view of interleaved samples. Each output sample depends only on its own input
+    samples, so a stream down-mixed block by block equals the whole clip down-mixed at once.
+
+    Parameters
+    ----------
+    waveform : np.ndarray, shape (n_channels, n), float32
+
+    Returns
+    -------
+    np.ndarray, shape (n,), float32 (a new array)
+    """
+    y = waveform
+    mono = y[0] + y[1] if y.shape[0] > 1 else y[0].copy()
+    for channel in y[2:]:
+        mono += channel
+    if y.shape[0] > 1:
+        np.divide(mono, np.float32(y.shape[0]), out=mono)
+    return mono
 
 
 def mel_image(waveform: np.ndarray, sample_rate: int, recipe: Recipe | dict | None = None) -> np.ndarray:
@@ -277,22 +298,50 @@ def mel_from_mono(y: np.ndarray, rate: int, recipe: Recipe) -> np.ndarray:
     -------
     np.ndarray, shape (recipe.n_mels, recipe.n_frames), float32
     """
+    return power_to_db(mel_power(y, rate, recipe, 0, recipe.n_frames), recipe)
+
+
+def mel_power(y: np.ndarray, rate: int, recipe: Recipe, first: int, count: int) -> np.ndarray:
+    """Mel power (before dB) of frames ``first .. first + count - 1`` of a prepared mono waveform.
+
+    Frame k is ``y[(k-1)*hop : (k+1)*hop]`` (centred frames, n_fft = 2*hop), zero where that runs
+    past either end (librosa.stft center=True, pad_mode='constant'); past the end of a short clip
+    that is the silence of the short-clip policy. A frame that lies wholly inside ``y`` depends
+    only on those samples: the same samples anywhere in a longer waveform give the same column,
+    bit for bit (``preprocess.windows`` shares the frames of overlapping windows this way).
+
+    Parameters
+    ----------
+    y : np.ndarray, shape (n,), float32, n >= 1
+    rate : int
+        Sample rate of ``y`` (the recipe's output rate).
+    recipe : Recipe
+    first, count : int
+        The frames wanted (``first >= 0``, ``count >= 0``; any frame index, also past
+        ``recipe.n_frames``).
+
+    Returns
+    -------
+    np.ndarray, shape (recipe.n_mels, count), float32
+    """
+    if first < 0 or count < 0:
+        raise ValueError(f"need first >= 0 and count >= 0, got {first}, {count}")
     hop = recipe.hop_length(rate)
     n_fft = recipe.n_fft(rate)
     window, basis, n_bins = _analysis(rate, recipe)
-    # Frame k is y[(k-1)*hop : (k+1)*hop] (centred frames, n_fft = 2*hop), zero where
-    # that runs past either end (librosa.stft center=True, pad_mode='constant'). Past
-    # the end of a short clip that is the silence of the short-clip policy. Frames are
-    # transformed FRAME_BLOCK at a time so the working set stays in cache.
+    y = np.ascontiguousarray(y, dtype=np.float32)
+    # Frames 1..inner lie inside y and are strided views of it; the others are copied into a
+    # zero-padded buffer. Frames are transformed FRAME_BLOCK at a time so the working set stays
+    # in cache (every frame is transformed on its own row: the blocking does not change a value).
     n = y.shape[0]
-    inner = min(n // hop - 1, recipe.n_frames - 1)  # frames 1..inner lie inside y
+    inner = n // hop - 1
     frames = np.lib.stride_tricks.as_strided(
-        y, shape=(max(inner, 0), n_fft), strides=(hop * 4, 4), writeable=False
+        y, shape=(max(inner, 0), n_fft), strides=(hop * y.itemsize, y.itemsize), writeable=False
     )
-    mel = np.empty((recipe.n_mels, recipe.n_frames), dtype=np.float32)
-    windowed = np.empty((FRAME_BLOCK, n_fft), dtype=np.float32)
-    for b0 in range(0, recipe.n_frames, FRAME_BLOCK):
-        b1 = min(b0 + FRAME_BLOCK, recipe.n_frames)
+    mel = np.empty((recipe.n_mels, count), dtype=np.float32)
+    windowed = np.empty((min(FRAME_BLOCK, count), n_fft), dtype=np.float32)
+    for b0 in range(first, first + count, FRAME_BLOCK):
+        b1 = min(b0 + FRAME_BLOCK, first + count)
         block = windowed[: b1 - b0]
         for k in range(b0, b1):
             if 1 <= k <= inner:
@@ -306,8 +355,8 @@ def mel_from_mono(y: np.ndarray, rate: int, recipe: Recipe) -> np.ndarray:
                 np.multiply(segment, window, out=block[k - b0])
         spectrum = scipy.fft.rfft(block, axis=-1)[:, :n_bins]
         power = spectrum.real * spectrum.real + spectrum.imag * spectrum.imag  # (frames, n_bins)
-        mel[:, b0:b1] = basis @ power.T
-    return power_to_db(mel, recipe)
+        mel[:, b0 - first : b1 - first] = basis @ power.T
+    return mel
 
 
 def power_to_db(power: np.ndarray, recipe: Recipe) -> np.ndarray:

@@ -10,7 +10,7 @@ import librosa
 import numpy as np
 import pytest
 
-from preprocess.audio import AudioReader, TrackFailure, decode, mel_from_file, track_image
+from preprocess.audio import AudioReader, TrackFailure, decode, is_digital_silence, mel_from_file, track_image
 from preprocess.recipe import RECIPES, Recipe
 from preprocess.synth_audio import add_xing_header
 from tests._reference import plain_librosa
@@ -125,6 +125,25 @@ def test_a_track_over_its_time_limit_fails_with_timeout(mp3s):
     with pytest.raises(TrackFailure, match="timeout after 0.0001 s"):
         track_image(folder / "plain.mp3", Recipe(), timeout_s=1e-4)
     assert track_image(folder / "plain.mp3", Recipe(), timeout_s=60).image.shape == (128, 128)  # lifted
+
+
+@pytest.mark.parametrize(
+    "where, value, silent",
+    [
+        (None, 0.0, True),  # all zeros
+        (100, 0.9, True),  # a click in the first 0.1 s: skipped (decoders ring there)
+        (5000, 2.0**-15, True),  # one 16-bit step: still silence
+        (5000, 2.0**-14, False),  # early in the rest: found by the first look
+        (400_000, -(2.0**-14), False),  # late and negative: found by the whole look
+        (-1, 0.5, False),  # the very last sample
+    ],
+)
+def test_digital_silence_is_the_peak_after_the_first_tenth_of_a_second(where, value, silent):
+    mono = np.zeros(441_000, np.float32)
+    if where is not None:
+        mono[where] = value
+    assert is_digital_silence(mono, 44100) == silent
+    assert is_digital_silence(mono, 44100) == (float(np.abs(mono[4410:]).max()) <= 2.0**-15)
 
 
 def test_directory_is_not_a_track(tmp_path):

@@ -6,27 +6,32 @@ import csv
 import json
 import subprocess
 import sys
+from functools import partial
 
 import numpy as np
 import pytest
 
 from preprocess.audio import decode, image_of, track_image
-from preprocess.recipe import Recipe
+from preprocess.recipe import RECIPES, Recipe
 from preprocess.synth_audio import encode_mp3
-from preprocess.windows import hop_length, window_images, window_length, window_starts
+from preprocess.windows import window_images, window_plan, window_starts
 from tests._inference import SR, direct_scores, make_checkpoint, tones, write_mp3
 from train.__main__ import main
 
 RECIPE = Recipe()
+FINE = RECIPES["fine"]
 
 
 @pytest.fixture(scope="module")
 def clips(tmp_path_factory):
     folder = tmp_path_factory.mktemp("clips")
-    return {
+    found = {
         seconds: write_mp3(folder / f"clip{seconds}.mp3", seconds, seed=i)
         for i, seconds in enumerate((3, 20, 30, 75))
     }
+    for rate in (48000, 16000):  # another frame grid; a rate the recipe resamples (no grid)
+        found[f"75 s at {rate}"] = write_mp3(folder / f"clip75-{rate}.mp3", 75, seed=5, sr=rate)
+    return found
 
 
 @pytest.fixture(scope="module")
@@ -36,52 +41,59 @@ def run(tmp_path_factory):
     return folder, checkpoint
 
 
-@pytest.mark.parametrize("seconds", [20, 30, 75])
-def test_each_window_image_is_the_features_stage_image_of_that_excerpt(clips, seconds):
-    hop_s = 10.0
-    result = window_images(clips[seconds], RECIPE, hop_s=hop_s)
+@pytest.mark.parametrize(
+    "seconds, recipe, hop_s, windows",
+    [
+        (20, RECIPE, 10.0, 1),
+        (30, RECIPE, 10.0, 2),
+        (75, RECIPE, 10.0, 6),
+        (75, RECIPE, None, 5),
+        (75, FINE, None, 5),
+        ("75 s at 48000", FINE, None, 5),
+        ("75 s at 16000", RECIPE, None, 5),
+    ],
+)
+def test_each_window_image_is_the_features_stage_image_of_that_excerpt(
+    clips, seconds, recipe, hop_s, windows
+):
+    result = window_images(clips[seconds], recipe, hop_s=hop_s)
     waveform, rate = decode(clips[seconds])  # the whole file, decoded at once
-    window, hop = window_length(RECIPE, rate), hop_length(hop_s, rate)
-    starts = window_starts(waveform.shape[1], window, hop)
-    assert len(starts) == {20: 1, 30: 2, 75: 6}[seconds]
+    plan = window_plan(recipe, rate, hop_s)
+    # Windows on the frame grid share their frames; at 16 kHz the recipe resamples: no grid.
+    assert plan.grid == (1 if rate == 16000 else recipe.hop_length(rate))
+    starts = window_starts(waveform.shape[1], plan.window, plan.hop, plan.grid)
+    assert len(starts) == windows
     np.testing.assert_allclose(result.starts_s, np.array(starts) / rate)
-    assert result.images.shape == (len(starts), 128, 128) and result.silent == 0
+    assert result.images.shape == (len(starts), 128, recipe.n_frames) and result.silent == 0
+    # Bit for bit. Except at 16 kHz: libsndfile/mpg123 give that MP3's samples a last-bit
+    # difference (6e-8) depending on how many frames a read asks for (predict's reads always had), and
+    # the resampling carries it into the image as a few 1e-5 dB.
+    same = np.testing.assert_array_equal if rate != 16000 else partial(np.testing.assert_allclose, atol=1e-4)
     for start, image in zip(starts, result.images, strict=True):
-        expected = image_of(waveform[:, start : start + window], rate, RECIPE).image
-        np.testing.assert_array_equal(image, expected)
-    # The first window is exactly the image the features stage stores for the track.
-    np.testing.assert_array_equal(result.images[0], track_image(clips[seconds], RECIPE).image)
+        same(image, image_of(waveform[:, start : start + plan.window], rate, recipe).image)
+    # The first window is the image the features stage stores for the track.
+    same(result.images[0], track_image(clips[seconds], recipe).image)
     assert result.seconds == pytest.approx(waveform.shape[1] / rate)
+
+
+def _predict_per_window(folder, clip, checkpoint: dict, out) -> tuple[dict, np.ndarray, np.ndarray]:
+    """``predict --per-window`` of one clip into ``out`` (JSON Lines): the record, the windows'
+    probabilities (W, K) and the track's (K,), in the checkpoint's class order."""
+    argv = ["predict", "--run", str(folder), str(clip), "--per-window", "--output", str(out), "--jobs", "1"]
+    assert main([*argv, "--top", "5"]) == 0
+    [record] = [json.loads(line) for line in out.read_text().splitlines()]
+    names = checkpoint["class_names"]
+    per_window = np.array([[w["probabilities"][n] for n in names] for w in record["per_window"]])
+    return record, per_window, np.array([record["probabilities"][n] for n in names])
 
 
 def test_track_scores_are_the_mean_of_the_window_scores(clips, run, tmp_path):
     folder, checkpoint = run
-    out = tmp_path / "r.jsonl"
-    code = main(
-        [
-            "predict",
-            "--run",
-            str(folder),
-            str(clips[75]),
-            "--per-window",
-            "--output",
-            str(out),
-            "--jobs",
-            "1",
-            "--top",
-            "5",
-        ]
-    )
-    assert code == 0
-    [record] = [json.loads(line) for line in out.read_text().splitlines()]
+    record, per_window, track = _predict_per_window(folder, clips[75], checkpoint, tmp_path / "r.jsonl")
     windows = window_images(clips[75], RECIPE)  # default hop: half a window
     assert record["windows"] == len(windows.starts_s) == 5
-    per_window = np.array(
-        [[w["probabilities"][n] for n in checkpoint["class_names"]] for w in record["per_window"]]
-    )
     expected, _ = direct_scores(checkpoint, windows.images)
     np.testing.assert_allclose(per_window, expected, atol=1e-6)
-    track = np.array([record["probabilities"][n] for n in checkpoint["class_names"]])
     np.testing.assert_allclose(track, expected.mean(axis=0), atol=1e-6)
     # The windows score differently, so the mean is not any single window's score.
     assert np.abs(expected - expected.mean(axis=0)).max() > 0.01
@@ -95,6 +107,42 @@ def test_first_window_is_the_old_single_image_prediction(clips, run, tmp_path, c
     probabilities, _ = direct_scores(checkpoint, track_image(clips[75], RECIPE).image[None])
     best = int(probabilities[0].argmax())
     assert line == f"{clips[75]}: {checkpoint['class_names'][best]} {probabilities[0, best]:.3f} (1 window)"
+
+
+CHUNKS = {"image": "mel_fine", "crop_frames": 128}
+
+
+@pytest.fixture(scope="module")
+def chunk_run(tmp_path_factory):
+    """A run of a chunk model: shortchunk on the fine image, scored by 10 chunks of 128 frames."""
+    folder = tmp_path_factory.mktemp("chunk-run")
+    checkpoint = make_checkpoint(folder / "best.pt", "shortchunk", 5, recipe=FINE.to_dict(), config=CHUNKS)
+    return folder, checkpoint
+
+
+def test_a_chunk_model_scores_windows_of_its_recipe_each_by_its_chunks(clips, chunk_run, tmp_path, capsys):
+    folder, checkpoint = chunk_run
+    record, per_window, track = _predict_per_window(folder, clips[75], checkpoint, tmp_path / "r.jsonl")
+    # A chunk model's default hop is a whole window: its chunks already cover every part of one.
+    assert "windows of 29.5 s every 29.49 s (1270 frames)" in capsys.readouterr().err
+    windows = window_images(clips[75], FINE, hop_s=FINE.duration_s)
+    assert record["windows"] == len(windows.starts_s) == 3
+    assert windows.images.shape == (3, 128, 1271)
+    expected, _ = direct_scores(checkpoint, windows.images)  # each of the 10 chunks by hand, then the mean
+    np.testing.assert_allclose(per_window, expected, atol=1e-5)
+    np.testing.assert_allclose(track, expected.mean(axis=0), atol=1e-5)
+    assert np.abs(expected - expected.mean(axis=0)).max() > 0.01  # the windows score differently
+
+
+def test_the_header_says_how_the_windows_are_cut(clips, run, capsys):
+    folder, _ = run
+    common = ["predict", "--run", str(folder), str(clips[20]), "--jobs", "1"]
+    assert main(common) == 0
+    assert "windows of 29.5 s every 14.75 s (64 frames)" in capsys.readouterr().err
+    assert main([*common, "--hop", "10"]) == 0  # rounded to whole frames of 10,164 samples
+    assert "windows of 29.5 s every 9.91 s (43 frames)" in capsys.readouterr().err
+    assert main([*common, "--first-window"]) == 0
+    assert "first window only" in capsys.readouterr().err
 
 
 def test_a_folder_with_broken_files_gives_one_row_each_and_exit_status_1(clips, run, tmp_path, capsys):
@@ -193,6 +241,25 @@ sys.exit(code)
         assert o["probabilities"][name] == pytest.approx(p, abs=1e-5)
 
 
+@pytest.mark.slow
+def test_predict_with_an_exported_chunk_model_matches_the_checkpoint(clips, chunk_run, tmp_path):
+    folder, _ = chunk_run
+    model = tmp_path / "chunks.onnx"
+    assert main(["export", "--run", str(folder), "--onnx", str(model)]) == 0
+    by_torch, by_onnx = tmp_path / "t.jsonl", tmp_path / "o.jsonl"
+    common = [str(clips[75]), "--per-window", "--jobs", "1"]
+    assert main(["predict", "--run", str(folder), *common, "--output", str(by_torch)]) == 0
+    assert main(["predict", "--onnx", str(model), *common, "--output", str(by_onnx)]) == 0
+    t, o = (json.loads(p.read_text()) for p in (by_torch, by_onnx))
+    assert o["windows"] == t["windows"] == 3
+    for name, p in t["probabilities"].items():
+        assert o["probabilities"][name] == pytest.approx(p, abs=1e-5)
+    for wt, wo in zip(t["per_window"], o["per_window"], strict=True):
+        assert wo["start_s"] == wt["start_s"]
+        for name, p in wt["probabilities"].items():
+            assert wo["probabilities"][name] == pytest.approx(p, abs=1e-5)
+
+
 def _peak_rss_mb(python, env, cwd, args) -> float:
     """Peak RSS (MB) of ``python -m train predict ARGS`` run in a child of a fresh interpreter."""
     code = (
@@ -231,13 +298,8 @@ def test_memory_of_a_60_minute_file_is_that_of_a_30_second_clip(
         python, subprocess_env, repo_root, [str(hour_long_mp3), *common, "--output", str(out)]
     )
     record = json.loads(out.read_text())
-    assert (
-        record["windows"]
-        == len(
-            window_starts(int(3600 * SR), window_length(RECIPE, SR), hop_length(RECIPE.duration_s / 2, SR))
-        )
-        == 244
-    )
+    plan = window_plan(RECIPE, SR)
+    assert record["windows"] == len(window_starts(int(3600 * SR), plan.window, plan.hop, plan.grid)) == 244
     print(
         f"peak RSS: 30 s clip {short:.0f} MB, 60-minute file {long:.0f} MB (+{long - short:.0f} MB)",
         file=sys.stderr,

@@ -2,10 +2,12 @@
 
 For the retrieval and clustering work people do with genre models: every
 track's vector from the layer before the logits (192 numbers for ``seed``, 512
-for ``resnet``; ``train.models``).
+for ``resnet``, 4 x width for ``shortchunk``; ``train.models``). A chunk model's
+vector for an image is the mean over its chunks, as it scores them.
 
-``--shards S [--split test]``  the stored images of one split, with each track's
-                               ``track_id`` and ``label``;
+``--shards S [--split test]``  the stored images of one split (the model's own:
+                               ``mel``, or ``mel_fine`` for a model of the fine
+                               image), with each track's ``track_id`` and ``label``;
 ``FILES/FOLDERS``              audio files cut into windows exactly as ``predict``
                                does; a file's vector is the mean over its windows,
                                and files that fail are listed with their reasons.
@@ -34,6 +36,7 @@ from train.predict import (
     load_scorer,
     options_from_args,
     predict_tracks,
+    with_default_hop,
 )
 from train.scorers import Scorer
 
@@ -58,6 +61,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def embed_shards(scorer: Scorer, shards_dir: str, split: str, batch_size: int = 256) -> dict:
     """Embeddings of every stored image of one split, in dataset order.
 
+    The images are the model's own (``scorer.image``: ``mel``, or ``mel_fine`` for a model of
+    the fine image), scored as the model scores them (a chunk model: means over the chunks).
+
     Returns
     -------
     dict with ``embedding`` (N, D) float32, ``track_id`` (N,) and ``label`` (N,) int64.
@@ -67,11 +73,17 @@ def embed_shards(scorer: Scorer, shards_dir: str, split: str, batch_size: int = 
     from shards.cli import progress_disabled
     from train.dataset import ShardDataset
 
-    dataset = ShardDataset(shards_dir, split)
+    dataset = ShardDataset(shards_dir, split, image=scorer.image)
     if list(dataset.class_names) != list(scorer.class_names):
         raise PredictError(
             f"{shards_dir}: its class names differ from the model's; embed the shard "
             f"set the model was trained on"
+        )
+    expected = (int(scorer.recipe.get("n_mels", 128)), int(scorer.recipe.get("n_frames", 128)))
+    if (dataset.height, dataset.width) != expected:
+        raise PredictError(
+            f"{shards_dir}: its {scorer.image} images are {dataset.height} x {dataset.width}, the model "
+            f"reads {expected[0]} x {expected[1]}; embed the shard set the model was trained on"
         )
     chunks = []
     for start in tqdm(
@@ -123,7 +135,7 @@ def main(args: argparse.Namespace) -> int:
     embedding = np.stack([r.embedding for r in done]) if done else np.zeros((0, dim), np.float32)
     attrs["source"] = {
         "files": [str(i) for i in args.inputs],
-        "hop_s": options.hop_s,
+        "hop_s": with_default_hop(options, scorer).hop_s,
         "first_window": options.first_only,
     }
     write_embeddings(

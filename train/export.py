@@ -1,20 +1,30 @@
 """ONNX export: ``python -m train export --run RUN --onnx model.onnx``.
 
-The exported graph takes the raw log-mel images of the checkpoint's recipe,
-exactly what the features stage computes, and gives the logits and the
-penultimate-layer embeddings::
+The exported graph takes the raw log-mel images of the checkpoint's recipe (the
+fine recipe for a model of the fine image), exactly what the features stage
+computes, and gives the probabilities and the penultimate-layer embeddings::
 
-    input   mel        float32 (batch, 1, n_mels, n_frames)   log-mel in dB, not normalised
-    output  logits     float32 (batch, num_classes)
-    output  embedding  float32 (batch, embedding_dim)
+    input   mel            float32 (batch, 1, n_mels, n_frames)   log-mel in dB, not normalised
+    output  probabilities  float32 (batch, num_classes)           softmax
+    output  embedding      float32 (batch, embedding_dim)
+    output  logits         float32 (batch, num_classes)           whole-image models only
 
-The batch axis is dynamic. The per-band normalisation stored in the checkpoint
-is folded into the graph (a subtraction and a division before the first layer),
-so a consumer only needs the recipe to make inputs. The model's metadata
-(``metadata_props``) holds, as JSON strings:
+A chunk model (``crop_frames`` shorter than the image, e.g. ``shortchunk`` on the
+1271-frame fine image) is exported with its chunk scoring inside the graph: the
+image is cut into the chunks :func:`train.chunks.chunk_starts` plans (the same
+starts, fixed by ``n_frames``), and ``probabilities`` and ``embedding`` are the
+means of the chunks' softmax probabilities and embeddings, as ``train test`` and
+``predict`` score it. Its logits are per chunk and are not an output.
 
-``fma_genre.class_names``    the class names, in logit order
-``fma_genre.recipe``         the feature recipe (``preprocess.recipe.Recipe`` fields)
+The batch axis is dynamic; ``n_frames`` is fixed by the recipe. The per-band
+normalisation stored in the checkpoint is folded into the graph (a subtraction
+and a division before the first layer), so a consumer only needs the recipe to
+make inputs. The model's metadata (``metadata_props``) holds, as JSON strings:
+
+``fma_genre.class_names``    the class names, in output order
+``fma_genre.recipe``         the feature recipe of the input image (``preprocess.recipe.Recipe`` fields)
+``fma_genre.image``          the shard dataset holding such images (``mel`` or ``mel_fine``)
+``fma_genre.crop_frames``    the chunk length in frames (``n_frames``: one chunk, the whole image)
 ``fma_genre.model``          the model name, classes and options
 ``fma_genre.normalization``  ``"folded"`` (or ``"none"`` when the run had none)
 ``fma_genre.source``         the checkpoint it was exported from, and its epoch
@@ -35,7 +45,8 @@ from torch import nn
 
 from shards import atomic_path
 from train.checkpoint import BEST, load_checkpoint
-from train.inference import load_model
+from train.chunks import mean_over_chunks, split_chunks
+from train.inference import chunk_frames_of, load_model
 from train.normalization import standardize
 from train.scorers import ONNX_INPUT as INPUT_NAME
 from train.scorers import ONNX_METADATA_PREFIX as METADATA_PREFIX
@@ -46,7 +57,8 @@ OPSET = 18
 
 
 class NormalizedModel(nn.Module):
-    """``model`` behind the checkpoint's normalisation: raw log-mel images in, (logits, embedding) out.
+    """``model`` behind the checkpoint's normalisation and chunk scoring: raw log-mel images in,
+    (probabilities, embedding[, logits]) out.
 
     Parameters
     ----------
@@ -54,20 +66,39 @@ class NormalizedModel(nn.Module):
         A model of :mod:`train.models` (with ``embed`` and ``classify``), in eval mode.
     normalization : dict or None
         ``{"mean": (n_mels,), "std": (n_mels,)}`` tensors, or None for identity.
+    n_mels : int
+    crop_frames : int or None
+        Score an image as the mean over its chunks of this many frames (:mod:`train.chunks`);
+        None: the whole image, one chunk, and the logits are an output too.
     """
 
-    def __init__(self, model: nn.Module, normalization: dict | None, n_mels: int = 128):
+    def __init__(
+        self, model: nn.Module, normalization: dict | None, n_mels: int = 128, crop_frames: int | None = None
+    ):
         super().__init__()
         self.model = model
+        self.crop_frames = crop_frames
         mean = torch.zeros(n_mels) if normalization is None else normalization["mean"].float()
         std = torch.ones(n_mels) if normalization is None else normalization["std"].float()
         self.register_buffer("mean", mean.reshape(-1).clone())
         self.register_buffer("std", std.reshape(-1).clone())
 
-    def forward(self, mel: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B, 1, n_mels, n_frames) dB -> logits (B, K), embedding (B, D)."""
-        embedding = self.model.embed(standardize(mel, {"mean": self.mean, "std": self.std}))
-        return self.model.classify(embedding), embedding
+    def forward(self, mel: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """(B, 1, n_mels, n_frames) dB -> probabilities (B, K), embedding (B, D)[, logits (B, K)]."""
+        x = standardize(mel, {"mean": self.mean, "std": self.std})
+        if self.crop_frames is None:
+            embedding = self.model.embed(x)
+            logits = self.model.classify(embedding)
+            return torch.softmax(logits, dim=1), embedding, logits
+        chunks, count = split_chunks(x, self.crop_frames)
+        embedding = self.model.embed(chunks)
+        probabilities = torch.softmax(self.model.classify(embedding), dim=1)
+        return mean_over_chunks(probabilities, count), mean_over_chunks(embedding, count)
+
+
+def output_names(crop_frames: int | None) -> list[str]:
+    """The graph's outputs, in order: a chunk model has no logits."""
+    return list(OUTPUT_NAMES) if crop_frames is None else list(OUTPUT_NAMES[:2])
 
 
 def onnx_metadata(checkpoint: dict, source: str) -> dict[str, str]:
@@ -75,6 +106,8 @@ def onnx_metadata(checkpoint: dict, source: str) -> dict[str, str]:
     return {
         METADATA_PREFIX + "class_names": json.dumps(list(checkpoint["class_names"])),
         METADATA_PREFIX + "recipe": json.dumps(checkpoint["recipe"]),
+        METADATA_PREFIX + "image": json.dumps(checkpoint["config"].get("image") or "mel"),
+        METADATA_PREFIX + "crop_frames": json.dumps(chunk_frames_of(checkpoint)),
         METADATA_PREFIX + "model": json.dumps(checkpoint["model"]),
         METADATA_PREFIX + "normalization": "none" if checkpoint.get("normalization") is None else "folded",
         METADATA_PREFIX + "source": json.dumps({"checkpoint": source, "epoch": checkpoint.get("epoch")}),
@@ -102,8 +135,10 @@ def export_onnx(checkpoint: dict, out: str | os.PathLike, source: str = "") -> P
     out = Path(out)
     recipe = checkpoint["recipe"]
     n_mels, n_frames = int(recipe.get("n_mels", 128)), int(recipe.get("n_frames", 128))
+    crop_frames = chunk_frames_of(checkpoint)
+    crop_frames = None if crop_frames >= n_frames else crop_frames
     wrapped = NormalizedModel(
-        load_model(checkpoint, torch.device("cpu")), checkpoint.get("normalization"), n_mels
+        load_model(checkpoint, torch.device("cpu")), checkpoint.get("normalization"), n_mels, crop_frames
     ).eval()
     example = torch.zeros(2, 1, n_mels, n_frames)
     # The exporter warns that torchvision's operators are not registered: not ours to care about.
@@ -113,7 +148,7 @@ def export_onnx(checkpoint: dict, out: str | os.PathLike, source: str = "") -> P
             wrapped,
             (example,),
             input_names=[INPUT_NAME],
-            output_names=list(OUTPUT_NAMES),
+            output_names=output_names(crop_frames),
             dynamic_shapes={"mel": {0: torch.export.Dim("batch")}},
             opset_version=OPSET,
             external_data=False,
@@ -134,9 +169,11 @@ def run_export(run: str, onnx_path: str, checkpoint_name: str = BEST) -> Path:
     source = Path(run) / checkpoint_name
     checkpoint = load_checkpoint(source)
     path = export_onnx(checkpoint, onnx_path, source=str(source))
+    n_frames, crop_frames = int(checkpoint["recipe"].get("n_frames", 128)), chunk_frames_of(checkpoint)
+    chunks = f", scored by chunks of {crop_frames} frames" if crop_frames < n_frames else ""
     print(
         f"{path}: {checkpoint['model']['name']} model, {len(checkpoint['class_names'])} classes, "
-        f"input {INPUT_NAME} (batch, 1, {checkpoint['recipe'].get('n_mels', 128)}, "
-        f"{checkpoint['recipe'].get('n_frames', 128)}) log-mel dB, outputs {', '.join(OUTPUT_NAMES)}"
+        f"input {INPUT_NAME} (batch, 1, {checkpoint['recipe'].get('n_mels', 128)}, {n_frames}) log-mel dB"
+        f"{chunks}, outputs {', '.join(output_names(crop_frames if chunks else None))}"
     )
     return path

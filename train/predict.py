@@ -1,13 +1,14 @@
 """Genres of whole audio files: ``python -m train predict --run RUN FILES/FOLDERS [...]``.
 
 Each file is decoded window by window (29.5 s windows of the recipe stored with
-the model, every ``--hop`` seconds, default half a window; see
-:mod:`preprocess.windows` for the plan and the short-file policy); each window
-becomes an image by the features stage's own function, the windows of a file go
-through the model in batches, and the file's probabilities are the mean of its
-windows' softmax probabilities. Windows of digital silence are left out (a file
-that is all silence fails). ``--first-window`` scores only the first window (what
-the features stage stores for a training track).
+the model, every ``--hop`` seconds rounded to whole frames, default half a window,
+or a whole window for a chunk model; see :mod:`preprocess.windows` for the plan
+and the short-file policy); each window's image equals the features stage's image
+of that excerpt, the windows of a file go through the model in batches (a chunk
+model scores an image as the mean over its chunks), and the file's probabilities
+are the mean of its windows' softmax probabilities. Windows of digital silence are
+left out (a file that is all silence fails). ``--first-window`` scores only the
+first window (what the features stage stores for a training track).
 
 Folders are searched recursively for audio files (by extension); files named on
 the command line are used whatever their extension. Decoding and images run in a
@@ -27,6 +28,7 @@ Examples:
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 import time
@@ -39,7 +41,7 @@ import numpy as np
 from shards.cli import EXIT_FAILURES, EXIT_OK, add_logging_arguments, progress_disabled, run_command
 from shards.errors import FmaGenreError
 from train.outputs import TrackPrediction, check_result_path, format_line, write_results
-from train.scorers import Scorer
+from train.scorers import Scorer, is_chunked
 
 log = logging.getLogger(__name__)
 
@@ -58,19 +60,24 @@ class PredictOptions:
     Attributes
     ----------
     hop_s : float or None
-        Seconds between window starts (None: half the recipe's window).
+        Seconds between window starts, rounded to whole frames (None: the model's default,
+        :func:`with_default_hop`).
     first_only : bool
         Score only the first window of each file.
     batch_size : int
         Windows per model call.
     jobs : int
         Processes decoding and making images (1: in this process).
+    share_frames : bool
+        Image the frames overlapping windows share once (the same images; False only to
+        measure what that saves: ``bench/predict.py``).
     """
 
     hop_s: float | None = None
     first_only: bool = False
     batch_size: int = 16
     jobs: int = 1
+    share_frames: bool = True
 
     def validate(self) -> None:
         if self.hop_s is not None and not self.hop_s > 0:
@@ -138,7 +145,7 @@ def _window_images_in_order(files: list[Path], recipe: dict, options: PredictOpt
     """``(WindowImages or None, error or None)`` per file, in order, from a pool when jobs > 1."""
     from preprocess.windows import file_window_images
 
-    args = (recipe, options.hop_s, options.first_only)
+    args = (recipe, options.hop_s, options.first_only, options.share_frames)
     if options.jobs == 1 or len(files) == 1:
         for path in files:
             yield file_window_images(path, *args)
@@ -151,6 +158,28 @@ def _window_images_in_order(files: list[Path], recipe: dict, options: PredictOpt
         n_jobs=min(options.jobs, len(files)), return_as="generator", batch_size=1, pre_dispatch="2*n_jobs"
     )
     yield from pool(delayed(file_window_images)(str(path), *args) for path in files)
+
+
+def with_default_hop(options: PredictOptions, scorer: Scorer) -> PredictOptions:
+    """``options`` with ``hop_s`` set: ``--hop``, or the model's default: half a window, or a whole
+    window for a chunk model (its chunks already cover every part of a window)."""
+    if options.hop_s is not None:
+        return options
+    from preprocess.recipe import Recipe
+    from preprocess.windows import default_hop_s
+
+    whole = is_chunked(scorer)
+    return dataclasses.replace(options, hop_s=default_hop_s(Recipe.from_dict(scorer.recipe), whole))
+
+
+def describe_windows(options: PredictOptions, scorer: Scorer) -> str:
+    """``windows of 29.5 s every 14.75 s (64 frames)`` (at 44.1 kHz), or ``first window only``."""
+    from preprocess.recipe import Recipe
+    from preprocess.windows import describe_hop
+
+    if options.first_only:
+        return "first window only"
+    return describe_hop(Recipe.from_dict(scorer.recipe), with_default_hop(options, scorer).hop_s)
 
 
 def predict_tracks(
@@ -178,6 +207,7 @@ def predict_tracks(
     from tqdm import tqdm
 
     options.validate()
+    options = with_default_hop(options, scorer)
     timings = timings if timings is not None else Timings()
     start = time.perf_counter()
     stream = _window_images_in_order(files, scorer.recipe, options)
@@ -247,7 +277,8 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
         type=float,
         default=None,
         metavar="SECONDS",
-        help="seconds between window starts (default: half a window, 14.75 s)",
+        help="seconds between window starts, rounded to whole frames of the recipe (default: half a "
+        "window, 64 frames = 14.75 s; a whole window for a chunk model)",
     )
     parser.add_argument(
         "--first-window",
@@ -303,12 +334,7 @@ def main(args: argparse.Namespace) -> int:
     options = options_from_args(args)
     files = find_audio_files(args.inputs)
     scorer = load_scorer(args)
-    log.info(
-        "%d files, %s, %s",
-        len(files),
-        scorer.description,
-        "first window only" if options.first_only else f"hop {options.hop_s or 'half a window'} s",
-    )
+    log.info("%d files, %s, %s", len(files), scorer.description, describe_windows(options, scorer))
     timings = Timings()
     results = []
     for result in predict_tracks(files, scorer, options, timings):
