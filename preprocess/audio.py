@@ -22,7 +22,7 @@ Failure reasons (the strings stored in shards and the manifest)
 ``missing file``, ``not a regular file``, ``empty file``,
 ``cannot decode: <decoder message>``, ``too short: 1.2 s < 5 s``,
 ``digital silence`` (the clip's mono waveform never exceeds one 16-bit step after its
-first 0.1 s), ``timeout after 60 s``, ``bad audio: <problem>`` (e.g. NaN samples).
+first 0.1 s), ``timed out after 60 s``, ``bad audio: <problem>`` (e.g. NaN samples).
 """
 
 from __future__ import annotations
@@ -220,7 +220,7 @@ def _read_all(reader: AudioReader) -> np.ndarray:
 # libmpg123's own lines ("[src/libmpg123/parse.c:...] error: ...", "Note: Illegal Audio-MPEG-Header ...").
 _DECODER_LINE = re.compile(r"libmpg123|^(Note|Warning|Error): ")
 # Redirecting fd 2 is process-wide: one capture at a time per process (dask workers run one task
-# thread each, as docs/cluster.md says; the main thread of a joblib worker or of predict never waits).
+# thread each, as docs/cluster.md says; a decoding worker process runs one track at a time).
 _CAPTURE_LOCK = threading.Lock()
 
 
@@ -279,10 +279,11 @@ def with_decoder_messages(reason: str, messages: str) -> str:
 def time_limit(seconds: float | None) -> Iterator[None]:
     """Raise :class:`TrackTimeout` in the body after ``seconds`` of wall time.
 
-    Uses ``SIGALRM``, so it works in the main thread of a process (joblib's
-    process workers); elsewhere (dask's worker threads) it does nothing. The
-    exception is raised when control returns to Python: a blocking system call
-    is interrupted, a long C computation finishes first.
+    Uses ``SIGALRM``, so it works in the main thread of a process (the features stage's
+    worker processes); elsewhere it does nothing. The exception is raised when control
+    returns to Python: a blocking system call is interrupted, a long C computation
+    finishes first. So it is only a first line: the features stage's supervisor
+    (``preprocess.supervise``) kills a worker whose track runs past the limit from outside.
     """
     usable = (
         seconds is not None
@@ -295,7 +296,7 @@ def time_limit(seconds: float | None) -> Iterator[None]:
         return
 
     def on_alarm(signum, frame):
-        raise TrackTimeout(f"timeout after {seconds:g} s")
+        raise TrackTimeout(f"timed out after {seconds:g} s")
 
     previous = signal.signal(signal.SIGALRM, on_alarm)
     try:
