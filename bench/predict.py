@@ -88,7 +88,7 @@ def main() -> int:
     parser.add_argument("--files", type=int, default=8)
     parser.add_argument("--minutes", type=float, default=3.0)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--model-threads", type=int, default=1, help="as predict's --model-threads")
+    parser.add_argument("--threads", type=int, default=1, help="model CPU threads (predict's --threads)")
     args = parser.parse_args()
 
     window = Recipe().duration_s
@@ -101,7 +101,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="bench-predict-") as tmp:
         root = Path(tmp)
         files = make_folder(root, args.files, args.minutes)
-        scorer = TorchScorer(make_checkpoint(root / "best.pt"), "cpu", threads=args.model_threads)
+        scorer = TorchScorer(make_checkpoint(root / "best.pt"), "cpu", threads=args.threads)
         list(predict_tracks(files[:1], scorer, PredictOptions(first_only=True)))  # warm caches, imports
         runs: dict[str, list[Timings]] = {name: [] for name in configs}
         for _ in range(args.repeats):

@@ -30,6 +30,7 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Iterable, Iterator
 
 import numpy as np
@@ -258,6 +259,9 @@ def file_window_images(
 
     ``recipe`` is the plain dict stored in checkpoints and ONNX metadata.
     """
+    from preprocess.supervise import inject_fault
+
+    inject_fault(Path(path).stem)  # TEST ONLY: FMA_GENRE_TEST_FAULTS; nothing happens when it is unset
     try:
         return window_images(path, Recipe.from_dict(recipe), hop_s, first_only), None
     except TrackFailure as exc:
