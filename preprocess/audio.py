@@ -279,11 +279,12 @@ def with_decoder_messages(reason: str, messages: str) -> str:
 def time_limit(seconds: float | None) -> Iterator[None]:
     """Raise :class:`TrackTimeout` in the body after ``seconds`` of wall time.
 
-    Uses ``SIGALRM``, so it works in the main thread of a process (the features stage's
-    worker processes); elsewhere it does nothing. The exception is raised when control
-    returns to Python: a blocking system call is interrupted, a long C computation
-    finishes first. So it is only a first line: the features stage's supervisor
-    (``preprocess.supervise``) kills a worker whose track runs past the limit from outside.
+    Uses ``SIGALRM``, so it works in the main thread of a process; elsewhere it does
+    nothing. The exception is raised when control returns to Python: a blocking system
+    call is interrupted, a long C computation finishes first, and raised inside a C
+    callback it can leave the process in a bad state. So the features stage does not use
+    it: its supervisor (``preprocess.supervise``) kills a worker whose track runs past the
+    limit from outside.
     """
     usable = (
         seconds is not None
@@ -375,6 +376,25 @@ def image_of(
     return TrackImage(
         image=image, seconds=n / rate, padded=n < int(recipe.duration_s * rate), fine=fine_image
     )
+
+
+_WARMED: set = set()
+
+
+def warm_up(recipe: Recipe, fine: Recipe | None = None) -> None:
+    """Pay this process's one-time costs of :func:`image_of` now, once per recipe.
+
+    In a fresh process the first image costs ~0.7 s of CPU more than the others (imports, numba
+    compiling librosa's kernels, the filterbank of the common rate), much more wall time on a busy
+    machine. A worker calls this before its first timed track, so a per-track time limit counts
+    tracks only. The image is thrown away; the caches it fills hold what any track would compute.
+    """
+    key = (repr(recipe), repr(fine))
+    if key in _WARMED:
+        return
+    rate = 44100
+    image_of(np.full((2, int(recipe.duration_s * rate)), 0.1, np.float32), rate, recipe, True, fine)
+    _WARMED.add(key)
 
 
 def track_image(

@@ -65,7 +65,7 @@ from preprocess.plan import (
     write_plan,
 )
 from preprocess.recipe import Recipe
-from preprocess.shard_runs import clear_attempts, remove_attempts_dir
+from preprocess.shard_runs import clear_attempts, forget_attempts, remove_attempts_dir
 
 # Stop early when, after at least this many tracks, more than max_failure_fraction failed.
 EARLY_STOP_MIN_TRACKS = 20
@@ -119,28 +119,36 @@ def track_result(tracks, track_id: int, task: dict):
     from preprocess.supervise import inject_fault
 
     inject_fault(track_id)  # TEST ONLY: FMA_GENRE_TEST_FAULTS; nothing happens when it is unset
-    recipe = Recipe.from_dict(task["recipe"])
-    fine = Recipe.from_dict(task["fine_recipe"]) if task.get("fine_recipe") else None
+    recipe, fine = _recipes(task)
     keep_silence = task.get("keep_silence", False)
+    # No SIGALRM limit here (timeout_s None): the supervisor kills a worker past --track-timeout from
+    # outside. A SIGALRM raised inside a C callback (numba compiling librosa's kernels) was seen to
+    # leave the process in a bad state.
     try:  # a path, or a zip member in memory
-        return tracks.apply(
-            track_id, lambda source: track_image(source, recipe, task["timeout_s"], keep_silence, fine)
-        )
+        return tracks.apply(track_id, lambda source: track_image(source, recipe, None, keep_silence, fine))
     except (TrackFailure, MemberError) as exc:
         return str(exc)
     except Exception as exc:  # an unexpected error in one track must not stop the run
         return f"error: {type(exc).__name__}: {exc}"
 
 
+def _recipes(task: dict) -> tuple[Recipe, Recipe | None]:
+    """The task's recipe and its fine recipe (None without ``mel_fine``)."""
+    fine = Recipe.from_dict(task["fine_recipe"]) if task.get("fine_recipe") else None
+    return Recipe.from_dict(task["recipe"]), fine
+
+
 def _shard_results(task: dict, one_track, beat) -> list:
     """``one_track(tracks, track_id)`` for each track of the shard in order, announcing each with
     ``beat(track_id)`` (then ``beat(None)``); tracks in ``task["known_failures"]`` get that reason
     without being decoded."""
+    from preprocess.audio import warm_up
     from preprocess.audio_source import open_tracks
 
     spec = ShardSpec.from_dict(task["spec"])
     known = {int(k): reason for k, reason in task.get("known_failures", {}).items()}
     beat = beat or (lambda item: None)
+    warm_up(*_recipes(task))  # before the first beat: not timed
     results = []
     with open_tracks(AudioSource.from_dict(task["audio"])) as tracks:  # a zip: opened once per shard
         for track_id in spec.track_ids:
@@ -250,15 +258,10 @@ def compute_shard_isolated(task: dict, beat=None) -> dict:
     A track whose process dies is failed as ``worker died: SIGSEGV while decoding`` and the shard
     is written with the rest: how the supervisor finds the tracks that kill a process.
     """
-    import numpy as np
-
-    from preprocess.audio import image_of
     from preprocess.supervise import run_isolated
 
-    # Warm this process first (imports, the filterbank of the common rate), so that every forked
-    # child starts warm: a cold child costs ~0.7 s, a warm one what a track costs.
-    recipe = Recipe.from_dict(task["recipe"])
-    image_of(np.full((2, int(recipe.duration_s * 44100)), 0.1, np.float32), 44100, recipe, keep_silence=True)
+    # The forked children inherit this process warm (_shard_results warms it up first): a cold
+    # child would cost ~0.7 s, a warm one what a track costs.
 
     def isolated(tracks, track_id: int):
         status, value = run_isolated(track_result, tracks, track_id, task)
@@ -555,6 +558,7 @@ def run_features(options: FeatureOptions) -> dict:
     prepare_out(options, plan)
     mine = select_for_task(plan.specs, options.task_index, options.num_tasks)
     todo, complete, failed_reasons, padded = sort_shards(options, plan, mine)
+    forget_attempts(options.out, [s.name for s in complete])  # killed between the rename and the cleanup
     _spot_check_files(plan.audio, todo, options.max_failure_fraction)
     log.info(
         "features: %d shards planned (%d tracks, %d skipped); %d of this task's %d already complete; "

@@ -236,6 +236,12 @@ def run_shards(pool: Pool, tasks: list[dict]) -> Iterator[dict]:
             run.abandon()
 
 
+def forget_attempts(out: str | os.PathLike, shard_names: list[str]) -> None:
+    """Delete the records of shards that are complete (left by a process killed just after writing one)."""
+    for name in shard_names:
+        attempts_path(out, name).unlink(missing_ok=True)
+
+
 def remove_attempts_dir(out: str | os.PathLike) -> None:
     """Remove ``OUT/attempts/`` if no record is left in it."""
     with contextlib.suppress(OSError):

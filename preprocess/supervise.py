@@ -65,9 +65,6 @@ FAULT_MODES = {
 }
 # Thread counts a worker gets unless the environment sets them (one BLAS/OpenMP thread per process).
 THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
-# Seconds past the time limit before the pool kills a worker: the in-process SIGALRM limit
-# (preprocess.audio.time_limit) gets the first chance, which costs no new process.
-KILL_GRACE_S = 2.0
 _PR_SET_PDEATHSIG = 1
 
 
@@ -92,6 +89,9 @@ class Job:
         For a one-item job: announced (and timed) for the whole call.
     fresh : bool
         Run it in a newly started worker, not one that ran other jobs (a retry).
+    setup : tuple, optional
+        ``("module:function", args)``: called once per worker process (per distinct setup) before
+        the job's item is announced, so one-time costs are not timed.
     """
 
     key: Any
@@ -100,6 +100,7 @@ class Job:
     beats: bool = False
     item: Any = None
     fresh: bool = False
+    setup: tuple | None = None
 
 
 @dataclass(frozen=True)
@@ -188,17 +189,22 @@ def serve(fd: int, parent: int, idle_s: float | None = None) -> None:
     def beat(item) -> None:
         conn.send(("beat", item))
 
+    done_setups: set = set()
     while True:
         if idle_s is not None and not conn.poll(idle_s):
             return
         try:
-            function, args, beats, item = conn.recv()
+            function, args, beats, item, setup = conn.recv()
         except (EOFError, OSError):
             return
         try:
+            call = _resolve(function)  # imports: before the item is announced, not timed
+            if setup is not None and repr(setup) not in done_setups:
+                _resolve(setup[0])(*setup[1])
+                done_setups.add(repr(setup))
             if item is not None:
                 beat(item)
-            value = _resolve(function)(*args, **({"beat": beat} if beats else {}))
+            value = call(*args, **({"beat": beat} if beats else {}))
             if item is not None:
                 beat(None)
             message = ("done", value)
@@ -334,7 +340,7 @@ class _Worker:
     item_since: float | None = None  # monotonic time the current item started (None: not timed)
 
     def start_job(self, job: Job) -> None:
-        self.conn.send((job.function, job.args, job.beats, job.item))
+        self.conn.send((job.function, job.args, job.beats, job.item, job.setup))
         self.job, self.item, self.item_since = job, None, None
         self.jobs_run += 1
 
@@ -497,13 +503,13 @@ class Pool:
         return (
             self.timeout_s is not None
             and worker.item_since is not None
-            and now >= worker.item_since + self.timeout_s + KILL_GRACE_S
+            and now >= worker.item_since + self.timeout_s
         )
 
     def _seconds_to_next_deadline(self, busy: list[_Worker]) -> float | None:
         if self.timeout_s is None:
             return None
-        deadlines = [w.item_since + self.timeout_s + KILL_GRACE_S for w in busy if w.item_since is not None]
+        deadlines = [w.item_since + self.timeout_s for w in busy if w.item_since is not None]
         return max(0.0, min(deadlines) - time.monotonic()) if deadlines else None
 
     def _end(self, worker: _Worker, timed_out: bool) -> Died:
@@ -535,9 +541,17 @@ class Failed:
 
 
 def ordered_map(
-    function: str, items: Iterable, args: tuple, processes: int, timeout_s: float | None = None
+    function: str,
+    items: Iterable,
+    args: tuple,
+    processes: int,
+    timeout_s: float | None = None,
+    setup: tuple | None = None,
 ) -> Iterator[Any]:
     """``function(item, *args)`` for each item in worker processes, yielded in input order.
+
+    ``setup`` (``("module:function", args)``) runs once in each worker before its first item (not
+    timed).
 
     An item whose worker dies is tried once more in a fresh worker; if that dies too, it yields
     ``Failed("decoder crashed: SIGSEGV")``; an item past ``timeout_s`` yields
@@ -556,7 +570,7 @@ def ordered_map(
                 if item is _END:
                     exhausted = True
                     break
-                pool.submit(Job(submitted, function, (item, *args), item=str(item)))
+                pool.submit(Job(submitted, function, (item, *args), item=str(item), setup=setup))
                 submitted += 1
             while emitted in results:
                 yield results.pop(emitted)
@@ -573,7 +587,9 @@ def ordered_map(
                 results[index] = Failed(event.how())
             elif deaths[index] == 0:
                 deaths[index] += 1
-                pool.submit(Job(index, function, event.job.args, item=event.job.item, fresh=True))
+                pool.submit(
+                    Job(index, function, event.job.args, item=event.job.item, fresh=True, setup=setup)
+                )
             else:
                 results[index] = Failed(f"decoder crashed: {event.how()}")
 

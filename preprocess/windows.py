@@ -42,6 +42,7 @@ from preprocess.audio import (
     TrackFailure,
     captured_stderr,
     image_of,
+    warm_up,
     with_decoder_messages,
 )
 from preprocess.recipe import Recipe
@@ -250,6 +251,12 @@ def window_images(
         image_s=image_s,
         cpu_s=time.process_time() - cpu_start,
     )
+
+
+def prepare(recipe: dict) -> None:
+    """A decoding process's one-time set-up for ``recipe`` (a plain dict), before its first timed
+    file (:func:`preprocess.audio.warm_up`)."""
+    warm_up(Recipe.from_dict(recipe))
 
 
 def file_window_images(

@@ -75,11 +75,16 @@ def test_an_item_stuck_with_sigalrm_blocked_is_killed_from_outside_after_the_lim
     assert not _alive(pids[0])
 
 
-def test_time_between_items_is_not_limited():
-    """Work after ``beat(None)`` (a shard's write) is not timed; importing before the first item neither."""
+def test_time_between_items_and_one_time_setup_are_not_limited():
+    """Work outside an item (a shard's write, after ``beat(None)``) is not timed, nor a worker's
+    one-time set-up before its first item (imports, warming caches); the item itself is."""
     with Pool(1, timeout_s=0.5) as pool:
         pool.submit(Job("slow", "time:sleep", (1.5,)))
         assert isinstance(pool.next_event(), Done)
+        pool.submit(Job("set up", "tests._faults:job_value", (2,), item="x", setup=("time:sleep", (1.5,))))
+        assert isinstance(pool.next_event(), Done)
+        pool.submit(Job("item", "time:sleep", (1.5,), item="y"))
+        assert pool.next_event().timed_out == 0.5
 
 
 def test_a_job_error_is_raised_with_its_type_and_the_pool_goes_on():

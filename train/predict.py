@@ -157,7 +157,9 @@ def _window_images_in_order(files: list[Path], recipe: dict, options: PredictOpt
     args = (recipe, options.hop_s, options.first_only)
     jobs = min(options.jobs, len(files))
     paths = (str(path) for path in files)
-    for result in ordered_map("preprocess.windows:file_window_images", paths, args, jobs, options.timeout_s):
+    prepare = ("preprocess.windows:prepare", (recipe,))  # each worker's one-time set-up, not timed
+    work = "preprocess.windows:file_window_images"
+    for result in ordered_map(work, paths, args, jobs, options.timeout_s, setup=prepare):
         yield (None, result.reason) if isinstance(result, Failed) else result
 
 
