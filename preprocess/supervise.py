@@ -434,9 +434,11 @@ class Pool:
 
     def _start_worker(self) -> _Worker:
         ours, theirs = socket.socketpair()
-        code = "from preprocess.supervise import serve; serve({}, {}, {!r})".format(
-            theirs.fileno(), os.getpid(), self.idle_s
-        )
+        # SIGINT ignored first thing (Ctrl-C reaches the whole process group; the pool stops us).
+        code = (
+            "import signal; signal.signal(signal.SIGINT, signal.SIG_IGN); "
+            "from preprocess.supervise import serve; serve({}, {}, {!r})"
+        ).format(theirs.fileno(), os.getpid(), self.idle_s)
         proc = subprocess.Popen(
             [sys.executable, "-c", code],
             pass_fds=(theirs.fileno(),),
