@@ -233,6 +233,11 @@ def assert_same_but_culprits(expected: Path, actual: Path, reasons: dict[int, st
         np.testing.assert_array_equal(b["track_id"], a["track_id"][keep], err_msg=name)
         np.testing.assert_array_equal(b["label"], a["label"][keep], err_msg=name)
         np.testing.assert_array_equal(b["mel"], a["mel"][keep], err_msg=name)
+        extras = shards.read_shard(expected / name).extras
+        assert shards.read_shard(actual / name).extras == extras, name
+        for extra in extras:  # e.g. mel_fine: the same rows but the culprit's
+            want = shards.read_extra(expected / name, extra)[keep]
+            np.testing.assert_array_equal(shards.read_extra(actual / name, extra), want, err_msg=name)
         assert dict(b["failed"]) == {**dict(a["failed"]), **here}, name
         for key in ("recipe", "class_names", "split", "subset", "versions"):
             assert a[key] == b[key], (name, key)
