@@ -323,6 +323,7 @@ def worker_env(base: dict | None = None) -> dict:
     """The environment of a worker: ``base`` (default ``os.environ``), one BLAS/OpenMP thread unless
     set, and this project importable (its root first on PYTHONPATH)."""
     env = dict(os.environ if base is None else base)
+    env["PYTHONSAFEPATH"] = "1"  # as -P: no current folder first on sys.path (Python 3.11+)
     for var in THREAD_VARS:
         env.setdefault(var, "1")
     root = str(Path(__file__).resolve().parents[1])
@@ -439,8 +440,11 @@ class Pool:
             "import signal; signal.signal(signal.SIGINT, signal.SIG_IGN); "
             "from preprocess.supervise import serve; serve({}, {}, {!r})"
         ).format(theirs.fileno(), os.getpid(), self.idle_s)
+        # -P (PYTHONSAFEPATH): the current folder is not put first on sys.path, so a stray file there
+        # (a "grp.py" in /tmp) cannot shadow a module the worker imports.
+        safe = ["-P"] if sys.version_info >= (3, 11) else []
         proc = subprocess.Popen(
-            [sys.executable, "-c", code],
+            [sys.executable, *safe, "-c", code],
             pass_fds=(theirs.fileno(),),
             env=worker_env(),
             stdin=subprocess.DEVNULL,

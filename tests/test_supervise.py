@@ -7,6 +7,7 @@ import signal
 import subprocess
 import time
 
+import h5py
 import pytest
 
 from preprocess.errors import FeaturesError
@@ -173,3 +174,26 @@ def test_pool_arguments_are_checked():
         Pool(0)
     with pytest.raises(ValueError, match="timeout_s"):
         Pool(1, timeout_s=0)
+
+
+def test_a_module_in_the_current_folder_does_not_shadow_the_workers_imports(tmp_path, python, subprocess_env):
+    """Workers start with ``python -P``: a stray ``grp.py`` in the folder the command runs from (as in
+    /tmp) is not imported in place of the standard library's."""
+    marker = tmp_path / "shadowed"
+    (tmp_path / "grp.py").write_text(f"open({str(marker)!r}, 'w').close()\nfrom _grp_missing import x\n")
+    code = (
+        "from preprocess.supervise import Job, Pool\n"
+        "with Pool(1) as pool:\n"
+        "    pool.submit(Job(1, 'preprocess.driver:software_versions'))\n"  # imports what features import
+        "    print(pool.next_event().value['h5py'])\n"
+    )
+    done = subprocess.run(
+        [python, "-P", "-c", code],
+        cwd=tmp_path,
+        env=subprocess_env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0 and done.stdout.strip() == h5py.__version__, done.stderr[-2000:]
+    assert not marker.exists()
