@@ -123,7 +123,7 @@ def main() -> int:
     parser.add_argument("--minutes", type=float, default=3.0)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--models", default="seed,shortchunk", help="comma-separated: seed, shortchunk")
-    parser.add_argument("--model-threads", type=int, default=1, help="as predict's --model-threads")
+    parser.add_argument("--threads", type=int, default=1, help="model CPU threads (predict's --threads)")
     args = parser.parse_args()
     names = [n for n in args.models.split(",") if n]
     unknown = sorted(set(names) - set(MODELS))
@@ -136,7 +136,7 @@ def main() -> int:
         scorers, configs = {}, {}
         for name in names:
             scorers[name] = TorchScorer(
-                make_checkpoint(root / f"{name}.pt", name), "cpu", threads=args.model_threads
+                make_checkpoint(root / f"{name}.pt", name), "cpu", threads=args.threads
             )
             for label, options in runs_of(name, scorers[name]).items():
                 configs[label] = (name, options)

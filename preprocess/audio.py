@@ -22,7 +22,7 @@ Failure reasons (the strings stored in shards and the manifest)
 ``missing file``, ``not a regular file``, ``empty file``,
 ``cannot decode: <decoder message>``, ``too short: 1.2 s < 5 s``,
 ``digital silence`` (the clip's mono waveform never exceeds one 16-bit step after its
-first 0.1 s), ``timeout after 60 s``, ``bad audio: <problem>`` (e.g. NaN samples).
+first 0.1 s), ``timed out after 60 s``, ``bad audio: <problem>`` (e.g. NaN samples).
 """
 
 from __future__ import annotations
@@ -221,7 +221,7 @@ def _read_all(reader: AudioReader) -> np.ndarray:
 # libmpg123's own lines ("[src/libmpg123/parse.c:...] error: ...", "Note: Illegal Audio-MPEG-Header ...").
 _DECODER_LINE = re.compile(r"libmpg123|^(Note|Warning|Error): ")
 # Redirecting fd 2 is process-wide: one capture at a time per process (dask workers run one task
-# thread each, as docs/cluster.md says; the main thread of a joblib worker or of predict never waits).
+# thread each, as docs/cluster.md says; a decoding worker process runs one track at a time).
 _CAPTURE_LOCK = threading.Lock()
 
 
@@ -280,10 +280,12 @@ def with_decoder_messages(reason: str, messages: str) -> str:
 def time_limit(seconds: float | None) -> Iterator[None]:
     """Raise :class:`TrackTimeout` in the body after ``seconds`` of wall time.
 
-    Uses ``SIGALRM``, so it works in the main thread of a process (joblib's
-    process workers); elsewhere (dask's worker threads) it does nothing. The
-    exception is raised when control returns to Python: a blocking system call
-    is interrupted, a long C computation finishes first.
+    Uses ``SIGALRM``, so it works in the main thread of a process; elsewhere it does
+    nothing. The exception is raised when control returns to Python: a blocking system
+    call is interrupted, a long C computation finishes first, and raised inside a C
+    callback it can leave the process in a bad state. So the features stage does not use
+    it: its supervisor (``preprocess.supervise``) kills a worker whose track runs past the
+    limit from outside.
     """
     usable = (
         seconds is not None
@@ -296,7 +298,7 @@ def time_limit(seconds: float | None) -> Iterator[None]:
         return
 
     def on_alarm(signum, frame):
-        raise TrackTimeout(f"timeout after {seconds:g} s")
+        raise TrackTimeout(f"timed out after {seconds:g} s")
 
     previous = signal.signal(signal.SIGALRM, on_alarm)
     try:
@@ -393,6 +395,25 @@ def image_of(
     return TrackImage(
         image=image, seconds=n / rate, padded=n < int(recipe.duration_s * rate), fine=fine_image
     )
+
+
+_WARMED: set = set()
+
+
+def warm_up(recipe: Recipe, fine: Recipe | None = None) -> None:
+    """Pay this process's one-time costs of :func:`image_of` now, once per recipe.
+
+    In a fresh process the first image costs ~0.7 s of CPU more than the others (imports, numba
+    compiling librosa's kernels, the filterbank of the common rate), much more wall time on a busy
+    machine. A worker calls this before its first timed track, so a per-track time limit counts
+    tracks only. The image is thrown away; the caches it fills hold what any track would compute.
+    """
+    key = (repr(recipe), repr(fine))
+    if key in _WARMED:
+        return
+    rate = 44100
+    image_of(np.full((2, int(recipe.duration_s * rate)), 0.1, np.float32), rate, recipe, True, fine)
+    _WARMED.add(key)
 
 
 def track_image(

@@ -43,9 +43,11 @@ import os
 import platform
 import socket
 import sys
+import threading
 import time
 from collections import Counter
 from pathlib import Path
+from typing import Iterator
 
 from preprocess import fma
 from preprocess.assign import ShardSpec, select_for_task
@@ -63,6 +65,7 @@ from preprocess.plan import (
     write_plan,
 )
 from preprocess.recipe import Recipe
+from preprocess.shard_runs import clear_attempts, forget_attempts, remove_attempts_dir
 
 # Stop early when, after at least this many tracks, more than max_failure_fraction failed.
 EARLY_STOP_MIN_TRACKS = 20
@@ -94,30 +97,84 @@ def software_versions() -> dict:
     }
 
 
-def compute_shard(task: dict) -> dict:
-    """Decode one shard's tracks and write the shard file (atomically). A joblib/dask task.
+def track_result(tracks, track_id: int, task: dict):
+    """One track of a shard task: its image, or why it has none. Never raises for a bad track.
 
-    Importable by module name (``preprocess.driver.compute_shard``) so that
-    dask workers can run it.
+    Parameters
+    ----------
+    tracks
+        The shard's reader (``preprocess.audio_source.open_tracks``).
+    track_id : int
+    task : dict
+        As for :func:`compute_shard`.
+
+    Returns
+    -------
+    preprocess.audio.TrackImage or str
+        The image (``image`` of shape (n_mels, n_frames); ``fine`` with a fine recipe) and its
+        padding, or the failure reason.
+    """
+    from preprocess.audio import TrackFailure, track_image
+    from preprocess.audio_source import MemberError
+    from preprocess.supervise import inject_fault
+
+    inject_fault(track_id)  # TEST ONLY: FMA_GENRE_TEST_FAULTS; nothing happens when it is unset
+    recipe, fine = _recipes(task)
+    keep_silence = task.get("keep_silence", False)
+    # No SIGALRM limit here (timeout_s None): the supervisor kills a worker past --track-timeout from
+    # outside. A SIGALRM raised inside a C callback (numba compiling librosa's kernels) was seen to
+    # leave the process in a bad state.
+    try:  # a path, or a zip member in memory
+        return tracks.apply(track_id, lambda source: track_image(source, recipe, None, keep_silence, fine))
+    except (TrackFailure, MemberError) as exc:
+        return str(exc)
+    except Exception as exc:  # an unexpected error in one track must not stop the run
+        return f"error: {type(exc).__name__}: {exc}"
+
+
+def _recipes(task: dict) -> tuple[Recipe, Recipe | None]:
+    """The task's recipe and its fine recipe (None without ``mel_fine``)."""
+    fine = Recipe.from_dict(task["fine_recipe"]) if task.get("fine_recipe") else None
+    return Recipe.from_dict(task["recipe"]), fine
+
+
+def _shard_results(task: dict, one_track, beat) -> list:
+    """``one_track(tracks, track_id)`` for each track of the shard in order, announcing each with
+    ``beat(track_id)`` (then ``beat(None)``); tracks in ``task["known_failures"]`` get that reason
+    without being decoded."""
+    from preprocess.audio import warm_up
+    from preprocess.audio_source import open_tracks
+
+    spec = ShardSpec.from_dict(task["spec"])
+    known = {int(k): reason for k, reason in task.get("known_failures", {}).items()}
+    beat = beat or (lambda item: None)
+    warm_up(*_recipes(task))  # before the first beat: not timed
+    results = []
+    with open_tracks(AudioSource.from_dict(task["audio"])) as tracks:  # a zip: opened once per shard
+        for track_id in spec.track_ids:
+            if track_id in known:
+                results.append(known[track_id])
+                continue
+            beat(track_id)
+            results.append(one_track(tracks, track_id))
+    beat(None)
+    return results
+
+
+def write_shard_file(task: dict, results: list, seconds: float) -> dict:
+    """Write the shard of ``task`` from its tracks' results (atomically); :func:`compute_shard`'s result.
 
     Parameters
     ----------
     task : dict
-        ``spec`` (ShardSpec.to_dict()), ``audio`` (AudioSource.to_dict()), ``out``, ``recipe``
-        (Recipe.to_dict()), ``fine_recipe`` (Recipe.to_dict() or None: the ``mel_fine`` image),
-        ``subset``, ``class_names``, ``timeout_s``, ``compression``, ``keep_silence`` (optional,
-        default False).
-
-    Returns
-    -------
-    dict
-        ``name``, ``written`` (tracks), ``failed`` [(track_id, reason)], ``padded``
-        [(track_id, seconds)], ``checksum``, ``seconds``, ``pid``, ``host``.
+        As for :func:`compute_shard`.
+    results : list
+        Per track of the spec, in order: a TrackImage, or the failure reason (str).
+    seconds : float
+        Time spent so far (reported).
     """
     import numpy as np
 
-    from preprocess.audio import TrackFailure, track_image
-    from preprocess.audio_source import MemberError, open_tracks
     from shards import write_shard
 
     start = time.perf_counter()
@@ -125,37 +182,21 @@ def compute_shard(task: dict) -> dict:
     recipe = Recipe.from_dict(task["recipe"])
     fine = Recipe.from_dict(task["fine_recipe"]) if task.get("fine_recipe") else None
     out = Path(task["out"])
-    images = np.empty((len(spec.track_ids), recipe.n_mels, recipe.n_frames), dtype=np.float32)
-    fine_images = (
-        None if fine is None else np.empty((len(spec.track_ids), fine.n_mels, fine.n_frames), np.float16)
-    )
-    kept: list[int] = []
-    failed: list[tuple[int, str]] = []
-    padded: list[tuple[int, float]] = []
-
-    def image(source):
-        return track_image(source, recipe, task["timeout_s"], task.get("keep_silence", False), fine)
-
-    with open_tracks(AudioSource.from_dict(task["audio"])) as tracks:  # a zip: opened once per shard
-        for i, track_id in enumerate(spec.track_ids):
-            try:
-                result = tracks.apply(track_id, image)  # a path, or a zip member in memory
-                images[len(kept)] = result.image
-                if fine_images is not None:
-                    fine_images[len(kept)] = result.fine
-                kept.append(i)
-                if result.padded:
-                    padded.append((track_id, result.seconds))
-            except (TrackFailure, MemberError) as exc:
-                failed.append((track_id, str(exc)))
-            except Exception as exc:  # an unexpected error in one track must not stop the run
-                failed.append((track_id, f"error: {type(exc).__name__}: {exc}"))
+    kept = [i for i, r in enumerate(results) if not isinstance(r, str)]
+    images = np.empty((len(kept), recipe.n_mels, recipe.n_frames), dtype=np.float32)
+    fine_images = None if fine is None else np.empty((len(kept), fine.n_mels, fine.n_frames), np.float16)
+    for row, i in enumerate(kept):
+        images[row] = results[i].image
+        if fine_images is not None:
+            fine_images[row] = results[i].fine
+    failed = [(t, r) for t, r in zip(spec.track_ids, results, strict=True) if isinstance(r, str)]
+    padded = [(spec.track_ids[i], results[i].seconds) for i in kept if results[i].padded]
     # A killed earlier attempt at this shard may have left its temporary file.
     for stale in out.glob(f".{spec.name}.tmp-*"):
         stale.unlink(missing_ok=True)
     checksum = write_shard(
         out / spec.name,
-        mel=images[: len(kept)],
+        mel=images,
         label=np.asarray([spec.labels[i] for i in kept], dtype=np.int64),
         track_id=np.asarray([spec.track_ids[i] for i in kept], dtype=np.int64),
         split=spec.split,
@@ -168,9 +209,7 @@ def compute_shard(task: dict) -> dict:
         failed=failed,
         compression=task["compression"],
         padded=padded,
-        extras={}
-        if fine is None
-        else {"mel_fine": (fine_images[: len(kept)], {"recipe": task["fine_recipe"]})},
+        extras={} if fine is None else {"mel_fine": (fine_images, {"recipe": task["fine_recipe"]})},
     )
     return {
         "name": spec.name,
@@ -178,10 +217,106 @@ def compute_shard(task: dict) -> dict:
         "failed": failed,
         "padded": padded,
         "checksum": checksum,
-        "seconds": time.perf_counter() - start,
+        "seconds": seconds + time.perf_counter() - start,
         "pid": os.getpid(),
         "host": socket.gethostname(),
     }
+
+
+def compute_shard(task: dict, beat=None) -> dict:
+    """Decode one shard's tracks and write the shard file (atomically), in this process.
+
+    Runs in a worker process of the supervised pool (``preprocess.shard_runs``); importable by
+    module name (``preprocess.driver.compute_shard``).
+
+    Parameters
+    ----------
+    task : dict
+        ``spec`` (ShardSpec.to_dict()), ``audio`` (AudioSource.to_dict()), ``out``, ``recipe``
+        (Recipe.to_dict()), ``fine_recipe`` (Recipe.to_dict() or None: the ``mel_fine`` image),
+        ``subset``, ``class_names``, ``timeout_s``, ``compression``, ``keep_silence`` (optional,
+        default False), ``known_failures`` (optional: {track id (str):
+        reason} of tracks failed without decoding them, e.g. one that timed out in an earlier attempt).
+    beat : callable, optional
+        ``beat(track_id)`` as each track starts, ``beat(None)`` after the last (the supervisor's
+        heartbeat).
+
+    Returns
+    -------
+    dict
+        ``name``, ``written`` (tracks), ``failed`` [(track_id, reason)], ``padded``
+        [(track_id, seconds)], ``checksum``, ``seconds``, ``pid``, ``host``.
+    """
+    start = time.perf_counter()
+    results = _shard_results(task, lambda tracks, track_id: track_result(tracks, track_id, task), beat)
+    return write_shard_file(task, results, time.perf_counter() - start)
+
+
+def compute_shard_isolated(task: dict, beat=None) -> dict:
+    """:func:`compute_shard` with each track decoded in a process of its own (a fork of this one).
+
+    A track whose process dies is failed as ``worker died: SIGSEGV while decoding`` and the shard
+    is written with the rest: how the supervisor finds the tracks that kill a process.
+    """
+    from preprocess.supervise import run_isolated
+
+    # The forked children inherit this process warm (_shard_results warms it up first): a cold
+    # child would cost ~0.7 s, a warm one what a track costs.
+
+    def isolated(tracks, track_id: int):
+        status, value = run_isolated(track_result, tracks, track_id, task)
+        return value if status == "ok" else f"worker died: {value} while decoding"
+
+    start = time.perf_counter()
+    results = _shard_results(task, isolated, beat)
+    return {**write_shard_file(task, results, time.perf_counter() - start), "isolated": True}
+
+
+def compute_shard_supervised(task: dict) -> dict:
+    """A dask task: :func:`compute_shard` in a worker process of this one, under the rules of
+    ``preprocess.shard_runs`` (a crashing decoder never kills the dask worker; a hanging track is
+    killed after ``task["timeout_s"]``). Returns :func:`compute_shard`'s result, or ``{"name",
+    "gave_up"}``."""
+    from preprocess.shard_runs import run_shards
+
+    with _cached_pool(task["timeout_s"]) as pool:
+        (result,) = run_shards(pool, [task])
+    return result
+
+
+_POOLS: dict = {}
+_POOLS_LOCK = threading.Lock()
+# A dask worker's decoding process exits on its own after this long without a shard.
+POOL_IDLE_S = 60.0
+
+
+@contextlib.contextmanager
+def _cached_pool(timeout_s: float | None):
+    """This thread's one-process pool, kept between dask tasks (the interpreter starts once); a
+    pool left in a bad state by an error is closed."""
+    from preprocess.supervise import Pool
+
+    key = (threading.get_ident(), timeout_s)
+    with _POOLS_LOCK:
+        pool = _POOLS.pop(key, None) or Pool(1, timeout_s, idle_s=POOL_IDLE_S)
+    try:
+        yield pool
+    except BaseException:
+        pool.close()
+        raise
+    with _POOLS_LOCK:
+        _POOLS[key] = pool
+
+
+def close_cached_pools() -> int:
+    """Stop the decoding processes kept by :func:`compute_shard_supervised` (run on every dask
+    worker at the end of a run); returns how many pools were closed."""
+    with _POOLS_LOCK:
+        pools = list(_POOLS.values())
+        _POOLS.clear()
+    for pool in pools:
+        pool.close()
+    return len(pools)
 
 
 def _spot_check_files(audio: AudioSource, specs: list[ShardSpec], max_failure_fraction: float) -> None:
@@ -224,23 +359,64 @@ def connect_dask(scheduler: str):
 
 
 @contextlib.contextmanager
-def parallel_backend(options: FeatureOptions, n_tasks: int):
-    """Configure joblib for ``options.backend``; yields ``n_jobs`` for ``joblib.Parallel``.
+def shard_results(options: FeatureOptions, tasks: list[dict]) -> Iterator[Iterator[dict]]:
+    """The shard tasks' results as they end (``preprocess.shard_runs.run_shards``'s), computed on
+    ``options.backend``; whatever still runs is stopped when the block ends.
 
-    local: a process pool of --jobs workers (at most one per task). dask: the running
-    cluster at --scheduler, connected here and disconnected after.
+    local: a supervised pool of --jobs worker processes (at most one per task). dask: the running
+    cluster at --scheduler (connected here, disconnected after), one task per shard, each computing
+    its shard in a supervised process of its own (:func:`compute_shard_supervised`).
     """
-    import joblib
-
     if options.backend == "local":
-        yield worker_count(options, n_tasks)
+        from preprocess.shard_runs import run_shards
+        from preprocess.supervise import Pool
+
+        with Pool(worker_count(options, len(tasks)), options.track_timeout) as pool:
+            with contextlib.closing(run_shards(pool, tasks)) as results:
+                yield results
         return
     client = connect_dask(options.scheduler)
     try:
-        with joblib.parallel_config(backend="dask"):
-            yield -1
+        with contextlib.closing(_dask_results(client, tasks)) as results:
+            yield results
     finally:
         client.close()
+
+
+def _dask_results(client, tasks: list[dict]) -> Iterator[dict]:
+    """Submit every shard as a dask task; yield results as they come. A shard whose dask workers
+    died (``KilledWorker``, after the scheduler's own retries) is submitted once more (its attempt
+    records make that run isolate its tracks), then given up; the other shards go on."""
+    from distributed import as_completed
+    from distributed.scheduler import KilledWorker
+
+    futures = {}
+
+    def submit(task: dict):
+        future = client.submit(compute_shard_supervised, task, pure=False)
+        futures[future] = task
+        return future
+
+    pending = as_completed([submit(t) for t in tasks])
+    killed: Counter = Counter()
+    try:
+        for future in pending:
+            task = futures.pop(future)
+            name = task["spec"]["name"]
+            try:
+                result = future.result()
+            except KilledWorker as exc:
+                killed[name] += 1
+                if killed[name] == 1:
+                    log.warning("%s: dask workers running it died (KilledWorker); submitting it again", name)
+                    pending.add(submit(task))
+                    continue
+                result = {"name": name, "gave_up": f"the dask workers running it died twice ({exc})"}
+            yield result
+    finally:
+        client.cancel(list(futures))
+        with contextlib.suppress(Exception):  # best effort: idle decoding processes also exit on their own
+            client.run(close_cached_pools)
 
 
 # --------------------------------------------------------------------------- the run
@@ -258,6 +434,7 @@ def prepare_out(options: FeatureOptions, plan: ShardPlan) -> None:
         log.warning("--force: replacing the shard set in %s (%s)", options.out, "; ".join(changes))
     if options.force:
         remove_unplanned(options.out, plan)
+        clear_attempts(options.out)
     write_plan(options.out, plan)
 
 
@@ -311,15 +488,16 @@ def compute_shards(
     todo: list[ShardSpec],
     results: list[dict],
     failed_reasons: Counter,
+    gave_up: list[dict] | None = None,
 ) -> None:
     """Compute ``todo``'s shards in parallel, with a progress bar on stderr.
 
     Appends each shard's result to ``results`` as it arrives (so that the caller knows how
-    far the run got if it is interrupted) and counts failure reasons into ``failed_reasons``.
+    far the run got if it is interrupted), counts failure reasons into ``failed_reasons`` and
+    appends ``{"name", "gave_up"}`` to ``gave_up`` for a shard whose workers kept dying.
     Stops early (FeaturesError) when more than --max-failure-fraction of the tracks fail.
     On any exception, Ctrl-C included, the workers are stopped before it propagates.
     """
-    import joblib
     from tqdm import tqdm
 
     from shards.cli import progress_disabled
@@ -334,27 +512,25 @@ def compute_shards(
         disable=not options.progress or progress_disabled(),
     )
     done = failed = 0
-    with bar, parallel_backend(options, len(tasks)) as n_jobs:
-        parallel = joblib.Parallel(
-            n_jobs=n_jobs, return_as="generator_unordered", batch_size=1, pre_dispatch="n_jobs"
-        )
-        outputs = parallel(joblib.delayed(compute_shard)(t) for t in tasks)
-        try:
-            for result in outputs:
-                results.append(result)
-                done += result["written"] + len(result["failed"])
-                failed += len(result["failed"])
-                failed_reasons.update(reason_key(r) for _, r in result["failed"])
-                bar.update(result["written"] + len(result["failed"]))
-                bar.set_postfix(failed=failed, shards=f"{len(results)}/{len(tasks)}")
-                if done >= EARLY_STOP_MIN_TRACKS and failed / done > options.max_failure_fraction:
-                    common = ", ".join(f"{r!r} x{c}" for r, c in failed_reasons.most_common(3))
-                    raise FeaturesError(
-                        f"stopping early: {failed} of {done} tracks failed ({common}). Is --fma-dir "
-                        f"right (audio read from {plan.audio.describe()})? Finished shards are kept."
-                    )
-        finally:
-            outputs.close()  # joblib aborts the tasks still running and stops the workers
+    with bar, shard_results(options, tasks) as outputs:
+        for result in outputs:
+            if "gave_up" in result:
+                log.warning("%s: given up for this run: %s", result["name"], result["gave_up"])
+                if gave_up is not None:
+                    gave_up.append(result)
+                continue
+            results.append(result)
+            done += result["written"] + len(result["failed"])
+            failed += len(result["failed"])
+            failed_reasons.update(reason_key(r) for _, r in result["failed"])
+            bar.update(result["written"] + len(result["failed"]))
+            bar.set_postfix(failed=failed, shards=f"{len(results)}/{len(tasks)}")
+            if done >= EARLY_STOP_MIN_TRACKS and failed / done > options.max_failure_fraction:
+                common = ", ".join(f"{r!r} x{c}" for r, c in failed_reasons.most_common(3))
+                raise FeaturesError(
+                    f"stopping early: {failed} of {done} tracks failed ({common}). Is --fma-dir "
+                    f"right (audio read from {plan.audio.describe()})? Finished shards are kept."
+                )
 
 
 def run_features(options: FeatureOptions) -> dict:
@@ -367,6 +543,7 @@ def run_features(options: FeatureOptions) -> dict:
         (shard names), ``computed`` (per-shard results of :func:`compute_shard`), ``written``
         (tracks in computed shards), ``skipped`` {reason: count}, ``failed`` {reason: count},
         ``padded`` (sorted real lengths of the short clips padded with silence, this task's shards),
+        ``gave_up`` [(shard name, why)] (shards whose worker processes kept dying, left missing),
         ``manifest`` (path or None), ``missing`` (shards still absent), ``seconds``.
 
     Raises
@@ -381,6 +558,7 @@ def run_features(options: FeatureOptions) -> dict:
     prepare_out(options, plan)
     mine = select_for_task(plan.specs, options.task_index, options.num_tasks)
     todo, complete, failed_reasons, padded = sort_shards(options, plan, mine)
+    forget_attempts(options.out, [s.name for s in complete])  # killed between the rename and the cleanup
     _spot_check_files(plan.audio, todo, options.max_failure_fraction)
     log.info(
         "features: %d shards planned (%d tracks, %d skipped); %d of this task's %d already complete; "
@@ -396,9 +574,10 @@ def run_features(options: FeatureOptions) -> dict:
         plan.audio.describe(),
     )
     results: list[dict] = []
+    gave_up: list[dict] = []
     try:
         if todo:
-            compute_shards(options, plan, todo, results, failed_reasons)
+            compute_shards(options, plan, todo, results, failed_reasons, gave_up)
     except KeyboardInterrupt:
         # The workers are stopped: count what is on disk (a shard may have been renamed into place
         # after its result last reached this process).
@@ -411,6 +590,8 @@ def run_features(options: FeatureOptions) -> dict:
             now,
         )
         raise
+    finally:
+        remove_attempts_dir(options.out)
     summary = {
         "planned": len(plan.specs),
         "mine": len(mine),
@@ -419,6 +600,7 @@ def run_features(options: FeatureOptions) -> dict:
         "written": sum(r["written"] for r in results),
         "skipped": {k: len(v) for k, v in plan.selection.skipped.items()},
         "failed": dict(failed_reasons),
+        "gave_up": [(r["name"], r["gave_up"]) for r in gave_up],
         "manifest": None,
         "missing": [],
         "padded": sorted(padded + [seconds for r in results for _, seconds in r["padded"]]),
@@ -454,6 +636,8 @@ def format_summary(summary: dict, out: Path) -> str:
             "  failed (recorded in the shards): "
             + ", ".join(f"{r} x{c}" for r, c in sorted(summary["failed"].items(), key=lambda kv: -kv[1]))
         )
+    for name, why in summary.get("gave_up", []):
+        lines.append(f"  given up for this run (rerun to try again): {name}: {why}")
     if summary["padded"]:
         lines.append(
             f"  padded with silence (clips shorter than the recipe's duration; listed in the "

@@ -8,7 +8,9 @@ tracks (written or failed), then writes manifest.json atomically: every shard
 with its counts and checksum, totals per split and class, the recipe, class
 names, skipped and failed tracks with reasons. If shards are missing or
 incomplete it names them and exits non-zero (rerun the features command, or
-the missing array tasks). The features command runs this automatically at the
+the missing array tasks), with what the attempt records say about each (an array task
+or features command killed while computing it, by a signal or the OOM killer: its
+SLURM task id, pid and host; preprocess.shard_runs). The features command runs this automatically at the
 end of a run that leaves no shard missing.
 """
 
@@ -24,6 +26,7 @@ import numpy as np
 from preprocess.assign import ShardSpec
 from preprocess.errors import FeaturesError
 from preprocess.plan import PLAN_NAME, read_plan, shard_status
+from preprocess.shard_runs import describe_attempts
 from shards import EXTRAS_FORMAT_VERSION, FORMAT_VERSION, MANIFEST_NAME, write_manifest
 
 log = logging.getLogger(__name__)
@@ -38,7 +41,8 @@ def build_manifest(folder: Path, plan: dict) -> tuple[dict | None, list[str]]:
     for spec in (ShardSpec.from_dict(d) for d in plan["shards"]):
         contents, problem = shard_status(folder / spec.name, spec, plan)
         if problem is not None:
-            problems.append(f"{spec.name}: {problem}")
+            said = describe_attempts(folder, spec.name)  # e.g. a SLURM task killed while computing it
+            problems.append(f"{spec.name}: {problem}" + (f"; {said}" if said else ""))
             continue
         labelled = contents.label[contents.label >= 0]  # NO_LABEL: a track without a top genre
         counts = np.bincount(labelled, minlength=len(class_names)).tolist()

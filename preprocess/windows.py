@@ -56,6 +56,7 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Iterable, Iterator
 
 import numpy as np
@@ -69,6 +70,7 @@ from preprocess.audio import (
     image_of,
     is_quiet,
     silence_skip,
+    warm_up,
     with_decoder_messages,
 )
 from preprocess.recipe import NOT_FINITE, Recipe, downmix, mel_power, power_to_db
@@ -485,6 +487,12 @@ def window_images(
     )
 
 
+def prepare(recipe: dict) -> None:
+    """A decoding process's one-time set-up for ``recipe`` (a plain dict), before its first timed
+    file (:func:`preprocess.audio.warm_up`)."""
+    warm_up(Recipe.from_dict(recipe))
+
+
 def file_window_images(
     path: str | os.PathLike,
     recipe: dict,
@@ -496,6 +504,9 @@ def file_window_images(
 
     ``recipe`` is the plain dict stored in checkpoints and ONNX metadata.
     """
+    from preprocess.supervise import inject_fault
+
+    inject_fault(Path(path).stem)  # TEST ONLY: FMA_GENRE_TEST_FAULTS; nothing happens when it is unset
     try:
         return window_images(path, Recipe.from_dict(recipe), hop_s, first_only, share_frames), None
     except TrackFailure as exc:

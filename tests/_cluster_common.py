@@ -40,16 +40,21 @@ def features_argv(python: str, fma_dir: Path, out: Path, *more: str) -> list[str
     ]
 
 
-def run_local(python: str, fma_dir: Path, out: Path, env: dict) -> Path:
-    """The reference: a local run with joblib's process pool (2 workers), manifest included."""
-    done = subprocess.run(
-        features_argv(python, fma_dir, out, "--jobs", "2"),
+def features_run(python: str, fma_dir: Path, out: Path, env: dict, *more: str, timeout: float = 600):
+    """Run :func:`features_argv`'s command to its end; the CompletedProcess (output captured as text)."""
+    return subprocess.run(
+        features_argv(python, fma_dir, out, *more),
         env=env,
         capture_output=True,
         text=True,
-        timeout=600,
+        timeout=timeout,
         check=False,
     )
+
+
+def run_local(python: str, fma_dir: Path, out: Path, env: dict) -> Path:
+    """The reference: a local run with the supervised process pool (2 workers), manifest included."""
+    done = features_run(python, fma_dir, out, env, "--jobs", "2")
     assert done.returncode == 0, f"local features run failed:\n{done.stdout}\n{done.stderr}"
     assert (out / "manifest.json").exists()
     return out

@@ -41,9 +41,18 @@ class DaskCluster:
         Worker processes, one thread each.
     python : str
         The interpreter whose ``dask`` CLI is used (the test's own by default).
+    env : dict, optional
+        More environment for the scheduler and the workers (e.g. dask configuration variables).
     """
 
-    def __init__(self, root: Path, repo: Path, n_workers: int = 2, python: str = sys.executable):
+    def __init__(
+        self,
+        root: Path,
+        repo: Path,
+        n_workers: int = 2,
+        python: str = sys.executable,
+        env: dict | None = None,
+    ):
         self.root = Path(root)
         self.n_workers = n_workers
         self.scheduler_file = self.root / "scheduler.json"
@@ -52,6 +61,7 @@ class DaskCluster:
         path = [str(repo), self.env.get("PYTHONPATH", "")]
         self.env["PYTHONPATH"] = os.pathsep.join(path).rstrip(os.pathsep)
         self.env["PYTHONUNBUFFERED"] = "1"
+        self.env.update(env or {})
         self.scheduler: subprocess.Popen | None = None
         self.workers: list[subprocess.Popen] = []  # the nannies
         self.worker_pids: set[int] = set()  # the worker processes the nannies started

@@ -46,6 +46,18 @@ def kill_group(proc: subprocess.Popen) -> None:
     proc.wait()
 
 
+def group_gone(pgid: int, within_s: float) -> bool:
+    """True once no process of the process group ``pgid`` is left (waiting up to ``within_s``)."""
+    deadline = time.monotonic() + within_s
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return True
+        time.sleep(0.05)
+    return False
+
+
 def file_digests(folder: Path) -> dict[str, str]:
     """SHA-256 of every file in ``folder`` (hidden temporary files included), by name."""
     return {
@@ -135,3 +147,125 @@ class ShardWatcher(threading.Thread):
     def stop(self) -> None:
         self._halt.set()
         self.join(timeout=60)
+
+
+# --------------------------------------------------------------------------- jobs for preprocess.supervise
+# Run by worker processes of tests/test_supervise.py (importable by name: the workers get the repository
+# root on PYTHONPATH).
+
+
+def job_value(x: int) -> dict:
+    """A job that returns where it ran."""
+    return {"square": x * x, "pid": os.getpid(), "ppid": os.getppid()}
+
+
+def job_items(items: list, die_at=None, how: str = "segv", beat=None) -> list:
+    """Announce each item; at ``die_at``, act out the fault ``how`` (preprocess.supervise's modes)."""
+    from preprocess.supervise import FAULTS_ENV, inject_fault
+
+    if die_at is not None:
+        os.environ[FAULTS_ENV] = f"{die_at}:{how}"
+    for item in items:
+        beat(item)
+        inject_fault(item)
+    beat(None)
+    return items
+
+
+def job_raise(message: str) -> None:
+    from preprocess.errors import FeaturesError
+
+    raise FeaturesError(message)
+
+
+def job_file(path: str, stem_faults: str) -> str:
+    """A one-item job keyed by a file's stem (as predict's)."""
+    from preprocess.supervise import FAULTS_ENV, inject_fault
+
+    os.environ[FAULTS_ENV] = stem_faults
+    inject_fault(Path(path).stem)
+    return Path(path).stem.upper()
+
+
+def isolated_fault(how: str) -> int:
+    """In a worker: :func:`preprocess.supervise.run_isolated` of a call that acts out ``how``."""
+    from preprocess.supervise import run_isolated
+
+    def work() -> int:
+        job_items([1], die_at=1 if how != "none" else None, how=how, beat=lambda item: None)
+        return os.getpid()
+
+    return run_isolated(work)
+
+
+# --------------------------------------------------------------------------- culprit tracks in a shard set
+
+
+def pick_culprits(folder: Path, modes: list[str]) -> dict[int, tuple[str, str]]:
+    """One written track per mode, each in another shard of ``folder`` (the second track of the
+    shard, so that the shard has work before and after it): ``{track id: (mode, shard name)}``."""
+    names = sorted(p.name for p in folder.glob(SHARD_GLOB))
+    picked: dict[int, tuple[str, str]] = {}
+    for mode, name in zip(modes, names, strict=False):
+        ids = shards.read_shard(folder / name).track_id.tolist()
+        picked[int(ids[1])] = (mode, name)
+    assert len(picked) == len(modes), f"need {len(modes)} shards in {folder}"
+    return picked
+
+
+def faults_value(culprits: dict[int, tuple[str, str]]) -> str:
+    """``FMA_GENRE_TEST_FAULTS``'s value for :func:`pick_culprits`'s tracks."""
+    return ",".join(f"{tid}:{mode}" for tid, (mode, _) in culprits.items())
+
+
+def assert_same_but_culprits(expected: Path, actual: Path, reasons: dict[int, str]) -> None:
+    """``actual``'s shards are ``expected``'s byte for byte, except that each track of ``reasons`` is
+    failed with that reason instead of written; the rest of its shard is the same data."""
+    names = sorted(p.name for p in expected.glob(SHARD_GLOB))
+    assert names == sorted(p.name for p in actual.glob(SHARD_GLOB))
+    for name in names:
+        a, b = shard_data(expected / name), shard_data(actual / name)
+        here = {t: r for t, r in reasons.items() if t in a["track_id"].tolist()}
+        if not here:
+            assert file_digests_of(expected / name) == file_digests_of(actual / name), name
+            continue
+        keep = ~np.isin(a["track_id"], list(here))
+        np.testing.assert_array_equal(b["track_id"], a["track_id"][keep], err_msg=name)
+        np.testing.assert_array_equal(b["label"], a["label"][keep], err_msg=name)
+        np.testing.assert_array_equal(b["mel"], a["mel"][keep], err_msg=name)
+        extras = shards.read_shard(expected / name).extras
+        assert shards.read_shard(actual / name).extras == extras, name
+        for extra in extras:  # e.g. mel_fine: the same rows but the culprit's
+            want = shards.read_extra(expected / name, extra)[keep]
+            np.testing.assert_array_equal(shards.read_extra(actual / name, extra), want, err_msg=name)
+        assert dict(b["failed"]) == {**dict(a["failed"]), **here}, name
+        for key in ("recipe", "class_names", "split", "subset", "versions"):
+            assert a[key] == b[key], (name, key)
+    manifest = shards.read_manifest(actual)
+    failed = {f["track_id"]: f["reason"] for f in manifest["failed"]}
+    assert {t: failed.get(t) for t in reasons} == reasons
+
+
+def file_digests_of(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def cmdline(pid: int) -> str:
+    """The command line of ``pid`` ('' once it is gone)."""
+    try:
+        return (Path("/proc") / str(pid) / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""
+
+
+def children(pid: int) -> list[int]:
+    """Live (not zombie) child processes of ``pid``, from /proc."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if int(fields[1]) == pid and fields[0] != "Z":
+            found.append(int(stat.parent.name))
+    return found

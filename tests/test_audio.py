@@ -122,7 +122,7 @@ def test_failures_are_classified(mp3s, name, reason):
 
 def test_a_track_over_its_time_limit_fails_with_timeout(mp3s):
     folder, _ = mp3s
-    with pytest.raises(TrackFailure, match="timeout after 0.0001 s"):
+    with pytest.raises(TrackFailure, match="timed out after 0.0001 s"):
         track_image(folder / "plain.mp3", Recipe(), timeout_s=1e-4)
     assert track_image(folder / "plain.mp3", Recipe(), timeout_s=60).image.shape == (128, 128)  # lifted
 

@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from preprocess.slurm import format_indices
+from preprocess.supervise import FAULTS_ENV
 from preprocess.synth_zip import zip_only_copy
 from tests._cluster_common import (
     RECIPE_ARGS,
@@ -28,6 +29,7 @@ from tests._cluster_common import (
     run_local,
     shard_names,
 )
+from tests._faults import assert_same_but_culprits, faults_value, pick_culprits
 from tests._slurm_cluster import SlurmCluster
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow, pytest.mark.timeout(600)]
@@ -205,6 +207,55 @@ def test_slurm_array_reads_the_zip_and_equals_the_local_run(
     logs = "".join(p.read_text() for p in (out / "slurm" / "logs").glob("features-*.out"))
     assert f"from the zip {fma_dir / 'fma_large.zip'}" in logs, logs
     assert_same_shards_from_zip(local_shards, out)
+
+
+def test_an_array_task_killed_by_a_signal_is_named_and_reruns_isolate_the_culprit(
+    slurm, local_shards, mini_fma, tmp_path, python, subprocess_env
+):
+    """A track whose decoder takes its whole array task down (SIGKILL of the task's features process,
+    as a cgroup OOM kill would): the task fails, `finalize` names it (task id, signal), the first rerun
+    retries the shard and is killed again, the second isolates the culprit and the shard set completes,
+    equal to the local run's but for the culprit."""
+    fma_dir = mini_fma[0]
+    culprits = pick_culprits(local_shards, ["killparent"])
+    ((tid, (_, victim)),) = culprits.items()
+    env = {**subprocess_env, FAULTS_ENV: faults_value(culprits)}
+    out = tmp_path / "shards"
+    for run in (1, 2):
+        done = submit(slurm, python, env, fma_dir, out)
+        assert done.returncode == 0, done.stdout + done.stderr
+        record = submissions(out)[-1]
+        waiting = [(record["finalize_job_id"], "PENDING", "DependencyNeverSatisfied")]
+        slurm.wait_until(
+            lambda waiting=waiting: slurm.queue() == waiting,
+            QUEUE_TIMEOUT_S,
+            "the array tasks to end, the finalize job left waiting for a dependency never satisfied",
+        )
+        (task,) = [int(k) for k, names in record["tasks"].items() if victim in names]
+        job = f"{record['array_job_id']}_{task}"
+        (state,) = [t for t in job_records(slurm, record["array_job_id"]) if t["ArrayTaskId"] == str(task)]
+        assert (state["JobState"], state["ExitCode"]) == ("FAILED", "0:9"), (run, state, slurm.log_tail())
+        assert not (out / victim).exists()
+        named = subprocess.run(
+            [python, "-m", "preprocess", "finalize", str(out)],
+            env={**subprocess_env, **slurm.env, "PYTHONPATH": subprocess_env["PYTHONPATH"]},
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert named.returncode == 1
+        assert f"{victim}: missing" in named.stderr and f"SLURM task {job}" in named.stderr, named.stderr
+        assert "FAILED, signal 9 = SIGKILL" in named.stderr, named.stderr
+    repair = submit(slurm, python, env, fma_dir, out)
+    assert repair.returncode == 0, repair.stdout + repair.stderr
+    record = submissions(out)[-1]
+    wait_and_check_jobs(slurm, record)
+    logs = "".join(
+        p.read_text() for p in (out / "slurm" / "logs").glob(f"features-{record['array_job_id']}_*.out")
+    )
+    assert "isolated processes" in logs, logs
+    assert_same_but_culprits(local_shards, out, {tid: "worker died: SIGKILL while decoding"})
+    assert (out / "manifest.json").exists() and not (out / "attempts").exists()
 
 
 def _time(text: str) -> datetime:

@@ -9,6 +9,7 @@ already written.
 from __future__ import annotations
 
 import json
+import os
 import random
 import resource
 import shutil
@@ -18,8 +19,22 @@ import time
 
 import pytest
 
+from preprocess.supervise import FAULTS_ENV
 from shards import read_manifest, read_shard
-from tests._faults import SHARD_GLOB, ShardWatcher, assert_same_shard, file_digests, kill_group, start
+from tests._faults import (
+    SHARD_GLOB,
+    ShardWatcher,
+    assert_same_but_culprits,
+    assert_same_shard,
+    children,
+    cmdline,
+    faults_value,
+    file_digests,
+    group_gone,
+    kill_group,
+    pick_culprits,
+    start,
+)
 
 SHARD_SIZE = 8  # mini-FMA's ~100 selected tracks -> 15 shards: many moments to be killed between
 TRIALS = 5
@@ -222,3 +237,103 @@ def test_damaged_shards_and_plan_are_handled_by_a_rerun(
     assert broken.returncode == 2
     assert broken.stderr.startswith("error: ") and str(out / "plan.json") in broken.stderr, broken.stderr
     assert "Traceback" not in broken.stderr
+
+
+# --------------------------------------------------------------------------- dying and hanging tracks
+
+REASONS = {
+    "segv": "worker died: SIGSEGV while decoding",
+    "abort": "worker died: SIGABRT while decoding",
+    "kill": "worker died: SIGKILL while decoding",
+    "killparent": "worker died: SIGKILL while decoding",
+    "hang": "timed out after 5 s",
+}
+
+
+def test_with_no_fault_the_shards_are_those_of_the_joblib_pool_of_before(reference, mini_fma, tmp_path):
+    """The supervised pool changes nothing: each shard computed by ``compute_shard`` in joblib's loky
+    pool, as the stage did before it had a supervisor, is byte for byte the reference run's."""
+    import joblib
+
+    from preprocess import driver
+    from preprocess.options import FeatureOptions
+    from preprocess.plan import build_plan
+
+    ref_dir, _, ref_digests = reference
+    out = tmp_path / "joblib"
+    out.mkdir()
+    options = FeatureOptions(mini_fma[0], out, shard_size=SHARD_SIZE, progress=False)
+    plan = build_plan(options)
+    tasks = [driver.shard_task(options, plan, spec) for spec in plan.specs]
+    results = joblib.Parallel(n_jobs=2)(joblib.delayed(driver.compute_shard)(t) for t in tasks)
+    assert {r["name"]: r["pid"] for r in results}.values() and all(r["pid"] != os.getpid() for r in results)
+    theirs = {k: v for k, v in file_digests(out).items() if k.endswith(".h5")}
+    assert theirs == {k: v for k, v in ref_digests.items() if k.endswith(".h5")} and len(theirs) >= 10
+
+
+def test_crashing_killed_and_hanging_tracks_cost_only_their_attempts(
+    reference, mini_fma, tmp_path, monkeypatch
+):
+    """Real signals in the worker processes (SIGSEGV, SIGABRT, SIGKILL) and a track stuck with SIGALRM
+    blocked: the other shards are computed once, untouched; each dying shard is retried once, then its
+    tracks are isolated and the culprit recorded; the hang is killed after --track-timeout; the run
+    completes and a rerun has nothing to do."""
+    from preprocess import driver
+    from preprocess.options import FeatureOptions
+
+    ref_dir, _, _ = reference
+    culprits = pick_culprits(ref_dir, ["segv", "abort", "kill", "hang"])
+    monkeypatch.setenv(FAULTS_ENV, faults_value(culprits))
+    out = tmp_path / "shards"
+    options = FeatureOptions(mini_fma[0], out, shard_size=SHARD_SIZE, jobs=2, track_timeout=5, progress=False)
+    summary = driver.run_features(options)
+    attempts = {r["name"]: r["attempts"] for r in summary["computed"]}
+    by_shard = {name: mode for mode, name in culprits.values()}
+    assert {n: a for n, a in attempts.items() if n in by_shard} == {
+        name: 2 if mode == "hang" else 3 for name, mode in by_shard.items()
+    }
+    assert set(attempts.values()) - {2, 3} == {1} and len(attempts) == len(list(ref_dir.glob(SHARD_GLOB)))
+    reasons = {tid: REASONS[mode] for tid, (mode, _) in culprits.items()}
+    assert_same_but_culprits(ref_dir, out, reasons)
+    assert summary["manifest"] and not summary["gave_up"]
+    for reason in reasons.values():
+        assert summary["failed"][reason] >= 1
+    assert not (out / "attempts").exists()
+    assert [p for p in children(os.getpid()) if "preprocess.supervise" in cmdline(p)] == []
+    again = driver.run_features(options)
+    assert again["computed"] == [] and len(again["already_complete"]) == len(attempts)
+
+
+def test_a_track_that_kills_the_whole_command_is_isolated_by_the_reruns(
+    reference, mini_fma, tmp_path, python, subprocess_env
+):
+    """A decoder whose death takes the features command with it (as an OOM kill of the whole command
+    or SLURM task would): no worker outlives it, `finalize` names the attempt that never finished, the
+    first rerun retries the shard, the second isolates the culprit and completes with nothing lost."""
+    ref_dir, _, _ = reference
+    culprits = pick_culprits(ref_dir, ["killparent"])
+    ((tid, (_, victim)),) = culprits.items()
+    env = {**subprocess_env, FAULTS_ENV: faults_value(culprits)}
+    out = tmp_path / "shards"
+    for run in (1, 2):
+        proc = start(
+            features_cmd(python, mini_fma[0], out), env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        )
+        _, err = proc.communicate(timeout=300)
+        assert proc.returncode == -signal.SIGKILL, (run, err.decode()[-2000:])
+        assert group_gone(proc.pid, within_s=10), "a worker outlived the killed command"
+        assert not (out / victim).exists()
+        record = json.loads((out / "attempts" / f"{victim}.json").read_text())
+        assert len(record["attempts"]) == run and all(a["ended"] is None for a in record["attempts"])
+    named = subprocess.run(
+        [python, "-m", "preprocess", "finalize", str(out)], env=subprocess_env, capture_output=True, text=True
+    )
+    assert named.returncode == 1
+    assert f"{victim}: missing" in named.stderr and "never finished: that process was killed" in named.stderr
+    final = subprocess.run(
+        features_cmd(python, mini_fma[0], out), env=env, capture_output=True, text=True, timeout=300
+    )
+    assert final.returncode == 0, final.stderr[-3000:]
+    assert f"{victim}: worker" in final.stderr and "isolated" in final.stderr, final.stderr[-3000:]
+    assert_same_but_culprits(ref_dir, out, {tid: REASONS["killparent"]})
+    assert not (out / "attempts").exists()

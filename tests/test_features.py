@@ -22,7 +22,7 @@ from preprocess.fma import CLASS_NAMES, KNOWN_BAD
 from preprocess.metadata import load_tracks, tracks_csv_path
 from preprocess.options import FeatureOptions
 from shards import read_manifest, read_shard
-from tests._faults import start
+from tests._faults import group_gone, start
 from tests._reference import plain_librosa
 
 SHARD_SIZE = 16
@@ -270,18 +270,6 @@ def test_killed_run_restarts_to_identical_shards(run, mini_fma, tmp_path, python
     assert not list(killed.glob(".*tmp-*"))  # no temporary file left behind
 
 
-def _group_gone(pgid: int, within_s: float) -> bool:
-    """True once no process of the process group ``pgid`` is left (waiting up to ``within_s``)."""
-    deadline = time.monotonic() + within_s
-    while time.monotonic() < deadline:
-        try:
-            os.killpg(pgid, 0)
-        except ProcessLookupError:
-            return True
-        time.sleep(0.05)
-    return False
-
-
 def test_ctrl_c_stops_the_workers_says_how_far_and_a_rerun_resumes(
     run, mini_fma, tmp_path, python, subprocess_env
 ):
@@ -320,7 +308,7 @@ def test_ctrl_c_stops_the_workers_says_how_far_and_a_rerun_resumes(
     )
     assert match and int(match.group(2)) == total, err
     assert 1 <= int(match.group(1)) < total
-    assert _group_gone(proc.pid, within_s=10), "pool workers still running after Ctrl-C"
+    assert group_gone(proc.pid, within_s=10), "pool workers still running after Ctrl-C"
     assert not (stopped / "manifest.json").exists()
 
     rerun = subprocess.run(

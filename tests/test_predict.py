@@ -6,13 +6,17 @@ import csv
 import json
 import subprocess
 import sys
+import time
 from functools import partial
+from pathlib import Path
 
+import h5py
 import numpy as np
 import pytest
 
 from preprocess.audio import decode, image_of, track_image
 from preprocess.recipe import RECIPES, Recipe
+from preprocess.supervise import FAULTS_ENV
 from preprocess.synth_audio import encode_mp3
 from preprocess.windows import window_images, window_plan, window_starts
 from tests._inference import SR, direct_scores, make_checkpoint, tones, write_mp3
@@ -305,3 +309,48 @@ def test_memory_of_a_60_minute_file_is_that_of_a_30_second_clip(
         file=sys.stderr,
     )
     assert long - short <= 100, (short, long)
+
+
+def test_a_file_whose_decoder_crashes_or_hangs_gets_its_row_and_the_others_are_scored(
+    clips, run, tmp_path, monkeypatch
+):
+    """Real signals: the worker decoding 000001 segfaults (twice: retried once), 000004's is SIGKILLed (the
+    OOM killer), 000002's hangs with SIGALRM blocked and is killed from outside after --timeout."""
+    folder, checkpoint = run
+    music = tmp_path / "music"
+    music.mkdir()
+    for i, seconds in enumerate((20, 30, 20, 75, 30), start=1):
+        (music / f"{i:06d}.mp3").write_bytes(clips[seconds].read_bytes())
+    monkeypatch.setenv(FAULTS_ENV, "000001:segv,000002:hang,000004:kill")
+    out = tmp_path / "results.jsonl"
+    began = time.monotonic()
+    code = main(
+        ["predict", "--run", str(folder), str(music), "--output", str(out), "--jobs", "2", "--timeout", "5"]
+    )
+    took = time.monotonic() - began
+    assert code == 1
+    rows = {Path(r["path"]).stem: r for r in map(json.loads, out.read_text().splitlines())}
+    assert rows["000001"]["error"] == "decoder crashed: SIGSEGV"
+    assert rows["000002"]["error"] == "timed out after 5 s"
+    assert rows["000004"]["error"] == "decoder crashed: SIGKILL"
+    for stem, seconds in (("000003", 20), ("000005", 30)):
+        assert rows[stem]["error"] is None
+        expected, _ = direct_scores(checkpoint, window_images(clips[seconds], RECIPE).images)
+        got = [rows[stem]["probabilities"][n] for n in checkpoint["class_names"]]
+        np.testing.assert_allclose(got, expected.mean(axis=0), atol=1e-6)
+    assert took < 120, took
+
+
+def test_embed_over_files_lists_a_crashing_file_and_embeds_the_others(clips, run, tmp_path, monkeypatch):
+    folder, _ = run
+    music = tmp_path / "music"
+    music.mkdir()
+    for i, seconds in enumerate((20, 30, 20), start=1):
+        (music / f"{i:06d}.mp3").write_bytes(clips[seconds].read_bytes())
+    monkeypatch.setenv(FAULTS_ENV, "000002:segv")
+    out = tmp_path / "emb.h5"
+    assert main(["embed", "--run", str(folder), str(music), "--out", str(out), "--jobs", "2"]) == 1
+    with h5py.File(out) as h5:
+        assert [Path(p.decode()).stem for p in h5["path"][:]] == ["000001", "000003"]
+        assert [Path(p.decode()).stem for p in h5["failed_path"][:]] == ["000002"]
+        assert h5["failed_reason"][0].decode() == "decoder crashed: SIGSEGV"

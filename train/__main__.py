@@ -38,6 +38,7 @@ from pathlib import Path
 
 from shards.cli import add_logging_arguments, run_command
 from train.config import ConfigError
+from train.threads import add_threads_argument, apply_threads
 
 
 def _fit_parser(sub) -> None:
@@ -62,6 +63,7 @@ def _fit_parser(sub) -> None:
         help="continue RUN from RUN/last.pt (weights, optimiser, epoch, RNG state)",
     )
     add_config_arguments(p)
+    add_threads_argument(p)
     add_logging_arguments(p)
 
 
@@ -90,6 +92,7 @@ def _test_parser(sub) -> None:
         choices=("train", "validation", "test"),
         help="split to evaluate (default: test)",
     )
+    add_threads_argument(p)
     add_logging_arguments(p)
 
 
@@ -147,6 +150,7 @@ def run_fit(args: argparse.Namespace) -> int:
     if args.config:
         config = config_from_dict(load_yaml(args.config), base=config, source=args.config)
     config = config_from_dict(overrides, base=config, source="command line")
+    apply_threads(args.threads)
     fit(config, resume=args.resume)
     return 0
 
@@ -154,6 +158,7 @@ def run_fit(args: argparse.Namespace) -> int:
 def run_test(args: argparse.Namespace) -> int:
     from train.evaluate import test
 
+    apply_threads(args.threads)
     test(args.shards, args.run, args.device, checkpoint_name=args.checkpoint, split=args.split)
     return 0
 

@@ -11,10 +11,12 @@ left out (a file that is all silence fails). ``--first-window`` scores only the
 first window (what the features stage stores for a training track).
 
 Folders are searched recursively for audio files (by extension); files named on
-the command line are used whatever their extension. Decoding and images run in a
-process pool (``--jobs``), the model in this process. A file that cannot be read
-is one row with its error and the run goes on; the exit status is 1 if any file
-failed, 0 otherwise (2 for bad arguments or a bad model).
+the command line are used whatever their extension. Decoding and images run in
+``--jobs`` worker processes (preprocess.supervise), the model in this process. A file
+that cannot be read is one row with its error and the run goes on: so is a file whose
+decoder crashes its process twice (``decoder crashed: SIGSEGV``) or runs past
+``--timeout`` (``timed out after 600 s``: the process is killed from outside). The exit
+status is 1 if any file failed, 0 otherwise (2 for bad arguments or a bad model).
 
 Results go to ``--output FILE.csv`` or ``FILE.jsonl`` (columns in
 :mod:`train.outputs`), or else one line per file on stdout.
@@ -42,9 +44,12 @@ from shards.cli import EXIT_FAILURES, EXIT_OK, add_logging_arguments, progress_d
 from shards.errors import FmaGenreError
 from train.outputs import TrackPrediction, check_result_path, format_line, write_results
 from train.scorers import Scorer, is_chunked
+from train.threads import add_threads_argument, default_threads, resolve_threads
 
 log = logging.getLogger(__name__)
 
+#: Seconds one file may take to decode (``--timeout``): a 60-minute MP3 takes ~10 s on one core.
+DEFAULT_FILE_TIMEOUT = 600.0
 #: Extensions searched for in folders (what libsndfile with mpg123 decodes).
 AUDIO_EXTENSIONS = frozenset({".mp3", ".wav", ".flac", ".ogg", ".oga", ".opus", ".aif", ".aiff", ".au"})
 
@@ -67,7 +72,10 @@ class PredictOptions:
     batch_size : int
         Windows per model call.
     jobs : int
-        Processes decoding and making images (1: in this process).
+        Worker processes decoding and making images.
+    timeout_s : float or None
+        Seconds one file may take in its worker before it is killed and the file failed
+        (None: no limit).
     share_frames : bool
         Image the frames overlapping windows share once (the same images; False only to
         measure what that saves: ``bench/predict.py``).
@@ -77,6 +85,7 @@ class PredictOptions:
     first_only: bool = False
     batch_size: int = 16
     jobs: int = 1
+    timeout_s: float | None = DEFAULT_FILE_TIMEOUT
     share_frames: bool = True
 
     def validate(self) -> None:
@@ -86,6 +95,8 @@ class PredictOptions:
             raise PredictError(f"--batch-size must be >= 1, got {self.batch_size}")
         if self.jobs < 1:
             raise PredictError(f"--jobs must be >= 1, got {self.jobs}")
+        if self.timeout_s is not None and not self.timeout_s > 0:
+            raise PredictError(f"--timeout must be > 0 seconds (or 0: no limit), got {self.timeout_s}")
 
 
 @dataclass
@@ -142,22 +153,21 @@ def score_windows(scorer: Scorer, images: np.ndarray, batch_size: int) -> tuple[
 
 
 def _window_images_in_order(files: list[Path], recipe: dict, options: PredictOptions) -> Iterator:
-    """``(WindowImages or None, error or None)`` per file, in order, from a pool when jobs > 1."""
-    from preprocess.windows import file_window_images
+    """``(WindowImages or None, error or None)`` per file, in order, decoded in worker processes.
+
+    Fresh interpreters (no torch state inherited), results in input order, at most 2 files per
+    process in flight so memory stays bounded; a file whose worker dies twice or runs past the
+    time limit comes back as its error (``decoder crashed: SIGSEGV``, ``timed out after N s``).
+    """
+    from preprocess.supervise import Failed, ordered_map
 
     args = (recipe, options.hop_s, options.first_only, options.share_frames)
-    if options.jobs == 1 or len(files) == 1:
-        for path in files:
-            yield file_window_images(path, *args)
-        return
-    from joblib import Parallel, delayed
-
-    # Loky processes (fresh interpreters: no torch state inherited), results in input order,
-    # at most 2 files per process in flight so memory stays bounded.
-    pool = Parallel(
-        n_jobs=min(options.jobs, len(files)), return_as="generator", batch_size=1, pre_dispatch="2*n_jobs"
-    )
-    yield from pool(delayed(file_window_images)(str(path), *args) for path in files)
+    jobs = min(options.jobs, len(files))
+    paths = (str(path) for path in files)
+    prepare = ("preprocess.windows:prepare", (recipe,))  # each worker's one-time set-up, not timed
+    work = "preprocess.windows:file_window_images"
+    for result in ordered_map(work, paths, args, jobs, options.timeout_s, setup=prepare):
+        yield (None, result.reason) if isinstance(result, Failed) else result
 
 
 def with_default_hop(options: PredictOptions, scorer: Scorer) -> PredictOptions:
@@ -245,14 +255,14 @@ def load_scorer(args: argparse.Namespace) -> Scorer:
 
     if (args.run is None) == (args.onnx is None):
         raise PredictError("give exactly one of --run RUN (a checkpoint) or --onnx FILE (an exported model)")
-    if args.model_threads < 1:
-        raise PredictError(f"--model-threads must be >= 1, got {args.model_threads}")
+    # The --jobs decoding processes take their cores: the model gets what is left (at least 1).
+    threads = resolve_threads(args.threads, default=max(1, default_threads() - args.jobs))
     if args.onnx is not None:
-        return OnnxScorer(args.onnx, threads=args.model_threads)
+        return OnnxScorer(args.onnx, threads=threads)
     from train.checkpoint import load_checkpoint
 
     source = Path(args.run) / args.checkpoint
-    return TorchScorer(load_checkpoint(source), args.device, source=str(source), threads=args.model_threads)
+    return TorchScorer(load_checkpoint(source), args.device, source=str(source), threads=threads)
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
@@ -291,13 +301,21 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
         default=min(os.cpu_count() or 1, 8),
         help="processes decoding files (default: the number of cores, at most 8)",
     )
-    parser.add_argument("--batch-size", type=int, default=16, help="windows per model call (default: 16)")
     parser.add_argument(
-        "--model-threads",
-        type=int,
-        default=1,
-        help="CPU threads of the model in this process (default: 1; the pool decodes)",
+        "--timeout",
+        type=float,
+        default=DEFAULT_FILE_TIMEOUT,
+        metavar="SECONDS",
+        help="seconds one file may take to decode before its worker is killed and its row says "
+        f"'timed out after N s' (0: no limit; default {DEFAULT_FILE_TIMEOUT:g})",
     )
+    parser.add_argument("--batch-size", type=int, default=16, help="windows per model call (default: 16)")
+    add_threads_argument(
+        parser,
+        "what this process may use (OMP_NUM_THREADS if set, else its CPU affinity) less the "
+        "--jobs decoding processes, at least 1",
+    )
+    parser.add_argument("--model-threads", dest="threads", type=int, help=argparse.SUPPRESS)  # the old name
     add_logging_arguments(parser)
 
 
@@ -320,7 +338,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def options_from_args(args: argparse.Namespace) -> PredictOptions:
     options = PredictOptions(
-        hop_s=args.hop, first_only=args.first_window, batch_size=args.batch_size, jobs=args.jobs
+        hop_s=args.hop,
+        first_only=args.first_window,
+        batch_size=args.batch_size,
+        jobs=args.jobs,
+        timeout_s=args.timeout or None,
     )
     options.validate()
     return options
