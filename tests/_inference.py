@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from preprocess.recipe import Recipe
-from preprocess.synth_audio import encode_mp3
+from preprocess.synth.audio import encode_mp3
 from train.checkpoint import load_checkpoint, save_checkpoint
 from train.inference import load_model
 from train.models import ModelConfig, build_model

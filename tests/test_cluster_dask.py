@@ -14,7 +14,7 @@ import pytest
 from preprocess import driver
 from preprocess.options import FeatureOptions
 from preprocess.recipe import RECIPES
-from preprocess.synth_zip import zip_audio_tree
+from preprocess.synth.zipped import zip_audio_tree
 from tests._cluster_common import (
     SHARD_SIZE,
     assert_same_shard_set,

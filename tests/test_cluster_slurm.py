@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from preprocess.slurm import format_indices
-from preprocess.synth_zip import zip_only_copy
+from preprocess.synth.zipped import zip_only_copy
 from tests._cluster_common import (
     RECIPE_ARGS,
     SHARD_SIZE,

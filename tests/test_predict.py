@@ -12,7 +12,7 @@ import pytest
 
 from preprocess.audio import decode, image_of, track_image
 from preprocess.recipe import Recipe
-from preprocess.synth_audio import encode_mp3
+from preprocess.synth.audio import encode_mp3
 from preprocess.windows import hop_length, window_images, window_length, window_starts
 from tests._inference import SR, direct_scores, make_checkpoint, tones, write_mp3
 from train.__main__ import main

@@ -16,8 +16,8 @@ import pandas as pd
 import pytest
 
 from preprocess import fma
-from preprocess.synth import BAD_KINDS, SMALL_GENRES, generate, plan
-from preprocess.synth_meta import LIST_COLUMNS, TRACKS_COLUMNS, genre_root
+from preprocess.synth.generator import BAD_KINDS, SMALL_GENRES, generate, plan
+from preprocess.synth.meta import LIST_COLUMNS, TRACKS_COLUMNS, genre_root
 
 # FMA's tracks.csv columns in file order, written out here (not imported) so that a change in
 # the generator's list is caught.
@@ -478,7 +478,7 @@ def test_refuses_to_overwrite_foreign_data(tmp_path):
 
 def test_regenerates_over_a_killed_run(tmp_path):
     # What a run killed half-way leaves: the in-progress marker, some files, a temp file, no truth.
-    from preprocess.synth import IN_PROGRESS
+    from preprocess.synth.generator import IN_PROGRESS
 
     (tmp_path / "fma_large" / "001").mkdir(parents=True)
     (tmp_path / "fma_large" / "001" / ".001234.mp3.tmp-99").write_bytes(b"half")

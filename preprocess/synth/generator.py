@@ -46,7 +46,7 @@ import numpy as np
 
 from preprocess.errors import SynthError
 from preprocess.fma import CLASS_NAMES, EMPTY_IDS, KNOWN_BAD, SHORT_IDS, UNREADABLE_IDS, audio_relpath
-from preprocess.synth_meta import (
+from preprocess.synth.meta import (
     TOP_ID,
     genre_ancestors,
     genres_frame,
@@ -410,7 +410,7 @@ def make_track(fma_dir: str, spec: dict, seed: int) -> dict:
     The bytes depend only on ``(seed, spec)``. The file is written under a temporary name and
     renamed, so a killed generator never leaves a partial file under a final name.
     """
-    from preprocess.synth_audio import (
+    from preprocess.synth.audio import (
         STYLES,
         Master,
         apply_master,
