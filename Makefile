@@ -11,6 +11,7 @@ SUBSET   ?= large
 UNPACK   ?= 1
 AUDIO_ZIP ?=
 RECIPES  ?= reference
+TARGET   ?=
 JOBS     ?= $(shell nproc 2>/dev/null || echo 2)
 SHARDS   ?= shards/fma_$(SUBSET)
 MODEL    ?= seed
@@ -43,6 +44,7 @@ help: ## this list
 	@echo "  UNPACK=$(UNPACK)  download: 0 keeps the audio as fma_<subset>.zip (features reads it directly)"
 	@echo "  AUDIO_ZIP=$(AUDIO_ZIP)  features: read the MP3s from this zip (default: FMA_DIR/fma_<subset>/, else its zip)"
 	@echo "  RECIPES=$(RECIPES)  features: the image recipe; reference,fine also stores the finer image (CONFIG=chunks trains on it)"
+	@echo "  TARGET=$(TARGET)  features: genres_all = every track with a genre, multi-hot over all of genres.csv (default: genre_top)"
 	@echo "  JOBS=$(JOBS)  worker processes for features and for unpacking downloads"
 	@echo "  SHARDS=$(SHARDS)  where the HDF5 shard set is written / read"
 	@echo "  MODEL=$(MODEL)  EPOCHS=$(EPOCHS)  DEVICE=$(DEVICE) (auto | cuda | cpu)"
@@ -86,10 +88,10 @@ test-suite: $(STAMP)
 test-fast: $(STAMP) ## the tests for the edit-test loop: no slow or cluster test (make check runs all)
 	$(PY) -m pytest -m "not slow and not cluster" $(PYTEST_ARGS)
 
-features: $(STAMP) ## decode every top-genre track of SUBSET into HDF5 shards in SHARDS
+features: $(STAMP) ## decode every top-genre track (TARGET=genres_all: every track with a genre) of SUBSET into HDF5 shards in SHARDS
 	$(PY) -m preprocess features --fma-dir "$(FMA_DIR)" --subset $(SUBSET) --out "$(SHARDS)" \
 	  --recipes "$(RECIPES)" --jobs $(JOBS) --backend $(BACKEND) $(if $(SCHEDULER),--scheduler "$(SCHEDULER)") \
-	  $(if $(AUDIO_ZIP),--audio-zip "$(AUDIO_ZIP)")
+	  $(if $(AUDIO_ZIP),--audio-zip "$(AUDIO_ZIP)") $(if $(TARGET),--target $(TARGET))
 
 finalize: $(STAMP) ## write SHARDS/manifest.json once every shard exists (says which are missing)
 	$(PY) -m preprocess finalize "$(SHARDS)"
@@ -99,7 +101,8 @@ verify: $(STAMP) ## check every shard in SHARDS against the manifest
 
 features-slurm: $(STAMP) ## submit the features stage as a SLURM array + finalize job (SLURM_ARGS=...)
 	$(PY) -m preprocess slurm --fma-dir "$(FMA_DIR)" --subset $(SUBSET) --out "$(SHARDS)" \
-	  --recipes "$(RECIPES)" $(if $(AUDIO_ZIP),--audio-zip "$(AUDIO_ZIP)") $(SLURM_ARGS)
+	  --recipes "$(RECIPES)" $(if $(AUDIO_ZIP),--audio-zip "$(AUDIO_ZIP)") $(if $(TARGET),--target $(TARGET)) \
+	  $(SLURM_ARGS)
 
 # NPROC > 1: one machine, NPROC processes through torchrun (`-m --` keeps torchrun's parser off --run).
 TRAIN_LAUNCH = $(if $(filter-out 1,$(NPROC)),$(PY) -m torch.distributed.run --standalone --nproc-per-node $(NPROC) -m --,$(PY) -m)
