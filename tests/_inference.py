@@ -14,9 +14,19 @@ from train.models import ModelConfig, build_model
 
 
 def make_checkpoint(
-    path, name: str, num_classes: int = 6, seed: int = 0, class_names: list | None = None
+    path,
+    name: str,
+    num_classes: int = 6,
+    seed: int = 0,
+    class_names: list | None = None,
+    task: dict | None = None,
 ) -> dict:
-    """A checkpoint of a random model (non-trivial BatchNorm statistics, confident logits)."""
+    """A checkpoint of a random model (non-trivial BatchNorm statistics, confident logits).
+
+    ``task``: a ``train.tasks`` task dict (a multi-label head has ``len(task["columns"])`` outputs).
+    """
+    if task is not None and task["name"] == "multilabel":
+        num_classes = len(task["columns"])
     torch.manual_seed(seed)
     model = build_model(ModelConfig(name, num_classes))
     with torch.no_grad():
@@ -39,6 +49,7 @@ def make_checkpoint(
         "history": [],
         "config": {},
         "class_names": class_names or [f"genre{i}" for i in range(num_classes)],
+        "task": task or {"name": "single"},
         "recipe": Recipe().to_dict(),
         "normalization": {
             "mean": torch.from_numpy(rng.normal(-40, 5, 128).astype(np.float32)),

@@ -103,3 +103,28 @@ def test_train_config_takes_the_recipe_file_and_its_epochs_unless_given(python):
     assert again[again.index("--epochs") + 1] == "30" and "--model" not in again
     plain = argv()
     assert "--config" not in plain and plain[plain.index("--epochs") + 1] == "20"
+
+
+def test_target_and_task_reach_their_flags_and_default_folders(python):
+    """make features TARGET=genres_all, make train/test TASK=multilabel: the flags, and default folders of
+    their own (a multi-label set or run never lands on the single-label ones)."""
+
+    def argv(*args):
+        done = _make(*args, python=python, dry_run=True)
+        assert done.returncode == 0, done.stderr
+        return shlex.split(done.stdout.replace("\\\n", " "))
+
+    features = argv("features", "TARGET=genres_all")
+    assert features[features.index("--target") + 1] == "genres_all"
+    assert features[features.index("--out") + 1] == "shards/fma_large-genres"
+    train = argv("train", "TASK=multilabel")
+    assert train[train.index("--task") + 1] == "multilabel"
+    assert train[train.index("--shards") + 1] == "shards/fma_large-genres"
+    assert train[train.index("--run") + 1] == "runs/seed-large-multilabel"
+    test = argv("test", "TASK=multilabel")
+    assert test[test.index("--run") + 1] == "runs/seed-large-multilabel"
+    plain = argv("features") + argv("train")
+    assert "--target" not in plain and "--task" not in plain and "shards/fma_large" in plain
+    demo = argv("demo", "TASK=multilabel")
+    assert demo[demo.index("--target") + 1] == "genres_all" and demo[demo.index("--task") + 1] == "multilabel"
+    assert "shards/demo-multilabel" in demo and "runs/demo-multilabel" in demo

@@ -13,7 +13,10 @@ is folded into the graph (a subtraction and a division before the first layer),
 so a consumer only needs the recipe to make inputs. The model's metadata
 (``metadata_props``) holds, as JSON strings:
 
-``fma_genre.class_names``    the class names, in logit order
+``fma_genre.class_names``    the output names, in logit order (the top-level genres; the genres of a
+                             multi-label model)
+``fma_genre.task``           the task (``train.tasks``): ``{"name": "single"}``, or the multi-label
+                             task with its genre table (probabilities: softmax / sigmoid of the logits)
 ``fma_genre.recipe``         the feature recipe (``preprocess.recipe.Recipe`` fields)
 ``fma_genre.model``          the model name, classes and options
 ``fma_genre.normalization``  ``"folded"`` (or ``"none"`` when the run had none)
@@ -41,6 +44,7 @@ from train.scorers import ONNX_INPUT as INPUT_NAME
 from train.scorers import ONNX_METADATA_PREFIX as METADATA_PREFIX
 from train.scorers import ONNX_OUTPUTS as OUTPUT_NAMES
 from train.scorers import require_onnx
+from train.tasks import task_from_checkpoint
 
 OPSET = 18
 
@@ -72,8 +76,10 @@ class NormalizedModel(nn.Module):
 
 def onnx_metadata(checkpoint: dict, source: str) -> dict[str, str]:
     """The ``metadata_props`` of an exported model (JSON strings), from a checkpoint."""
+    task = task_from_checkpoint(checkpoint)
     return {
-        METADATA_PREFIX + "class_names": json.dumps(list(checkpoint["class_names"])),
+        METADATA_PREFIX + "class_names": json.dumps(task.output_names),
+        METADATA_PREFIX + "task": json.dumps(task.to_dict()),
         METADATA_PREFIX + "recipe": json.dumps(checkpoint["recipe"]),
         METADATA_PREFIX + "model": json.dumps(checkpoint["model"]),
         METADATA_PREFIX + "normalization": "none" if checkpoint.get("normalization") is None else "folded",
@@ -134,8 +140,9 @@ def run_export(run: str, onnx_path: str, checkpoint_name: str = BEST) -> Path:
     source = Path(run) / checkpoint_name
     checkpoint = load_checkpoint(source)
     path = export_onnx(checkpoint, onnx_path, source=str(source))
+    outputs = task_from_checkpoint(checkpoint).describe_outputs()
     print(
-        f"{path}: {checkpoint['model']['name']} model, {len(checkpoint['class_names'])} classes, "
+        f"{path}: {checkpoint['model']['name']} model, {outputs}, "
         f"input {INPUT_NAME} (batch, 1, {checkpoint['recipe'].get('n_mels', 128)}, "
         f"{checkpoint['recipe'].get('n_frames', 128)}) log-mel dB, outputs {', '.join(OUTPUT_NAMES)}"
     )

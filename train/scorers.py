@@ -9,7 +9,8 @@ Two kinds, the same interface (:class:`Scorer`):
                  torch only for ``TorchScorer``, so ONNX prediction works where
                  torch is not installed.
 
-Both know the class names and the feature recipe the model was trained with.
+Both know the task (``train.tasks``: single-label softmax or multi-label sigmoid), the names of
+the outputs and the feature recipe the model was trained with.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from typing import Protocol
 import numpy as np
 
 from shards.errors import FmaGenreError
+from train.tasks import Task, task_from_checkpoint, task_from_dict
 
 ONNX_METADATA_PREFIX = "fma_genre."
 ONNX_INPUT = "mel"
@@ -46,11 +48,16 @@ def require_onnx(what: str = "onnx"):
 
 
 class Scorer(Protocol):
-    """What the prediction driver needs from a model."""
+    """What the prediction driver needs from a model.
+
+    ``class_names`` names the outputs (the top-level genres, or the genres of a multi-label model);
+    ``task.class_names`` are the top-level genres of the shard set it was trained on.
+    """
 
     class_names: list[str]
     recipe: dict
     description: str
+    task: Task
 
     def __call__(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Raw images (N, n_mels, n_frames) float32 -> probabilities (N, K), embeddings (N, D), float32."""
@@ -84,7 +91,8 @@ class TorchScorer:
         self.device = resolve_device(device_name)
         self.model = load_model(checkpoint, self.device)
         self.normalization = to_device(checkpoint.get("normalization"), self.device)
-        self.class_names = list(checkpoint["class_names"])
+        self.task = task_from_checkpoint(checkpoint)
+        self.class_names = self.task.output_names
         self.recipe = dict(checkpoint["recipe"])
         self.chunk_frames = chunk_frames_of(checkpoint)
         self.description = f"{source} ({checkpoint['model']['name']} model on {self.device})"
@@ -95,13 +103,18 @@ class TorchScorer:
 
         x = self._torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32)[:, None]).to(self.device)
         probabilities, embedding = embed_batch(
-            self.model, standardize(x, self.normalization), self.device, self.chunk_frames
+            self.model,
+            standardize(x, self.normalization),
+            self.device,
+            self.chunk_frames,
+            probabilities=self.task.probabilities,
         )
         return probabilities.cpu().numpy(), embedding.cpu().numpy()
 
 
 def read_onnx_metadata(session, path: str | os.PathLike) -> dict:
-    """Class names, recipe and model description stored by ``train export``, from an onnxruntime session.
+    """Output names, task, recipe and model description stored by ``train export``, from an onnxruntime
+    session (a model exported before tasks existed is single-label).
 
     Raises
     ------
@@ -120,14 +133,8 @@ def read_onnx_metadata(session, path: str | os.PathLike) -> dict:
         "recipe": json.loads(props[ONNX_METADATA_PREFIX + "recipe"]),
         "model": json.loads(props.get(ONNX_METADATA_PREFIX + "model", "{}")),
         "normalization": props.get(ONNX_METADATA_PREFIX + "normalization", "none"),
+        "task": json.loads(props.get(ONNX_METADATA_PREFIX + "task", '{"name": "single"}')),
     }
-
-
-def softmax(logits: np.ndarray) -> np.ndarray:
-    """Row-wise softmax of (N, K) logits, float32."""
-    z = logits.astype(np.float64) - logits.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return (e / e.sum(axis=1, keepdims=True)).astype(np.float32)
 
 
 class OnnxScorer:
@@ -150,10 +157,11 @@ class OnnxScorer:
                 f"export it again with `python -m train export`"
             ) from None
         meta = read_onnx_metadata(self.session, path)
-        self.class_names, self.recipe = meta["class_names"], meta["recipe"]
+        self.task = task_from_dict(meta["task"], meta["class_names"])
+        self.class_names, self.recipe = self.task.output_names, meta["recipe"]
         self.description = f"{path} ({meta['model'].get('name', '?')} model on onnxruntime)"
 
     def __call__(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         mel = np.ascontiguousarray(images, dtype=np.float32)[:, None]
         logits, embedding = self.session.run(list(ONNX_OUTPUTS), {ONNX_INPUT: mel})
-        return softmax(logits), embedding.astype(np.float32, copy=False)
+        return self.task.probabilities_np(logits), embedding.astype(np.float32, copy=False)
