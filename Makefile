@@ -19,12 +19,13 @@ GENRES_SET := $(if $(or $(filter genres_all,$(TARGET)),$(filter multilabel,$(TAS
 SHARDS   ?= shards/fma_$(SUBSET)$(GENRES_SET)
 MODEL    ?= seed
 EPOCHS   ?= 20
-CONFIG   ?=
+# TASK=multilabel trains the multi-label recipe unless CONFIG says otherwise.
+CONFIG   ?= $(if $(filter multilabel,$(TASK)),multilabel)
 DEVICE   ?= auto
 NPROC    ?= 1
 NODES    ?= 1
 GPUS     ?= $(NPROC)
-RUN      ?= runs/$(or $(CONFIG),$(MODEL))-$(SUBSET)$(if $(filter multilabel,$(TASK)),-multilabel)
+RUN      ?= runs/$(or $(CONFIG),$(MODEL))-$(SUBSET)$(if $(filter multilabel,$(TASK)),$(if $(filter multilabel,$(CONFIG)),,-multilabel))
 BACKEND  ?= local
 SCHEDULER ?=
 SLURM_ARGS ?=
@@ -56,7 +57,7 @@ help: ## this list
 	@echo "  SHARDS=$(SHARDS)  where the HDF5 shard set is written / read"
 	@echo "  MODEL=$(MODEL)  EPOCHS=$(EPOCHS)  DEVICE=$(DEVICE) (auto | cuda | cpu)"
 	@echo "  CONFIG=$(CONFIG)  a recipe in train/configs/ (strong | reference | ...); its model and epochs hold unless MODEL / EPOCHS are given"
-	@echo "  TASK=$(TASK)  train, demo: multilabel = every genre of the taxonomy (shards made with TARGET=genres_all; default: single)"
+	@echo "  TASK=$(TASK)  train, test, demo: multilabel = every genre of the taxonomy (shards made with TARGET=genres_all; the recipe CONFIG=multilabel unless CONFIG is given; default: single)"
 	@echo "  NPROC=$(NPROC)  training processes per node (one per GPU; >1 runs torchrun)"
 	@echo "  NODES=$(NODES)  GPUS=$(GPUS)  train-slurm: nodes, and GPUs requested per node (0: CPU with gloo)"
 	@echo "  RUN=$(RUN)  run folder: checkpoints, config, TensorBoard, test_report.json"

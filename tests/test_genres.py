@@ -16,6 +16,7 @@ from preprocess.genres import GenresError, GenreTable, genres_csv_path, load_gen
 from preprocess.metadata import MetadataError, load_tracks, select_tracks, tracks_csv_path
 from preprocess.options import FeatureOptions
 from preprocess.plan import build_plan
+from preprocess.verify import verify_shards
 from shards import NO_LABEL, read_extra, read_manifest, read_shard
 
 SPLIT = {"training": "train", "validation": "validation", "test": "test"}
@@ -206,6 +207,7 @@ def test_genres_all_shards_hold_every_tracks_genres(genres_run, mini_fma):
     )
     rock = sum(v[0] == "train" and 12 in v[2] for v in written.values())
     assert totals["train"]["per_genre"]["Rock"] == rock > 0
+    assert verify_shards(out) == []  # make verify accepts the -1 labels and the genre rows
     g = summary["genres"]
     in_train = {x for v in expected.values() for x in v[2] if v[0] == "train"}
     assert g["genres"] == len(table) and g["genres_in_train"] >= len(in_train) and g["no_top_genre"] > 0

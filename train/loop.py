@@ -331,7 +331,9 @@ def start_run(
             f"the {world.size} ranks"
         )
     model_config = ModelConfig(config.model, task.num_outputs, config.model_options())
-    model = place_model(build_model(model_config), device)
+    model = build_model(model_config)
+    task.init_head(model)
+    model = place_model(model, device)
     if checkpoint is not None:
         model.load_state_dict(checkpoint["state_dict"])
     ema = WeightEMA(model, config.ema_decay) if config.ema_decay > 0 else None

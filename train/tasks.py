@@ -170,6 +170,9 @@ class SingleLabel(Task):
         """What ``--sampling balanced`` balances: the classes."""
         return dataset.labels
 
+    def init_head(self, model) -> None:
+        """A new model's output layer as built (the reference's initialisation)."""
+
     def validation_metrics(self, criterion, scores: np.ndarray, y: np.ndarray, top_labels, device) -> dict:
         """Validation loss (with the training loss's class weights), accuracy, macro-F1, balanced accuracy.
 
@@ -406,6 +409,17 @@ class MultiLabel(Task):
         """What ``--sampling balanced`` balances: the top-level genres, the tracks without one
         (label -1) as one more group."""
         return dataset.labels + 1
+
+    def init_head(self, model) -> None:
+        """Start a new model at the label-frequency baseline: the output layer's bias set to the log-odds
+        of each genre's training frequency (with a bias of 0 every genre starts at p = 0.5, and a
+        short run spends its steps unlearning that instead of learning the genres)."""
+        import torch
+
+        last = [m for m in model.modules() if isinstance(m, torch.nn.Linear)][-1]
+        freq = np.clip(self.frequency_scores(1)[0], 1e-4, 1 - 1e-4)
+        with torch.no_grad():
+            last.bias.copy_(torch.as_tensor(np.log(freq / (1 - freq)), dtype=last.bias.dtype))
 
     def implied_top_classes(self, scores: np.ndarray) -> np.ndarray:
         """The top-level genre the scores imply: the class of the highest-scoring top-level genre.
