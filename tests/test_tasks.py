@@ -380,3 +380,31 @@ def test_embed_of_a_multilabel_model_is_as_before(ml_set, tmp_path):
         assert f["embedding"].shape == (40, 192)
         assert f["label"][()].tolist() == made["data"]["test"][1].tolist()  # -1 where no top genre
         assert json.loads(f.attrs["class_names"]) == CLASSES
+
+
+@pytest.mark.slow
+def test_multilabel_on_crops_of_the_fine_image(tmp_path):
+    """The multi-label task composes with the fine image: random crops in training, and a clip's
+    probabilities the mean of its chunks' sigmoid probabilities in validation and test."""
+    from train.inference import score_batch
+
+    folder = tmp_path / "s"
+    make_shard_set(
+        folder, {"train": [32], "validation": [16], "test": [16]}, seed=5, fine=True, multilabel=True
+    )
+    run = tmp_path / "run"
+    flags = ("--task", "multilabel", "--model", "shortchunk", "--image", "mel_fine", "--crop-frames", "100")
+    assert main(fit_argv(folder, run, "--epochs", "1", "--max-steps-per-epoch", "2", *flags)) == 0
+    assert main(["test", "--shards", str(folder), "--run", str(run), "--device", "cpu"]) == 0
+    report = json.loads((run / "test_report.json").read_text())
+    assert report["num_samples"] == 16 and np.isfinite(report["macro_map"])
+    checkpoint = load_checkpoint(run / "best.pt")
+    task, model = task_from_checkpoint(checkpoint), load_model(checkpoint, torch.device("cpu"))
+    x, _ = ShardDataset(folder, "test", image="mel_fine", target="genres").gather(np.arange(4))
+    x = standardize(x, checkpoint["normalization"])
+    got = score_batch(model, x, torch.device("cpu"), 100, task.probabilities)
+    with torch.no_grad():
+        by_hand = torch.stack([torch.sigmoid(model(x[..., k * 100 : (k + 1) * 100])) for k in range(3)]).mean(
+            0
+        )
+    torch.testing.assert_close(got, by_hand)
