@@ -1,7 +1,7 @@
 """Features speed: our shard task against the reference recipe, on the same MP3s, in one run.
 
 The clips are what FMA mostly holds: 30 s, 44.1 kHz stereo, 320 kbit/s, synthesized in the 16
-genre styles of ``preprocess.synth_audio``, in two groups: loud masters (hard-clipped 12 dB over
+genre styles of ``preprocess.synth.audio``, in two groups: loud masters (hard-clipped 12 dB over
 full scale, decoded peaks above 1.0) and quiet ones (peak -1 .. -7 dBFS, as synthesized).
 
 * reference: per track ``librosa.load(sr=None, mono, 29.5 s)`` (libsndfile + mpg123),
@@ -85,7 +85,7 @@ def ours_chunk(task: dict) -> int:
 def make_clips(audio_dir: Path, n: int, level: str, first_id: int) -> list[tuple[int, int]]:
     """Write ``n`` 30 s 44.1 kHz stereo 320 kbit/s MP3s (FMA layout); return (track_id, label)."""
     from preprocess.fma import TOP_GENRES
-    from preprocess.synth_audio import STYLES, Master, apply_master, encode_mp3, synthesize
+    from preprocess.synth.audio import STYLES, Master, apply_master, encode_mp3, synthesize
 
     genres = sorted(TOP_GENRES.values())
     master = Master(level="loud", drive_db=12.0) if level == "loud" else Master()

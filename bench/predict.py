@@ -45,7 +45,7 @@ import torch  # noqa: E402
 
 from bench.unpack import cpu_model  # noqa: E402
 from preprocess.recipe import RECIPES, Recipe  # noqa: E402
-from preprocess.synth_audio import encode_mp3  # noqa: E402
+from preprocess.synth.audio import encode_mp3  # noqa: E402
 from train.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
 from train.models import ModelConfig, build_model  # noqa: E402
 from train.predict import (  # noqa: E402

@@ -7,10 +7,17 @@ split's statistics. Model: multinomial logistic regression (scikit-learn, lbfgs)
 (the test split is never looked at until the chosen model is scored on it). Same shards, same
 splits as ``python -m train fit``, so a CNN's test figures compare directly.
 
-Prints (stdout) the validation macro-F1 of every C tried and the test accuracy, macro-F1 and
-balanced accuracy with the number of test clips; ``--json FILE`` also writes them.
+``--task multilabel`` (a shard set made with ``--target genres_all``): one-vs-rest logistic
+regression, one per genre with at least ``--min-genre-tracks`` training tracks (the genres a
+``--task multilabel`` CNN outputs, chosen by the same rule), ``C`` chosen on the validation split's
+macro mean average precision; beside it the label-frequency baseline (every genre scored by its
+training frequency, the same for every track). Both are scored on the test split exactly as
+``python -m train test`` scores a multi-label CNN (``train.tasks.MultiLabel.report``).
 
-Usage: python bench/probe.py --shards SHARDS [--json probe.json]
+Prints (stdout) the validation score of every C tried and the test figures with the number of
+test clips; ``--json FILE`` also writes them.
+
+Usage: python bench/probe.py --shards SHARDS [--task multilabel] [--json probe.json]
 """
 
 from __future__ import annotations
@@ -28,6 +35,7 @@ sys.path.insert(0, str(REPO))
 
 from train import metrics  # noqa: E402
 from train.dataset import ShardDataset  # noqa: E402
+from train.tasks import DATASET_TARGETS, build_task  # noqa: E402
 
 C_GRID = (0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0)
 BLOCK = 1024  # images read at once: memory stays ~64 MiB whatever the split's size
@@ -49,15 +57,19 @@ def band_features(images: np.ndarray) -> np.ndarray:
     return np.concatenate([x.mean(axis=2), x.std(axis=2)], axis=1)
 
 
-def split_features(shards: str, split: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """(features (N, 256), labels (N,), class names) of one split, read block by block."""
-    dataset = ShardDataset(shards, split)
-    feats, labels = [np.zeros((0, 256))], [np.zeros(0, np.int64)]
+def split_features(
+    shards: str, split: str, target: str = "label"
+) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """(features (N, 256), targets, class names) of one split, read block by block.
+
+    ``target``: ``label`` gives the classes (N,) int64; ``genres`` the multi-hot rows (N, G) uint8.
+    """
+    dataset = ShardDataset(shards, split, target=target)
+    feats = [np.zeros((0, 256))]
     for start in range(0, len(dataset), BLOCK):
-        x, y = dataset.gather(np.arange(start, min(start + BLOCK, len(dataset))))
+        x, _ = dataset.gather(np.arange(start, min(start + BLOCK, len(dataset))))
         feats.append(band_features(x.numpy()))
-        labels.append(y.numpy())
-    return np.concatenate(feats), np.concatenate(labels), list(dataset.class_names)
+    return np.concatenate(feats), dataset.targets, list(dataset.class_names)
 
 
 def fit_probe(
@@ -92,6 +104,74 @@ def fit_probe(
     return models[chosen], chosen, scores
 
 
+def fit_multilabel_probe(train, validation, c_grid=C_GRID, seed: int = 0):
+    """One-vs-rest logistic regression on standardised features, the best C on validation macro mAP.
+
+    Parameters
+    ----------
+    train, validation : (features (N, F), 0/1 targets (N, K))
+
+    Returns
+    -------
+    model : sklearn Pipeline (StandardScaler + OneVsRestClassifier(LogisticRegression)) of the chosen C
+    chosen : float
+    scores : dict, C -> validation macro mAP (over genres with a positive validation track)
+    """
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.multiclass import OneVsRestClassifier
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    (x_tr, y_tr), (x_va, y_va) = train, validation
+    if len(y_va) == 0:
+        raise ValueError("the validation split is empty: the probe chooses C on it")
+    scores, models = {}, {}
+    for c in c_grid:
+        model = make_pipeline(
+            StandardScaler(),
+            OneVsRestClassifier(LogisticRegression(C=c, max_iter=5000, random_state=seed)),
+        )
+        model.fit(x_tr, y_tr)
+        scores[c] = metrics.multilabel_summary(y_va, model.predict_proba(x_va))["macro_map"]
+        models[c] = model
+    chosen = max(c_grid, key=lambda c: (np.nan_to_num(scores[c], nan=-1.0), -c))
+    return models[chosen], chosen, scores
+
+
+def run_multilabel(shards: str, min_genre_tracks: int = 5) -> dict:
+    """The multi-label probe and the label-frequency baseline on ``shards``, scored on the test split."""
+    start = time.perf_counter()
+    target = DATASET_TARGETS["multilabel"]
+    train_set = ShardDataset(shards, "train", target=target)
+    task = build_task("multilabel", train_set.class_names, train_set, min_genre_tracks)
+    x_tr, g_tr, _ = split_features(shards, "train", target)
+    x_va, g_va, _ = split_features(shards, "validation", target)
+    x_te, g_te, _ = split_features(shards, "test", target)
+    if len(g_te) == 0:
+        raise ValueError(f"{shards}: the test split is empty")
+    model, chosen, val_scores = fit_multilabel_probe(
+        (x_tr, g_tr[:, task.columns]), (x_va, g_va[:, task.columns])
+    )
+    top_labels = ShardDataset(shards, "test", verify=False).labels
+    probe = task.report(g_te, model.predict_proba(x_te), top_labels)
+    return {
+        "shards": str(shards),
+        "task": "multilabel",
+        "features": "per-band mean and std (256)",
+        "C": chosen,
+        "validation_macro_map_by_C": {str(c): round(float(v), 4) for c, v in val_scores.items()},
+        "genres": task.num_outputs,
+        "min_genre_tracks": min_genre_tracks,
+        "n_train": int(len(g_tr)),
+        "n_validation": int(len(g_va)),
+        "n_test": int(len(g_te)),
+        "genres_scored": probe["genres_scored"],
+        "probe": {k: probe[k] for k in ("macro_map", "micro_map", "macro_auc", "top_genre_accuracy")},
+        "frequency_baseline": probe["frequency_baseline"],
+        "seconds": round(time.perf_counter() - start, 1),
+    }
+
+
 def run(shards: str) -> dict:
     """Fit the probe on ``shards`` and score it on the test split; the figures as a dict."""
     start = time.perf_counter()
@@ -122,9 +202,52 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--shards", required=True, help="shard set folder (holds manifest.json)")
+    parser.add_argument(
+        "--task",
+        default="single",
+        choices=("single", "multilabel"),
+        help="single: the top-level genres (default); multilabel: every genre (a --target genres_all set)",
+    )
+    parser.add_argument(
+        "--min-genre-tracks",
+        type=int,
+        default=5,
+        help="multilabel: genres with fewer training tracks are left out, as train fit does (default 5)",
+    )
     parser.add_argument("--json", type=Path, help="also write the figures to this JSON file")
     args = parser.parse_args(argv)
-    report = run(args.shards)
+    report = run(args.shards) if args.task == "single" else run_multilabel(args.shards, args.min_genre_tracks)
+    if args.task == "multilabel":
+        _print_multilabel(report)
+    else:
+        _print_single(report)
+    if args.json:
+        from shards import atomic_write_text
+
+        atomic_write_text(args.json, json.dumps(report, indent=1) + "\n")
+    return 0
+
+
+def _print_multilabel(report: dict) -> None:
+    by_c = report["validation_macro_map_by_C"]
+    print("validation macro mAP by C: " + ", ".join(f"{c}: {v:.3f}" for c, v in by_c.items()))
+    print(
+        f"{report['n_test']} test clips ({report['n_train']} train, {report['n_validation']} validation), "
+        f"{report['genres_scored']} of {report['genres']} genres with a positive test clip:"
+    )
+    rows = (
+        (f"probe (one-vs-rest logistic regression, C={report['C']})", report["probe"]),
+        ("label-frequency baseline", report["frequency_baseline"]),
+    )
+    for name, r in rows:
+        print(
+            f"  {name}: macro mAP {r['macro_map']:.3f}, micro mAP {r['micro_map']:.3f}, "
+            f"macro ROC-AUC {r['macro_auc']:.3f}"
+        )
+    print(f"({report['seconds']} s)")
+
+
+def _print_single(report: dict) -> None:
     print(
         "validation macro-F1 by C: "
         + ", ".join(f"{c}: {s:.3f}" for c, s in report["validation_macro_f1_by_C"].items())
@@ -135,11 +258,6 @@ def main(argv: list[str] | None = None) -> int:
         f"accuracy {report['test_accuracy']:.3f}, macro-F1 {report['test_macro_f1']:.3f}, "
         f"balanced accuracy {report['test_balanced_accuracy']:.3f} ({report['seconds']} s)"
     )
-    if args.json:
-        from shards import atomic_write_text
-
-        atomic_write_text(args.json, json.dumps(report, indent=1) + "\n")
-    return 0
 
 
 if __name__ == "__main__":

@@ -61,7 +61,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from preprocess.fma import CLASS_NAMES, audio_relpath  # noqa: E402
-from preprocess.synth_meta import TOP_ID, genres_frame, track_row, tracks_frame  # noqa: E402
+from preprocess.synth.meta import TOP_ID, genres_frame, track_row, tracks_frame  # noqa: E402
 
 CLIP_SECONDS = 30.0
 MIN_RMS = 0.003  # ~ -50 dBFS: a clip quieter than this is silence or a fade, not music
@@ -368,7 +368,7 @@ def write_clip(extract: str, fma: str, clip: Clip) -> dict | None:
     """
     import soundfile as sf
 
-    from preprocess.synth_audio import encode_mp3, id3_tag
+    from preprocess.synth.audio import encode_mp3, id3_tag
 
     path = Path(extract) / clip.path
     dest = Path(fma) / "fma_large" / audio_relpath(clip.track_id)

@@ -80,8 +80,8 @@ def sizes(scale: float) -> dict:
 def build_tree(root: Path, pool_size: int, seed: int, scale: float = 1.0) -> dict:
     """tracks.csv of fma_large's size (times ``scale``) and a tree of hard links to a pool of
     generated MP3s."""
-    from preprocess.synth import FMA_MEDIUM_COUNTS, generate
-    from preprocess.synth_meta import (
+    from preprocess.synth.generator import FMA_MEDIUM_COUNTS, generate
+    from preprocess.synth.meta import (
         TOP_ID,
         genre_ancestors,
         genres_frame,

@@ -32,7 +32,7 @@ import numpy as np  # noqa: E402
 
 from preprocess import download as dl  # noqa: E402
 from preprocess.fma import audio_relpath  # noqa: E402
-from preprocess.synth_zip import write_fma_zip  # noqa: E402
+from preprocess.synth.zipped import write_fma_zip  # noqa: E402
 
 FMA_LARGE_GIB = 93
 

@@ -12,7 +12,7 @@ The zip: a generated mini-FMA (``preprocess.synth``: real MP3s, mostly 30 s 320 
 stereo, with FMA-like bad files) plus unselected members (copies of its MP3s under ids
 that tracks.csv does not list, so the plan never selects them, like fma_large's tracks
 without a top genre) so that the selected share of members is fma_large's, 49,598 / 106,574.
-Members are bzip2-compressed and sorted, as in FMA's zip (``preprocess.synth_zip``).
+Members are bzip2-compressed and sorted, as in FMA's zip (``preprocess.synth.zipped``).
 
 One process runs (b) then (a) ``--repeats`` times (alternating, fresh folders, medians),
 checks that both made the same shards (manifest checksums) and prints a markdown table:
@@ -48,8 +48,8 @@ from preprocess.driver import run_features  # noqa: E402
 from preprocess.metadata import load_tracks, tracks_csv_path  # noqa: E402
 from preprocess.options import FeatureOptions  # noqa: E402
 from preprocess.plan import build_plan  # noqa: E402
-from preprocess.synth import generate  # noqa: E402
-from preprocess.synth_zip import zip_audio_tree  # noqa: E402
+from preprocess.synth.generator import generate  # noqa: E402
+from preprocess.synth.zipped import zip_audio_tree  # noqa: E402
 from shards import read_manifest  # noqa: E402
 
 FMA_LARGE_TRACKS = 106_574

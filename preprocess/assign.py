@@ -36,7 +36,10 @@ class ShardSpec:
     split : str
     shard_index, num_shards : int
     track_ids : tuple of int, strictly increasing
-    labels : tuple of int, one class index per track
+    labels : tuple of int, one class index per track (-1: none, target genres_all)
+    genres : tuple of tuples of int, or None
+        Target genres_all: each track's genre ids (``genres_all`` with ancestors); None otherwise
+        (and then absent from :meth:`to_dict`, so a default plan is what it always was).
     """
 
     name: str
@@ -45,9 +48,10 @@ class ShardSpec:
     num_shards: int
     track_ids: tuple[int, ...]
     labels: tuple[int, ...]
+    genres: tuple[tuple[int, ...], ...] | None = None
 
     def to_dict(self) -> dict:
-        return {
+        data = {
             "name": self.name,
             "split": self.split,
             "shard_index": self.shard_index,
@@ -55,6 +59,9 @@ class ShardSpec:
             "track_ids": list(self.track_ids),
             "labels": list(self.labels),
         }
+        if self.genres is not None:
+            data["genres"] = [list(g) for g in self.genres]
+        return data
 
     @classmethod
     def from_dict(cls, data: dict) -> ShardSpec:
@@ -65,11 +72,14 @@ class ShardSpec:
             num_shards=int(data["num_shards"]),
             track_ids=tuple(int(t) for t in data["track_ids"]),
             labels=tuple(int(x) for x in data["labels"]),
+            genres=None if "genres" not in data else tuple(tuple(int(g) for g in x) for x in data["genres"]),
         )
 
 
 def assign_shards(
-    tracks: dict[str, list[tuple[int, int]]], shard_size: int = DEFAULT_SHARD_SIZE
+    tracks: dict[str, list[tuple[int, int]]],
+    shard_size: int = DEFAULT_SHARD_SIZE,
+    genres: dict[int, tuple[int, ...]] | None = None,
 ) -> list[ShardSpec]:
     """Cut each split's sorted tracks into near-equal shards.
 
@@ -79,6 +89,8 @@ def assign_shards(
         split -> list of (track_id, label); any order, ids unique across splits.
     shard_size : int
         Maximum tracks per shard (>= 1).
+    genres : dict, optional
+        track id -> genre ids of every track (target genres_all): kept in each shard's spec.
 
     Returns
     -------
@@ -113,6 +125,7 @@ def assign_shards(
                     num_shards=num_shards,
                     track_ids=tuple(t for t, _ in part),
                     labels=tuple(label for _, label in part),
+                    genres=None if genres is None else tuple(tuple(genres[t]) for t, _ in part),
                 )
             )
     return specs

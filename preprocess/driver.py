@@ -175,6 +175,7 @@ def write_shard_file(task: dict, results: list, seconds: float) -> dict:
     """
     import numpy as np
 
+    from preprocess.genres import genres_extra
     from shards import write_shard
 
     start = time.perf_counter()
@@ -194,6 +195,11 @@ def write_shard_file(task: dict, results: list, seconds: float) -> dict:
     # A killed earlier attempt at this shard may have left its temporary file.
     for stale in out.glob(f".{spec.name}.tmp-*"):
         stale.unlink(missing_ok=True)
+    extras = {}
+    if fine is not None:
+        extras["mel_fine"] = (fine_images[: len(kept)], {"recipe": task["fine_recipe"]})
+    if task.get("genre_table") is not None:
+        extras["genres"] = genres_extra(task["genre_table"], [spec.genres[i] for i in kept])
     checksum = write_shard(
         out / spec.name,
         mel=images,
@@ -209,7 +215,7 @@ def write_shard_file(task: dict, results: list, seconds: float) -> dict:
         failed=failed,
         compression=task["compression"],
         padded=padded,
-        extras={} if fine is None else {"mel_fine": (fine_images, {"recipe": task["fine_recipe"]})},
+        extras=extras,
     )
     return {
         "name": spec.name,
@@ -235,8 +241,10 @@ def compute_shard(task: dict, beat=None) -> dict:
         ``spec`` (ShardSpec.to_dict()), ``audio`` (AudioSource.to_dict()), ``out``, ``recipe``
         (Recipe.to_dict()), ``fine_recipe`` (Recipe.to_dict() or None: the ``mel_fine`` image),
         ``subset``, ``class_names``, ``timeout_s``, ``compression``, ``keep_silence`` (optional,
-        default False), ``known_failures`` (optional: {track id (str):
-        reason} of tracks failed without decoding them, e.g. one that timed out in an earlier attempt).
+        default False), ``genre_table`` (target genres_all only: the shard then also holds
+        ``genres``, each written track's multi-hot row), ``known_failures`` (optional: {track id
+        (str): reason} of tracks failed without decoding them, e.g. one that timed out in an
+        earlier attempt).
     beat : callable, optional
         ``beat(track_id)`` as each track starts, ``beat(None)`` after the last (the supervisor's
         heartbeat).
@@ -479,6 +487,7 @@ def shard_task(options: FeatureOptions, plan: ShardPlan, spec: ShardSpec) -> dic
         "timeout_s": options.track_timeout,
         "compression": options.compression,
         "keep_silence": options.keep_silence,
+        **({"genre_table": plan.genre_table} if plan.genre_table is not None else {}),
     }
 
 
@@ -544,6 +553,7 @@ def run_features(options: FeatureOptions) -> dict:
         (tracks in computed shards), ``skipped`` {reason: count}, ``failed`` {reason: count},
         ``padded`` (sorted real lengths of the short clips padded with silence, this task's shards),
         ``gave_up`` [(shard name, why)] (shards whose worker processes kept dying, left missing),
+        ``genres`` (target genres_all: ``preprocess.metadata.Selection.genre_summary()``; else None),
         ``manifest`` (path or None), ``missing`` (shards still absent), ``seconds``.
 
     Raises
@@ -604,6 +614,7 @@ def run_features(options: FeatureOptions) -> dict:
         "manifest": None,
         "missing": [],
         "padded": sorted(padded + [seconds for r in results for _, seconds in r["padded"]]),
+        "genres": plan.selection.genre_summary(),
     }
     if options.finalize:
         from preprocess.finalize import finalize_shards
@@ -626,6 +637,13 @@ def format_summary(summary: dict, out: Path) -> str:
         f"features: done in {summary['seconds']:.1f} s: {len(summary['computed'])} shards computed "
         f"({summary['written']} tracks written), {len(summary['already_complete'])} already complete"
     ]
+    if summary.get("genres"):
+        g = summary["genres"]
+        lines.append(
+            f"  genres_all: {g['selected']} tracks selected ({g['no_top_genre']} without a top-level "
+            f"genre); {g['genres_in_train']} of the {g['genres']} genres of genres.csv have at least one "
+            f"training track"
+        )
     if summary["skipped"]:
         lines.append(
             "  skipped (never assigned): "

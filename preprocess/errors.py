@@ -6,7 +6,9 @@ line, ``error: ...``, and exit 2 (see :mod:`shards.cli`). On this side they are
 
 - :class:`FeaturesError` (here): the features run cannot go on (no dataset, bad options,
   a shard set made with other settings, most tracks failing);
-- ``preprocess.metadata.MetadataError``: tracks.csv missing or not shaped like FMA's;
+- ``preprocess.metadata.MetadataError``: tracks.csv missing or not shaped like FMA's (or, for
+  ``--target genres_all``, a ``genres_all`` cell that does not parse or names an unknown genre);
+- ``preprocess.genres.GenresError``: genres.csv missing, malformed or not a tree;
 - ``preprocess.audio_source.AudioSourceError``: no audio tree or zip, or a damaged zip;
 - ``preprocess.download.DownloadError`` and its kinds: a download, check or unpack failed;
 - ``preprocess.slurm.SlurmError``: sbatch/squeue failed or the queue is busy;

@@ -27,7 +27,7 @@ from preprocess.assign import ShardSpec
 from preprocess.errors import FeaturesError
 from preprocess.plan import PLAN_NAME, read_plan, shard_status
 from preprocess.shard_runs import describe_attempts
-from shards import EXTRAS_FORMAT_VERSION, FORMAT_VERSION, MANIFEST_NAME, write_manifest
+from shards import EXTRAS_FORMAT_VERSION, FORMAT_VERSION, MANIFEST_NAME, read_extra, write_manifest
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +36,7 @@ def build_manifest(folder: Path, plan: dict) -> tuple[dict | None, list[str]]:
     """The manifest for ``folder``'s shards, or None and the problems (missing/incomplete shards)."""
     class_names = plan["class_names"]
     entries, failed, padded, problems = [], [], [], []
+    genre_counts: dict[str, list[np.ndarray]] = {}  # split -> per shard, tracks per genre (genres_all)
     versions: dict = {}
     extras: dict = {}  # what the shards' extra datasets are (the same in every shard of a plan)
     for spec in (ShardSpec.from_dict(d) for d in plan["shards"]):
@@ -65,6 +66,8 @@ def build_manifest(folder: Path, plan: dict) -> tuple[dict | None, list[str]]:
         ]
         versions = versions or contents.versions
         extras = extras or contents.extras
+        if "genres" in contents.extras:
+            genre_counts.setdefault(spec.split, []).append(read_extra(contents.path, "genres").sum(axis=0))
     if problems:
         return None, problems
     totals = {}
@@ -74,6 +77,12 @@ def build_manifest(folder: Path, plan: dict) -> tuple[dict | None, list[str]]:
             "tracks": int(per_class.sum()),
             "per_class": {name: int(c) for name, c in zip(class_names, per_class, strict=True)},
         }
+        if "genres" in extras:  # genres_all: every track counts, labelled or not; tracks per genre
+            titles = [row["title"] for row in extras["genres"]["genre_table"]]
+            per_genre = np.sum(genre_counts.get(split, [np.zeros(len(titles))]), axis=0)
+            totals[split]["tracks"] = sum(e["num_tracks"] for e in entries if e["split"] == split)
+            totals[split]["no_top_genre"] = totals[split]["tracks"] - int(per_class.sum())
+            totals[split]["per_genre"] = {t: int(c) for t, c in zip(titles, per_genre, strict=True)}
     manifest = {
         "format_version": EXTRAS_FORMAT_VERSION if extras else FORMAT_VERSION,
         "subset": plan["subset"],

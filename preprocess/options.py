@@ -25,7 +25,7 @@ from pathlib import Path
 from preprocess import fma
 from preprocess.assign import DEFAULT_SHARD_SIZE
 from preprocess.errors import FeaturesError
-from preprocess.metadata import DEFAULT_MIN_DURATION
+from preprocess.metadata import DEFAULT_MIN_DURATION, DEFAULT_TARGET, TARGETS
 from preprocess.recipe import RECIPES, Recipe, same_waveform
 
 DEFAULT_TRACK_TIMEOUT = 120.0
@@ -87,6 +87,10 @@ class FeatureOptions:
     keep_silence : bool
         Store clips that are digital silence (an image at the dB floor) instead of recording
         them as failed (``digital silence``).
+    target : str
+        What is selected and stored as labels (``preprocess.metadata.TARGETS``): ``genre_top``
+        (the 16 top-level genres, the reference's) or ``genres_all`` (every track with a genre,
+        with a multi-hot row over genres.csv and its top-level genre or -1).
     """
 
     fma_dir: Path
@@ -110,6 +114,7 @@ class FeatureOptions:
     finalize: bool = True
     progress: bool = True
     keep_silence: bool = False
+    target: str = DEFAULT_TARGET
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "fma_dir", Path(self.fma_dir))
@@ -158,6 +163,8 @@ class FeatureOptions:
             argv.append("--keep-silence")
         if self.compression:
             argv += ["--compression", self.compression]
+        if self.target != DEFAULT_TARGET:
+            argv += ["--target", self.target]
         if self.audio_zip is not None:
             argv += ["--audio-zip", str(self.audio_zip.resolve())]
         return argv
@@ -187,6 +194,8 @@ def validation_problems(options: FeatureOptions) -> list[str]:
             f"--recipes: {options.fine.name!r} prepares clips unlike {options.recipe.name!r} (duration, "
             f"sample rate): the second image must come from the same decoded samples"
         )
+    if options.target not in TARGETS:
+        problems.append(f"--target must be one of {', '.join(TARGETS)}, got {options.target!r}")
     if options.compression not in (None, *COMPRESSIONS):
         problems.append(
             f"--compression must be one of {', '.join(COMPRESSIONS)}, got {options.compression!r}"
@@ -292,6 +301,14 @@ def add_plan_arguments(parser: argparse.ArgumentParser) -> None:
         "--keep-silence",
         action="store_true",
         help="store clips that are digital silence (default: recorded as failed)",
+    )
+    parser.add_argument(
+        "--target",
+        default=DEFAULT_TARGET,
+        choices=TARGETS,
+        help="genre_top: tracks with one of the 16 top-level genres (the reference's; default); "
+        "genres_all: every track with a genre, with a multi-hot label over all of genres.csv "
+        "(multi-label training: python -m train fit --task multilabel)",
     )
 
 

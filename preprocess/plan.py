@@ -23,7 +23,7 @@ from preprocess import fma
 from preprocess.assign import ShardSpec, assign_shards
 from preprocess.audio_source import AudioSource, find_audio_source
 from preprocess.errors import FeaturesError
-from preprocess.metadata import Selection, load_selection, tracks_csv_path
+from preprocess.metadata import DEFAULT_TARGET, Selection, load_selection, tracks_csv_path
 from preprocess.options import FeatureOptions
 from shards import MANIFEST_NAME, ShardContents, ShardError, atomic_write_text, parse_shard_name, read_shard
 
@@ -58,6 +58,11 @@ class ShardPlan:
     def recipe(self) -> dict:
         return self.data["recipe"]
 
+    @property
+    def genre_table(self) -> list[dict] | None:
+        """Target genres_all: the genre table rows (``preprocess.genres.GenreTable.rows``); else None."""
+        return self.data.get("genre_table")
+
 
 def check_dataset(fma_dir: Path, subset: str, audio_zip: Path | None = None) -> AudioSource:
     """Where the subset's audio is (tree or zip: :func:`~preprocess.audio_source.find_audio_source`).
@@ -83,8 +88,9 @@ def build_plan(options: FeatureOptions) -> ShardPlan:
         options.subset,
         skip_known_bad=options.skip_known_bad,
         min_duration=options.min_duration,
+        target=options.target,
     )
-    specs = assign_shards(selection.tracks, options.shard_size)
+    specs = assign_shards(selection.tracks, options.shard_size, selection.genres)
     if not specs:
         raise FeaturesError(
             f"no track of subset {options.subset!r} in {tracks_csv_path(options.fma_dir)} survives the "
@@ -106,6 +112,11 @@ def build_plan(options: FeatureOptions) -> ShardPlan:
     }
     if options.fine is not None:  # only then: a plan without it is the same as before
         data["fine_recipe"] = options.fine.to_dict()
+    # Recorded only when not the default: default plans stay as they were.
+    if options.target != DEFAULT_TARGET:
+        data["selection"]["target"] = options.target
+    if selection.genre_table is not None:
+        data["genre_table"] = selection.genre_table.rows()
     return ShardPlan(audio=audio, selection=selection, specs=specs, data=data)
 
 
@@ -115,6 +126,8 @@ def plan_extras(plan: dict) -> dict:
     extras = {}
     if "fine_recipe" in plan:
         extras["mel_fine"] = {"recipe": plan["fine_recipe"]}
+    if "genre_table" in plan:  # --target genres_all (preprocess.genres.genres_extra)
+        extras["genres"] = {"genre_table": plan["genre_table"]}
     return extras
 
 
@@ -135,6 +148,8 @@ def plan_differences(old: dict, new: dict) -> list[str]:
     for key in ("subset", "class_names", "shard_size", "selection", "fine_recipe"):
         if old.get(key) != new.get(key):
             diffs.append(f"{key}: {old.get(key)!r} -> {new.get(key)!r}")
+    if old.get("genre_table") != new.get("genre_table"):
+        diffs.append("genre_table (genres.csv changed, or another --target)")
     if old.get("recipe") != new.get("recipe"):
         a, b = old.get("recipe") or {}, new.get("recipe") or {}
         changed = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))

@@ -4,7 +4,9 @@
 
 For every shard listed in manifest.json: the file opens; ``mel`` is float32 of
 shape (N, n_mels, n_frames) of the recipe, ``label`` and ``track_id`` (N,);
-every value is finite; labels lie in [0, number of classes); track ids are
+every value is finite; labels lie in [0, number of classes) (or are -1, no top-level
+genre, in a set made with --target genres_all, whose ``genres`` rows hold 0/1 and whose
+genre table equals the manifest's); track ids are
 strictly increasing and no track is in two shards; the content checksum
 recomputed from the data equals the shard's own and the manifest's; the
 shard's recipe and class names equal the manifest's; an uncompressed shard's

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from preprocess.recipe import Recipe
-from preprocess.synth_audio import encode_mp3
+from preprocess.synth.audio import encode_mp3
 from train.checkpoint import load_checkpoint, save_checkpoint
 from train.chunks import chunk_starts
 from train.inference import load_model
@@ -22,12 +22,16 @@ def make_checkpoint(
     class_names: list | None = None,
     recipe: dict | None = None,
     config: dict | None = None,
+    task: dict | None = None,
 ) -> dict:
     """A checkpoint of a random model (non-trivial BatchNorm statistics, confident logits).
 
     ``recipe``: the recipe of the image it reads (default the reference recipe); ``config``: the
-    training config it records (e.g. ``{"image": "mel_fine", "crop_frames": 128}`` for a chunk model).
+    training config it records (e.g. ``{"image": "mel_fine", "crop_frames": 128}`` for a chunk model);
+    ``task``: a ``train.tasks`` task dict (a multi-label head has ``len(task["columns"])`` outputs).
     """
+    if task is not None and task["name"] == "multilabel":
+        num_classes = len(task["columns"])
     torch.manual_seed(seed)
     model = build_model(ModelConfig(name, num_classes))
     norms = [m for m in model.modules() if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d))]
@@ -59,6 +63,7 @@ def make_checkpoint(
         "history": [],
         "config": dict(config or {}),
         "class_names": class_names or [f"genre{i}" for i in range(num_classes)],
+        "task": task or {"name": "single"},
         "recipe": dict(recipe or Recipe().to_dict()),
         "normalization": {
             "mean": torch.from_numpy(rng.normal(-40, 5, 128).astype(np.float32)),

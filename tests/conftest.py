@@ -58,7 +58,7 @@ def mini_fma(tmp_path_factory):
     ``preprocess.synth.generate`` returns (also saved as ``synth_truth.json``).
     Tests must not modify it: copy it first.
     """
-    from preprocess.synth import generate
+    from preprocess.synth.generator import generate
 
     out = tmp_path_factory.mktemp("mini-fma")
     truth = generate(out, n_tracks=120, seed=0)

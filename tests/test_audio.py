@@ -12,7 +12,7 @@ import pytest
 
 from preprocess.audio import AudioReader, TrackFailure, decode, is_digital_silence, mel_from_file, track_image
 from preprocess.recipe import RECIPES, Recipe
-from preprocess.synth_audio import add_xing_header
+from preprocess.synth.audio import add_xing_header
 from tests._reference import plain_librosa
 
 SR = 44100

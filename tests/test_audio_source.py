@@ -28,7 +28,7 @@ from preprocess.audio_source import (
 from preprocess.fma import audio_relpath
 from preprocess.options import FeatureOptions
 from preprocess.recipe import RECIPES
-from preprocess.synth_zip import zip_audio_tree, zip_only_copy
+from preprocess.synth.zipped import zip_audio_tree, zip_only_copy
 from preprocess.verify import verify_shards
 from shards import read_manifest, read_shard
 

@@ -16,7 +16,7 @@ from preprocess import driver
 from preprocess.options import FeatureOptions
 from preprocess.recipe import RECIPES
 from preprocess.supervise import FAULTS_ENV
-from preprocess.synth_zip import zip_audio_tree
+from preprocess.synth.zipped import zip_audio_tree
 from tests._cluster_common import (
     SHARD_SIZE,
     assert_same_shard_set,

@@ -20,7 +20,7 @@ import pytest
 
 from preprocess.slurm import format_indices
 from preprocess.supervise import FAULTS_ENV
-from preprocess.synth_zip import zip_only_copy
+from preprocess.synth.zipped import zip_only_copy
 from tests._cluster_common import (
     RECIPE_ARGS,
     SHARD_SIZE,

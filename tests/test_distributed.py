@@ -213,6 +213,25 @@ def test_two_ranks_train_the_weights_of_one_process(shard_set, tmp_path, python,
     assert "x 2 ranks" in output
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_two_ranks_train_a_multilabel_head_like_one_process(tmp_path, python, subprocess_env):
+    """Multi-label (sigmoid per genre, BCE, genre rows gathered across ranks for validation mAP) under
+    torchrun: the weights and the validation figures of one process."""
+    shards_dir = tmp_path / "shards"
+    make_shard_set(shards_dir, COUNTS, num_classes=4, seed=6, multilabel=True)
+    common = ("--task", "multilabel", "--norm", "group", "--max-steps-per-epoch", "2", "--epochs", "2")
+    run([python, "-m", "train", *ddp_fit_argv(shards_dir, tmp_path / "one", *common)], subprocess_env)
+    run(torchrun(python, 2, ddp_fit_argv(shards_dir, tmp_path / "two", *common)), subprocess_env)
+    one, two = (load_checkpoint(tmp_path / name / "last.pt") for name in ("one", "two"))
+    assert one["task"] == two["task"] and one["task"]["name"] == "multilabel"
+    for key, value in one["state_dict"].items():
+        torch.testing.assert_close(two["state_dict"][key], value, atol=ATOL, rtol=RTOL, msg=key)
+    for h1, h2 in zip(one["history"], two["history"], strict=True):
+        for key in ("val_loss", "val_macro_map", "val_micro_map", "val_top_genre_accuracy", "train_hit_at_1"):
+            assert h2[key] == pytest.approx(h1[key], rel=1e-4, abs=1e-5), key
+
+
 def _worker_pid(parent: int, rank: int) -> int | None:
     """The pid of the child of ``parent`` whose environment says RANK=rank (torchrun's workers)."""
     for entry in Path("/proc").iterdir():

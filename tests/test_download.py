@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from preprocess import download as dl
-from preprocess.synth_zip import fma_zip_bytes
+from preprocess.synth.zipped import fma_zip_bytes
 from tests._httpserver import FileServer
 
 META = "fma_metadata.zip"

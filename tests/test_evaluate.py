@@ -16,9 +16,9 @@ from train import metrics
 from train.__main__ import main
 from train.checkpoint import load_checkpoint
 from train.dataset import ShardDataset
-from train.evaluate import build_report
 from train.inference import load_model
 from train.normalization import standardize
+from train.tasks import SingleLabel
 
 
 @pytest.mark.filterwarnings("ignore:y_pred contains classes not in y_true")
@@ -130,7 +130,8 @@ def test_test_report_and_plot_have_the_right_numbers(trained_run, capsys):
 
 
 def test_build_report_structure():
-    report = build_report(np.array([0, 1, 1]), np.array([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4]]), ["a", "b"])
+    labels = np.array([0, 1, 1])
+    report = SingleLabel(["a", "b"]).report(labels, np.array([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4]]), labels)
     assert report["confusion_matrix"] == [[1, 0], [1, 1]]
     assert report["per_class"]["b"] == {
         "precision": 1.0,

@@ -65,6 +65,8 @@ def test_every_flag_reaches_its_field():
         "--keep-silence",
         "--audio-zip",
         "/z.zip",
+        "--target",
+        "genres_all",
     )
     assert options == FeatureOptions(
         Path("/d"),
@@ -87,6 +89,7 @@ def test_every_flag_reaches_its_field():
         progress=False,
         keep_silence=True,
         audio_zip=Path("/z.zip"),
+        target="genres_all",
     )
 
 
@@ -106,6 +109,7 @@ def test_every_flag_reaches_its_field():
         {"keep_silence": True},
         {"audio_zip": Path("/fma/fma_large.zip")},
         {"fine": RECIPES["fine"]},
+        {"target": "genres_all"},
     ],
 )
 def test_array_tasks_get_the_same_plan_options(changes):
@@ -168,6 +172,7 @@ def test_old_flag_names_still_work_and_warn(caplog):
         ({"backend": "spark"}, "--backend"),
         ({"track_timeout": -1.0}, "--track-timeout"),
         ({"compression": "zstd"}, "--compression"),
+        ({"target": "genres"}, "--target"),
     ],
 )
 def test_bad_options_are_refused_up_front_naming_the_flag(changes, flag):

@@ -17,7 +17,7 @@ import pytest
 from preprocess.audio import decode, image_of, track_image
 from preprocess.recipe import RECIPES, Recipe
 from preprocess.supervise import FAULTS_ENV
-from preprocess.synth_audio import encode_mp3
+from preprocess.synth.audio import encode_mp3
 from preprocess.windows import window_images, window_plan, window_starts
 from tests._inference import SR, direct_scores, make_checkpoint, tones, write_mp3
 from train.__main__ import main

@@ -16,8 +16,8 @@ import pandas as pd
 import pytest
 
 from preprocess import fma
-from preprocess.synth import BAD_KINDS, SMALL_GENRES, generate, plan
-from preprocess.synth_meta import LIST_COLUMNS, TRACKS_COLUMNS, genre_root
+from preprocess.synth.generator import BAD_KINDS, SMALL_GENRES, generate, plan
+from preprocess.synth.meta import LIST_COLUMNS, TRACKS_COLUMNS, genre_root
 
 # FMA's tracks.csv columns in file order, written out here (not imported) so that a change in
 # the generator's list is caught.
@@ -478,7 +478,7 @@ def test_refuses_to_overwrite_foreign_data(tmp_path):
 
 def test_regenerates_over_a_killed_run(tmp_path):
     # What a run killed half-way leaves: the in-progress marker, some files, a temp file, no truth.
-    from preprocess.synth import IN_PROGRESS
+    from preprocess.synth.generator import IN_PROGRESS
 
     (tmp_path / "fma_large" / "001").mkdir(parents=True)
     (tmp_path / "fma_large" / "001" / ".001234.mp3.tmp-99").write_bytes(b"half")
@@ -543,8 +543,54 @@ def _mean_logmel(path: Path) -> np.ndarray:
     import librosa
 
     y, _ = librosa.load(path, sr=22050, mono=True, duration=10.0)
+    return _logmel_profile(y)
+
+
+def _logmel_profile(y: np.ndarray, with_std: bool = False) -> np.ndarray:
+    """Mean log-mel spectrum (64 bands) of mono samples at 22.05 kHz; ``with_std``: and each band's
+    standard deviation over time (how it moves: rhythm, note lengths)."""
+    import librosa
+
     mel = librosa.feature.melspectrogram(y=y, sr=22050, n_fft=1024, hop_length=512, n_mels=64)
-    return librosa.power_to_db(mel, ref=np.max).mean(axis=1)
+    db = librosa.power_to_db(mel, ref=np.max)
+    return np.concatenate([db.mean(axis=1), db.std(axis=1)]) if with_std else db.mean(axis=1)
+
+
+def _nearest_centroid_accuracy(feats: dict[str, np.ndarray]) -> float:
+    """Leave-one-out nearest-centroid accuracy over groups of feature rows."""
+    correct = total = 0
+    for g, rows in feats.items():
+        for i in range(len(rows)):
+            dists = {}
+            for h, others in feats.items():
+                others = np.delete(others, i, axis=0) if h == g else others
+                dists[h] = np.linalg.norm(rows[i] - others.mean(axis=0))
+            correct += min(dists, key=dists.get) == g
+            total += 1
+    return correct / total
+
+
+@pytest.mark.parametrize("top", ["Rock", "Electronic", "Experimental"])
+def test_sub_genres_differ_within_a_top_genre(top):
+    """Each sub-genre has its own tempo, rhythm, register or timbre: tracks of the plain top genre
+    and of each of its sub-genres are told apart by their spectrum and rhythm far above chance."""
+    from preprocess.synth.audio import genre_style, synthesize
+    from preprocess.synth.meta import TOP_ID, genres_under
+
+    groups = genres_under(TOP_ID[top])
+    assert len(groups) >= 4  # the top genre and at least three sub-genres
+    feats = {}
+    for g in groups:
+        rows = []
+        for k in range(4):
+            rng = np.random.default_rng([7, g, k])
+            y = synthesize([genre_style(g)], rng, 22050, 12.0, 1)[:, 0]
+            rows.append(_logmel_profile(y, with_std=True))
+        feats[str(g)] = np.stack(rows)
+    accuracy = _nearest_centroid_accuracy(feats)
+    assert accuracy > 2 / len(groups), (top, accuracy)  # measured: 0.78, 0.71, 0.75
+    styles = [genre_style(g) for g in groups]
+    assert len(set(styles)) == len(groups)  # each sub-genre changes its parent's style
 
 
 def test_genres_differ_more_than_tracks_of_a_genre(mini_fma):
@@ -561,16 +607,8 @@ def test_genres_differ_more_than_tracks_of_a_genre(mini_fma):
     assert len(genres) >= 12
     feats = {g: np.stack([_mean_logmel(p) for p in per_genre[g][:3]]) for g in genres}
     # Leave-one-out nearest centroid on mean log-mel spectra: far above chance (1/len(genres)).
-    correct = total = 0
-    for g in genres:
-        for i in range(3):
-            dists = {}
-            for h in genres:
-                others = np.delete(feats[h], i, axis=0) if h == g else feats[h]
-                dists[h] = np.linalg.norm(feats[g][i] - others.mean(axis=0))
-            correct += min(dists, key=dists.get) == g
-            total += 1
-    assert correct / total > 3 / len(genres), (correct, total)
+    accuracy = _nearest_centroid_accuracy(feats)
+    assert accuracy > 3 / len(genres), accuracy
     # Two tracks of one genre are closer than two tracks of different genres, on average.
     pairs = ((0, 1), (0, 2), (1, 2))
     within = np.mean([np.linalg.norm(f[i] - f[j]) for f in feats.values() for i, j in pairs])

@@ -13,7 +13,8 @@ from tests._shardset import fit_argv, make_shard_set
 from train.__main__ import main
 from train.checkpoint import CheckpointError, load_checkpoint
 from train.config import TrainConfig, config_from_dict
-from train.loop import class_weight_tensor, learning_rate
+from train.loop import learning_rate
+from train.tasks import class_weight_tensor
 
 COUNTS = {"train": [64, 32], "validation": [32], "test": [32]}
 

@@ -10,7 +10,7 @@ region is set to 0, the band's training-split mean).
 * circular time shift: each image rolled along time by up to ``time_shift`` x its width;
 * mixup: each image mixed with another of the batch, ``lam * x_i + (1 - lam) * x_j`` with
   ``lam ~ Beta(mixup_alpha, mixup_alpha)`` per batch; the targets become the same mixture of the
-  one-hot labels.
+  label vectors (the one-hot classes, or the multi-hot genres of a multi-label task).
 
 Every random draw comes from one CPU ``torch.Generator`` seeded by :func:`batch_seed` from
 ``(seed, epoch, step)``: the same run gives the same augmented batches on any device, and a
@@ -109,8 +109,11 @@ def augment_batch(
     Parameters
     ----------
     x : torch.Tensor, shape (B, 1, F, T), float, on any device
-    y : torch.Tensor, shape (B,), int64 class labels
+    y : torch.Tensor
+        The targets: shape (B,) int64 class labels, or (B, K) float label vectors (multi-label:
+        0/1 per genre), as ``train.tasks.Task.targets`` makes them.
     num_classes : int
+        K (the one-hot width of class labels).
     settings : AugmentSettings
     generator : torch.Generator (CPU)
         The source of every random draw (see :func:`batch_seed`).
@@ -120,8 +123,9 @@ def augment_batch(
     x : torch.Tensor, shape (B, 1, F, T)
         The augmented images (a new tensor; the input is not modified).
     targets : torch.Tensor
-        ``y`` unchanged, shape (B,) int64, without mixup; with mixup the mixed one-hot targets,
-        shape (B, num_classes) float32, rows summing to 1 (``nn.CrossEntropyLoss`` takes both).
+        ``y`` unchanged without mixup; with mixup the mixed label vectors, shape (B, num_classes)
+        float32: of class labels, the one-hot rows mixed (rows summing to 1;
+        ``nn.CrossEntropyLoss`` takes both forms); of label vectors, the vectors mixed.
     """
     b, _, f, t = x.shape
     device = x.device
@@ -139,8 +143,8 @@ def augment_batch(
     lam = beta_draw(settings.mixup_alpha, generator)
     partner = torch.randperm(b, generator=generator).to(device)
     x = lam * x + (1.0 - lam) * x.index_select(0, partner)
-    onehot = torch.nn.functional.one_hot(y, num_classes).to(torch.float32)
-    targets = lam * onehot + (1.0 - lam) * onehot.index_select(0, partner)
+    vectors = torch.nn.functional.one_hot(y, num_classes).to(torch.float32) if y.ndim == 1 else y.float()
+    targets = lam * vectors + (1.0 - lam) * vectors.index_select(0, partner)
     return x, targets
 
 

@@ -24,7 +24,11 @@ from shards.errors import FmaGenreError
 MODEL_CHOICES = ("seed", "resnet", "shortchunk")
 IMAGES = ("mel", "mel_fine")
 OPTIMIZERS = ("sgd", "adamw")
-METRICS = ("macro_f1", "accuracy")
+# The training tasks (train/tasks.py) and the validation metrics each can pick best.pt by
+# (the first is what select_metric "auto" means).
+TASKS = ("single", "multilabel")
+SELECT_METRICS = {"single": ("macro_f1", "accuracy"), "multilabel": ("macro_map", "micro_map", "macro_auc")}
+METRICS = ("auto", *SELECT_METRICS["single"], *SELECT_METRICS["multilabel"])
 PRELOAD = ("none", "ram", "gpu")
 DEVICES = ("auto", "cuda", "cpu")
 CLASS_WEIGHTS = ("none", "balanced")
@@ -52,6 +56,18 @@ class TrainConfig:
 
     shards: str = _f("", "shard set folder (holds manifest.json)")
     run: str = _f("", "run folder: checkpoints, config.yaml, TensorBoard events, test report")
+    task: str = _f(
+        "single",
+        "single: one of the top-level genres per track (softmax, cross-entropy); multilabel: every "
+        "genre of FMA's taxonomy a track carries (sigmoid per genre, binary cross-entropy; shards made "
+        "with --target genres_all)",
+        TASKS,
+    )
+    min_genre_tracks: int = _f(
+        5,
+        "multilabel: genres with fewer training tracks than this are left out of the model's outputs "
+        "(listed when training starts, in the checkpoint and in the test report)",
+    )
     model: str = _f("seed", "model name", MODEL_CHOICES)
     image: str = _f(
         "mel",
@@ -92,10 +108,15 @@ class TrainConfig:
     gamma: float = _f(0.1, "learning-rate decay factor at each milestone")
     class_weights: str = _f(
         "none",
-        "cross-entropy class weights: none, or balanced (inverse training-split frequency)",
+        "cross-entropy class weights: none, or balanced (inverse training-split frequency; task single)",
         CLASS_WEIGHTS,
     )
-    select_metric: str = _f("macro_f1", "validation metric that picks best.pt", METRICS)
+    select_metric: str = _f(
+        "auto",
+        "validation metric that picks best.pt (auto: macro_f1 for task single, macro_map, the mean "
+        "average precision over genres, for multilabel)",
+        METRICS,
+    )
     validate_every: int = _f(
         1, "validate (and consider for best.pt) every this many epochs, and after the last one"
     )
@@ -168,6 +189,18 @@ class TrainConfig:
             )
         if any(int(m) != m or m < 1 for m in self.milestones):
             raise ConfigError(f"config milestones={self.milestones}: must be positive whole epochs")
+        if self.select_metric != "auto" and self.select_metric not in SELECT_METRICS[self.task]:
+            raise ConfigError(
+                f"config select_metric={self.select_metric!r}: task {self.task} is scored by "
+                f"{', '.join(SELECT_METRICS[self.task])} (or auto)"
+            )
+        if self.task == "multilabel" and self.class_weights != "none":
+            raise ConfigError(
+                "config class_weights=balanced: class weights are for task single; for multilabel, "
+                "genres too rare to learn are left out with min_genre_tracks (or use sampling: balanced)"
+            )
+        if self.min_genre_tracks < 1:
+            raise ConfigError(f"config min_genre_tracks={self.min_genre_tracks}: must be >= 1")
         if not 0.0 <= self.label_smoothing < 1.0 or not 0.0 <= self.ema_decay < 1.0:
             raise ConfigError(
                 f"config: need 0 <= label_smoothing < 1 and 0 <= ema_decay < 1; got "
@@ -201,6 +234,10 @@ class TrainConfig:
             self.time_shift,
             self.mixup_alpha,
         )
+
+    def resolved_select_metric(self) -> str:
+        """The validation metric that picks best.pt (``auto`` resolved for the task)."""
+        return SELECT_METRICS[self.task][0] if self.select_metric == "auto" else self.select_metric
 
     def resolved_milestones(self) -> list[int]:
         """The milestones, defaulting to 50% and 75% of the epochs."""

@@ -17,6 +17,10 @@ finer image, 128 x 1271 float16, in shard sets made with ``--recipes reference,f
 ``crop_frames`` a batch can be a ``(B, 2)`` array of (index, start frame) rows: each sample is
 then the crop ``image[:, start:start + crop_frames]`` (random training crops,
 :func:`train.chunks.crop_starts`), read straight from the memory map.
+
+What a sample's ``y`` is depends on ``target``: the top-level class (``label``, the default) or
+the multi-hot genre row (``genres``, shards made with ``--target genres_all``; held in RAM, G
+bytes per track).
 """
 
 from __future__ import annotations
@@ -32,6 +36,9 @@ import torch
 import shards
 from shards import ShardError
 from train.chunks import check_crop
+
+#: What a sample's ``y`` can be: the top-level class, or the multi-hot genre row.
+TARGETS = ("label", "genres")
 
 
 @dataclass(frozen=True)
@@ -94,6 +101,8 @@ def _check_shard(path: Path, entry: dict, manifest: dict, verify: bool, image: s
     expected = (recipe.get("n_mels", 128), recipe.get("n_frames", 128))
     if contents.num_tracks and tuple(shape[1:]) != expected:
         raise ShardError(f"{path}: {image} images are {tuple(shape[1:])}, expected {expected}. {fix}")
+    if contents.extras != manifest.get("extras", {}):
+        raise ShardError(f"{path}: its extra datasets {contents.extras} differ from the manifest's. {fix}")
     return contents
 
 
@@ -112,15 +121,24 @@ class ShardDataset(torch.utils.data.Dataset):
         file rather than a silently wrong image. False checks only what is cheap:
         recipe, class names, stored checksum and track count against the manifest,
         and that the file holds all the image bytes.
-
     image : {"mel", "mel_fine"}
         Which image of the shards to read (default ``mel``, the 128 x 128 reference image).
     crop_frames : int, optional
         The length of the crops a ``(B, 2)`` index batch asks for (see the module doc).
+    target : {"label", "genres"}
+        What a sample's ``y`` is: its top-level class (default), or its multi-hot row over the
+        whole genre table (a shard set made with ``--target genres_all``; ShardError otherwise).
 
     Attributes
     ----------
     labels : np.ndarray, shape (N,), int64
+        Top-level class; -1 (``shards.NO_LABEL``) for a track without one (genres_all sets).
+    genres : np.ndarray, shape (N, G), uint8, or None
+        Multi-hot genre rows (target ``genres``).
+    genre_table : list of dict or None
+        The G genres (``id``, ``title``, ``parent``, ``top_level``), column order (target ``genres``).
+    targets : np.ndarray
+        ``labels`` or ``genres``: what :meth:`gather` hands out as ``y``.
     track_ids : np.ndarray, shape (N,), int64
     class_names : list of str
     recipe : dict
@@ -140,6 +158,7 @@ class ShardDataset(torch.utils.data.Dataset):
         verify: bool = True,
         image: str = "mel",
         crop_frames: int | None = None,
+        target: str = "label",
     ):
         self.folder = Path(folder)
         self.split = split
@@ -152,8 +171,18 @@ class ShardDataset(torch.utils.data.Dataset):
         if crop_frames is not None:
             check_crop(self.width, crop_frames)
         self.crop_frames = crop_frames
+        if target not in TARGETS:
+            raise ValueError(f"target must be one of {TARGETS}, got {target!r}")
+        self.genre_table = None
+        if target == "genres":
+            if "genres" not in self.manifest.get("extras", {}):
+                raise ShardError(
+                    f"{self.folder}: this shard set has no multi-hot genres (made without --target "
+                    f"genres_all): make one with `make features TARGET=genres_all`, or train --task single"
+                )
+            self.genre_table = self.manifest["extras"]["genres"]["genre_table"]
         entries = shards.shard_entries(self.manifest, split)
-        infos, labels, track_ids, start = [], [], [], 0
+        infos, labels, track_ids, genres, start = [], [], [], [], 0
         for entry in entries:
             path = self.folder / entry["name"]
             contents = _check_shard(path, entry, self.manifest, verify, image)
@@ -161,10 +190,16 @@ class ShardDataset(torch.utils.data.Dataset):
             infos.append(ShardInfo(path, contents.num_tracks, start, layout))
             labels.append(contents.label.astype(np.int64))
             track_ids.append(contents.track_id.astype(np.int64))
+            if self.genre_table is not None:
+                genres.append(shards.read_extra(path, "genres"))
             start += contents.num_tracks
         self.shards = infos
         self.labels = np.concatenate(labels) if labels else np.zeros(0, np.int64)
         self.track_ids = np.concatenate(track_ids) if track_ids else np.zeros(0, np.int64)
+        self.genres = None
+        if self.genre_table is not None:
+            self.genres = np.concatenate(genres) if genres else np.zeros((0, len(self.genre_table)), np.uint8)
+        self.targets = self.labels if self.genres is None else self.genres
         self._starts = np.array([s.start for s in infos], dtype=np.int64)
         self._ram: np.ndarray | None = None
         self._open_pid: int | None = None
@@ -306,7 +341,7 @@ class ShardDataset(torch.utils.data.Dataset):
         Returns
         -------
         x : torch.Tensor, shape (B, 1, H, W) or (B, 1, H, crop_frames), float32 (raw log-mel)
-        y : torch.Tensor, shape (B,), int64
+        y : torch.Tensor, shape (B,), int64 (target ``label``), or (B, G) uint8 (``genres``)
         """
         indices = np.asarray(indices, dtype=np.int64).reshape(-1)
         n = len(self)
@@ -330,7 +365,7 @@ class ShardDataset(torch.utils.data.Dataset):
             )
         else:
             images = self._read(indices) if starts is None else self._read_crops(indices, starts)
-        return torch.from_numpy(images).unsqueeze(1), torch.from_numpy(self.labels[indices])
+        return torch.from_numpy(images).unsqueeze(1), torch.from_numpy(self.targets[indices])
 
     def _check_starts(self, starts, count: int) -> np.ndarray:
         if self.crop_frames is None:
@@ -373,5 +408,5 @@ class ShardDataset(torch.utils.data.Dataset):
         return self._read(np.arange(len(self), dtype=np.int64))
 
     def class_counts(self) -> np.ndarray:
-        """Samples per class, shape (num_classes,), int64."""
-        return np.bincount(self.labels, minlength=self.num_classes).astype(np.int64)
+        """Samples per class, shape (num_classes,), int64 (tracks without a top-level genre not counted)."""
+        return np.bincount(self.labels[self.labels >= 0], minlength=self.num_classes).astype(np.int64)

@@ -74,7 +74,7 @@ def embed_shards(scorer: Scorer, shards_dir: str, split: str, batch_size: int = 
     from train.dataset import ShardDataset
 
     dataset = ShardDataset(shards_dir, split, image=scorer.image)
-    if list(dataset.class_names) != list(scorer.class_names):
+    if list(dataset.class_names) != list(scorer.task.class_names):
         raise PredictError(
             f"{shards_dir}: its class names differ from the model's; embed the shard "
             f"set the model was trained on"
@@ -114,7 +114,7 @@ def main(args: argparse.Namespace) -> int:
     options = options_from_args(args)
     files = None if args.shards else find_audio_files(args.inputs)
     scorer = load_scorer(args)
-    attrs = {"class_names": scorer.class_names, "recipe": scorer.recipe, "model": scorer.description}
+    attrs = {"class_names": scorer.task.class_names, "recipe": scorer.recipe, "model": scorer.description}
     if args.shards:
         data = embed_shards(scorer, args.shards, args.split, batch_size=max(options.batch_size, 64))
         attrs["source"] = {"shards": str(args.shards), "split": args.split}

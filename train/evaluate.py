@@ -1,4 +1,5 @@
-"""Evaluate a run's best checkpoint on the test split: a table, test_report.json, confusion.png."""
+"""Evaluate a run's best checkpoint on the test split: a table, test_report.json and the task's plot
+(confusion.png for single-label, genre_ap.png for multilabel; see :mod:`train.tasks`)."""
 
 from __future__ import annotations
 
@@ -6,66 +7,14 @@ import json
 import os
 from pathlib import Path
 
-import numpy as np
-
 from shards import atomic_write_text
-from train import metrics
 from train.checkpoint import BEST, load_checkpoint
 from train.config import ConfigError
 from train.dataset import ShardDataset
 from train.inference import chunk_frames_of, evaluation_source, load_model, predict_scores, resolve_device
-from train.plots import save_confusion_png
+from train.tasks import task_from_checkpoint
 
 REPORT_NAME = "test_report.json"
-PLOT_NAME = "confusion.png"
-
-
-def build_report(labels: np.ndarray, scores: np.ndarray, class_names: list[str]) -> dict:
-    """The test report as plain JSON-able data.
-
-    Parameters
-    ----------
-    labels : np.ndarray, shape (N,), int64 true classes
-    scores : np.ndarray, shape (N, K), class probabilities
-    """
-    result = metrics.summary(labels, scores.argmax(axis=1), len(class_names), scores)
-    per_class = {
-        name: {
-            "precision": float(result["precision"][i]),
-            "recall": float(result["recall"][i]),
-            "f1": float(result["f1"][i]),
-            "support": int(result["support"][i]),
-        }
-        for i, name in enumerate(class_names)
-    }
-    return {
-        "num_samples": result["num_samples"],
-        "accuracy": result["accuracy"],
-        "balanced_accuracy": result["balanced_accuracy"],
-        "macro_f1": result["macro_f1"],
-        "top3_accuracy": result["top3_accuracy"],
-        "class_names": list(class_names),
-        "per_class": per_class,
-        "confusion_matrix": result["confusion"].tolist(),
-    }
-
-
-def format_table(report: dict) -> str:
-    """A plain-text table of per-class scores and the headline metrics."""
-    names = report["class_names"]
-    width = max(len("balanced_accuracy"), *(len(n) for n in names))
-    lines = [f"{'genre':<{width}}  precision  recall     f1  support"]
-    for name in names:
-        row = report["per_class"][name]
-        lines.append(
-            f"{name:<{width}}  {row['precision']:9.3f}  {row['recall']:6.3f}  {row['f1']:5.3f}  "
-            f"{row['support']:7d}"
-        )
-    lines.append("")
-    for key in ("accuracy", "balanced_accuracy", "macro_f1", "top3_accuracy"):
-        lines.append(f"{key:<{width}}  {report[key]:.4f}")
-    lines.append(f"{'samples':<{width}}  {report['num_samples']}")
-    return "\n".join(lines)
 
 
 def test(
@@ -86,14 +35,23 @@ def test(
     run_dir = Path(run_dir)
     device = resolve_device(device_name)
     checkpoint = load_checkpoint(run_dir / checkpoint_name)
-    dataset = ShardDataset(shards_dir, split, image=checkpoint["config"].get("image", "mel"))
+    task = task_from_checkpoint(checkpoint)
+    dataset = ShardDataset(
+        shards_dir, split, image=checkpoint["config"].get("image", "mel"), target=task.dataset_target
+    )
     _check_compatible(dataset, checkpoint, shards_dir)
+    task.check_dataset(dataset)
     model = load_model(checkpoint, device)
     source = evaluation_source(dataset, batch_size, device, checkpoint["normalization"])
-    scores, labels = predict_scores(
-        model, source, device, desc=split, chunk_frames=chunk_frames_of(checkpoint)
+    scores, targets = predict_scores(
+        model,
+        source,
+        device,
+        desc=split,
+        chunk_frames=chunk_frames_of(checkpoint),
+        probabilities=task.probabilities,
     )
-    report = build_report(labels, scores, dataset.class_names)
+    report = task.report(targets, scores, dataset.labels)
     report.update(
         {
             "split": split,
@@ -104,15 +62,9 @@ def test(
         }
     )
     atomic_write_text(run_dir / REPORT_NAME, json.dumps(report, indent=1) + "\n")
-    title = (
-        f"{checkpoint['model']['name']} on {split} ({report['num_samples']} tracks): "
-        f"accuracy {report['accuracy']:.3f}, macro-F1 {report['macro_f1']:.3f}"
-    )
-    save_confusion_png(
-        run_dir / PLOT_NAME, np.asarray(report["confusion_matrix"]), dataset.class_names, title
-    )
-    print(format_table(report))
-    print(f"report: {run_dir / REPORT_NAME}\nconfusion plot: {run_dir / PLOT_NAME}")
+    task.save_plot(run_dir / task.plot_name, report, checkpoint["model"]["name"], split)
+    print(task.format_table(report))
+    print(f"report: {run_dir / REPORT_NAME}\n{task.plot_what}: {run_dir / task.plot_name}")
     return report
 
 

@@ -5,7 +5,7 @@ fine recipe for a model of the fine image), exactly what the features stage
 computes, and gives the probabilities and the penultimate-layer embeddings::
 
     input   mel            float32 (batch, 1, n_mels, n_frames)   log-mel in dB, not normalised
-    output  probabilities  float32 (batch, num_classes)           softmax
+    output  probabilities  float32 (batch, num_classes)           softmax (sigmoid: multi-label)
     output  embedding      float32 (batch, embedding_dim)
     output  logits         float32 (batch, num_classes)           whole-image models only
 
@@ -21,7 +21,10 @@ normalisation stored in the checkpoint is folded into the graph (a subtraction
 and a division before the first layer), so a consumer only needs the recipe to
 make inputs. The model's metadata (``metadata_props``) holds, as JSON strings:
 
-``fma_genre.class_names``    the class names, in output order
+``fma_genre.class_names``    the output names, in output order (the top-level genres; the genres of a
+                             multi-label model)
+``fma_genre.task``           the task (``train.tasks``): ``{"name": "single"}``, or the multi-label
+                             task with its genre table (probabilities: softmax / sigmoid of the logits)
 ``fma_genre.recipe``         the feature recipe of the input image (``preprocess.recipe.Recipe`` fields)
 ``fma_genre.image``          the shard dataset holding such images (``mel`` or ``mel_fine``)
 ``fma_genre.crop_frames``    the chunk length in frames (``n_frames``: one chunk, the whole image)
@@ -52,6 +55,7 @@ from train.scorers import ONNX_INPUT as INPUT_NAME
 from train.scorers import ONNX_METADATA_PREFIX as METADATA_PREFIX
 from train.scorers import ONNX_OUTPUTS as OUTPUT_NAMES
 from train.scorers import require_onnx
+from train.tasks import task_from_checkpoint
 
 OPSET = 18
 
@@ -70,14 +74,22 @@ class NormalizedModel(nn.Module):
     crop_frames : int or None
         Score an image as the mean over its chunks of this many frames (:mod:`train.chunks`);
         None: the whole image, one chunk, and the logits are an output too.
+    multilabel : bool
+        Probabilities by one sigmoid per output (a multi-label model), not a softmax.
     """
 
     def __init__(
-        self, model: nn.Module, normalization: dict | None, n_mels: int = 128, crop_frames: int | None = None
+        self,
+        model: nn.Module,
+        normalization: dict | None,
+        n_mels: int = 128,
+        crop_frames: int | None = None,
+        multilabel: bool = False,
     ):
         super().__init__()
         self.model = model
         self.crop_frames = crop_frames
+        self.multilabel = multilabel
         mean = torch.zeros(n_mels) if normalization is None else normalization["mean"].float()
         std = torch.ones(n_mels) if normalization is None else normalization["std"].float()
         self.register_buffer("mean", mean.reshape(-1).clone())
@@ -89,11 +101,14 @@ class NormalizedModel(nn.Module):
         if self.crop_frames is None:
             embedding = self.model.embed(x)
             logits = self.model.classify(embedding)
-            return torch.softmax(logits, dim=1), embedding, logits
+            return self.probabilities(logits), embedding, logits
         chunks, count = split_chunks(x, self.crop_frames)
         embedding = self.model.embed(chunks)
-        probabilities = torch.softmax(self.model.classify(embedding), dim=1)
+        probabilities = self.probabilities(self.model.classify(embedding))
         return mean_over_chunks(probabilities, count), mean_over_chunks(embedding, count)
+
+    def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(logits) if self.multilabel else torch.softmax(logits, dim=1)
 
 
 def output_names(crop_frames: int | None) -> list[str]:
@@ -103,8 +118,10 @@ def output_names(crop_frames: int | None) -> list[str]:
 
 def onnx_metadata(checkpoint: dict, source: str) -> dict[str, str]:
     """The ``metadata_props`` of an exported model (JSON strings), from a checkpoint."""
+    task = task_from_checkpoint(checkpoint)
     return {
-        METADATA_PREFIX + "class_names": json.dumps(list(checkpoint["class_names"])),
+        METADATA_PREFIX + "class_names": json.dumps(task.output_names),
+        METADATA_PREFIX + "task": json.dumps(task.to_dict()),
         METADATA_PREFIX + "recipe": json.dumps(checkpoint["recipe"]),
         METADATA_PREFIX + "image": json.dumps(checkpoint["config"].get("image") or "mel"),
         METADATA_PREFIX + "crop_frames": json.dumps(chunk_frames_of(checkpoint)),
@@ -137,8 +154,13 @@ def export_onnx(checkpoint: dict, out: str | os.PathLike, source: str = "") -> P
     n_mels, n_frames = int(recipe.get("n_mels", 128)), int(recipe.get("n_frames", 128))
     crop_frames = chunk_frames_of(checkpoint)
     crop_frames = None if crop_frames >= n_frames else crop_frames
+    multilabel = task_from_checkpoint(checkpoint).name == "multilabel"
     wrapped = NormalizedModel(
-        load_model(checkpoint, torch.device("cpu")), checkpoint.get("normalization"), n_mels, crop_frames
+        load_model(checkpoint, torch.device("cpu")),
+        checkpoint.get("normalization"),
+        n_mels,
+        crop_frames,
+        multilabel,
     ).eval()
     example = torch.zeros(2, 1, n_mels, n_frames)
     # The exporter warns that torchvision's operators are not registered: not ours to care about.
@@ -171,8 +193,9 @@ def run_export(run: str, onnx_path: str, checkpoint_name: str = BEST) -> Path:
     path = export_onnx(checkpoint, onnx_path, source=str(source))
     n_frames, crop_frames = int(checkpoint["recipe"].get("n_frames", 128)), chunk_frames_of(checkpoint)
     chunks = f", scored by chunks of {crop_frames} frames" if crop_frames < n_frames else ""
+    outputs = task_from_checkpoint(checkpoint).describe_outputs()
     print(
-        f"{path}: {checkpoint['model']['name']} model, {len(checkpoint['class_names'])} classes, "
+        f"{path}: {checkpoint['model']['name']} model, {outputs}, "
         f"input {INPUT_NAME} (batch, 1, {checkpoint['recipe'].get('n_mels', 128)}, {n_frames}) log-mel dB"
         f"{chunks}, outputs {', '.join(output_names(crop_frames if chunks else None))}"
     )

@@ -125,7 +125,7 @@ class BatchSource:
         if preload == "gpu":
             images = torch.from_numpy(dataset.raw_array()).to(device).unsqueeze(1)
             self.images = standardize(images, self.normalization, inplace=True)
-            self.targets = torch.from_numpy(dataset.labels).to(device)
+            self.targets = torch.from_numpy(dataset.targets).to(device)
         elif preload == "ram":
             dataset.preload()
 
@@ -184,16 +184,31 @@ def chunk_frames_of(checkpoint: dict) -> int:
     return int(checkpoint["config"].get("crop_frames") or width)
 
 
+def softmax_probabilities(logits: torch.Tensor) -> torch.Tensor:
+    """Softmax probabilities (B, K) float32 of logits (B, K): the single-label task's
+    (``train.tasks.Task.probabilities`` is the task's own)."""
+    return torch.softmax(logits.float(), dim=1)
+
+
 def score_batch(
-    model: nn.Module, x: torch.Tensor, device: torch.device, chunk_frames: int | None = None
+    model: nn.Module,
+    x: torch.Tensor,
+    device: torch.device,
+    chunk_frames: int | None = None,
+    probabilities=softmax_probabilities,
 ) -> torch.Tensor:
-    """Probabilities (B, K) float32 of a standardised batch (B, 1, H, W) on ``device``: the softmax,
-    or with ``chunk_frames`` the mean of the softmax of each image's chunks (:mod:`train.chunks`)."""
-    return embed_batch(model, x, device, chunk_frames)[0]
+    """Probabilities (B, K) float32 of a standardised batch (B, 1, H, W) on ``device`` (``probabilities``:
+    logits -> probabilities, the task's; softmax by default), or with ``chunk_frames`` the mean of
+    each image's chunks' probabilities (:mod:`train.chunks`)."""
+    return embed_batch(model, x, device, chunk_frames, probabilities)[0]
 
 
 def embed_batch(
-    model: nn.Module, x: torch.Tensor, device: torch.device, chunk_frames: int | None = None
+    model: nn.Module,
+    x: torch.Tensor,
+    device: torch.device,
+    chunk_frames: int | None = None,
+    probabilities=softmax_probabilities,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Probabilities (B, K) and penultimate-layer embeddings (B, D), float32, of a standardised
     batch (B, 1, H, W) on ``device``, from one forward pass; with ``chunk_frames`` both are the
@@ -202,8 +217,7 @@ def embed_batch(
     with torch.no_grad(), autocast(device):
         embedding = model.embed(prepare_input(chunks, device))
         logits = model.classify(embedding)
-    probabilities = torch.softmax(logits.float(), dim=1)
-    return mean_over_chunks(probabilities, count), mean_over_chunks(embedding.float(), count)
+    return mean_over_chunks(probabilities(logits.float()), count), mean_over_chunks(embedding.float(), count)
 
 
 def predict_scores(
@@ -212,23 +226,24 @@ def predict_scores(
     device: torch.device,
     desc: str = "eval",
     chunk_frames: int | None = None,
+    probabilities=softmax_probabilities,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Probabilities over a split, in the source's order (eval mode), as :func:`score_batch` gives them.
 
     Returns
     -------
     scores : np.ndarray, shape (N, K), float32
-    labels : np.ndarray, shape (N,), int64
+    targets : np.ndarray, shape (N,) int64 labels, or (N, G) uint8 genre rows (the dataset's target)
     """
     model.eval()
-    scores, labels = [], []
+    scores, targets = [], []
     for x, y in tqdm(
         source.epoch(0), total=len(source), desc=desc, leave=False, mininterval=1, disable=progress_disabled()
     ):
-        scores.append(score_batch(model, x, device, chunk_frames).cpu().numpy())
-        labels.append(y.cpu().numpy())
+        scores.append(score_batch(model, x, device, chunk_frames, probabilities).cpu().numpy())
+        targets.append(y.cpu().numpy())
     k = model_num_classes(model)
     return (
         np.concatenate(scores) if scores else np.zeros((0, k), np.float32),
-        np.concatenate(labels) if labels else np.zeros(0, np.int64),
+        np.concatenate(targets) if targets else source.dataset.targets[:0].copy(),
     )

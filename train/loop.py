@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from shards import atomic_write_text
 from shards.cli import progress_disabled
-from train import distributed, metrics
+from train import distributed
 from train.augment import augment_batch, batch_seed
 from train.checkpoint import BEST, LAST, load_checkpoint, restore_rng_state, rng_state, save_checkpoint
 from train.config import ConfigError, TrainConfig, save_config
@@ -42,8 +42,8 @@ from train.inference import (
 )
 from train.models import ModelConfig, build_model, count_parameters
 from train.normalization import band_statistics
-from train.plots import confusion_image
 from train.sampling import EpochBatchSampler, IndexBatchSampler, RankBatchSampler, rank_range
+from train.tasks import DATASET_TARGETS, SingleLabel, Task, build_task, task_from_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -59,17 +59,6 @@ def learning_rate(config: TrainConfig, epoch: int, step: int, steps_per_epoch: i
         return config.lr * progress / config.warmup_epochs
     decays = sum(1 for m in config.resolved_milestones() if epoch >= m)
     return config.lr * config.gamma**decays
-
-
-def class_weight_tensor(counts: np.ndarray, mode: str) -> torch.Tensor | None:
-    """Cross-entropy weights: None, or N / (K * count) per class ("balanced"; 0 if absent)."""
-    if mode == "none":
-        return None
-    counts = np.asarray(counts, dtype=np.float64)
-    weights = np.zeros_like(counts)
-    present = counts > 0
-    weights[present] = counts.sum() / (present.sum() * counts[present])
-    return torch.tensor(weights, dtype=torch.float32)
 
 
 def build_optimizer(config: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
@@ -91,7 +80,8 @@ class TrainingRun:
     model_config: ModelConfig
     model: nn.Module
     optimizer: torch.optim.Optimizer
-    criterion: nn.Module
+    criterion: object  # the task's loss: (logits, targets) -> loss (train.tasks.Task.criterion)
+    task: Task
     train_source: BatchSource
     val_source: BatchSource
     class_names: list[str]
@@ -102,6 +92,11 @@ class TrainingRun:
     start_epoch: int = 0
     best: float = -1.0
     history: list[dict] = field(default_factory=list)
+
+    @property
+    def select_metric(self) -> str:
+        """The validation metric that picks best.pt (``auto`` resolved for the task)."""
+        return self.task.select_metric(self.config.select_metric)
 
     def checkpoint_state(self, epoch: int, rank_rng: list[dict]) -> dict:
         """The checkpoint after ``epoch`` (0-based) completed (format: :mod:`train.checkpoint`).
@@ -115,10 +110,11 @@ class TrainingRun:
             "optimizer": self.optimizer.state_dict(),
             "epoch": epoch + 1,
             "best_metric": float(self.best),
-            "metric_name": self.config.select_metric,
+            "metric_name": self.select_metric,
             "history": self.history,
             "config": self.config.to_dict(),
             "class_names": self.class_names,
+            "task": self.task.to_dict(),
             "recipe": self.recipe,
             "normalization": self.normalization,
             "rng": rank_rng[0],
@@ -184,7 +180,7 @@ def _fit(run: TrainingRun) -> dict:
             writer.close()
     if run.world.main:
         print(
-            f"checkpoints: {run.run_dir / BEST} (best val {config.select_metric} {run.best:.4f}), "
+            f"checkpoints: {run.run_dir / BEST} (best val {run.select_metric} {run.best:.4f}), "
             f"{run.run_dir / LAST}"
         )
     return run.history[-1]
@@ -225,8 +221,11 @@ def _check_run_folder(config: TrainConfig, resume: bool) -> dict | None:
 
 def _open_splits(config: TrainConfig, checkpoint: dict | None) -> tuple[ShardDataset, ShardDataset]:
     """The train split (read as crops when ``crop_frames`` is shorter than its images) and the
-    validation split (whole images, scored by their chunks)."""
-    train_set = ShardDataset(config.shards, "train", verify=config.verify_shards, image=config.image)
+    validation split (whole images, scored by their chunks), handing out the task's targets."""
+    target = DATASET_TARGETS[config.task]
+    train_set = ShardDataset(
+        config.shards, "train", verify=config.verify_shards, image=config.image, target=target
+    )
     if config.crop_frames > train_set.width:
         raise ConfigError(
             f"crop_frames={config.crop_frames}: longer than the {config.image} images of {config.shards} "
@@ -234,7 +233,9 @@ def _open_splits(config: TrainConfig, checkpoint: dict | None) -> tuple[ShardDat
         )
     if config.crop_frames < train_set.width:
         train_set.crop_frames = config.crop_frames
-    val_set = ShardDataset(config.shards, "validation", verify=config.verify_shards, image=config.image)
+    val_set = ShardDataset(
+        config.shards, "validation", verify=config.verify_shards, image=config.image, target=target
+    )
     if len(train_set) == 0:
         raise ConfigError(f"{config.shards}: the train split is empty")
     if checkpoint is not None and checkpoint["class_names"] != train_set.class_names:
@@ -245,6 +246,30 @@ def _open_splits(config: TrainConfig, checkpoint: dict | None) -> tuple[ShardDat
     return train_set, val_set
 
 
+def _task(
+    config: TrainConfig, checkpoint: dict | None, train_set: ShardDataset, val_set: ShardDataset
+) -> Task:
+    """The run's task: the checkpoint's when resuming (the same outputs), else made from the train split."""
+    if checkpoint is not None:
+        task = task_from_checkpoint(checkpoint)
+        if task.name != config.task:
+            raise ConfigError(f"--task {config.task}: the run was started with task {task.name}")
+    else:
+        task = build_task(config.task, train_set.class_names, train_set, config.min_genre_tracks)
+    task.check_dataset(train_set)
+    task.check_dataset(val_set)
+    dropped = getattr(task, "dropped", [])
+    if dropped:
+        log.info(
+            "multilabel: %d genres as outputs; %d with fewer than %d training tracks left out: %s",
+            task.num_outputs,
+            len(dropped),
+            config.min_genre_tracks,
+            ", ".join(f"{d['title']} ({d['train_tracks']})" for d in dropped),
+        )
+    return task
+
+
 def _batch_sources(
     config: TrainConfig,
     train_set: ShardDataset,
@@ -252,10 +277,11 @@ def _batch_sources(
     device: torch.device,
     normalization: dict | None,
     world: World,
+    task: Task,
 ) -> tuple[BatchSource, BatchSource, int]:
     """This rank's part of every global training batch, and its contiguous part of the validation split."""
     workers = resolve_workers(config.num_workers, device, config.preload)
-    balance = train_set.labels if config.sampling == "balanced" else None
+    balance = task.balance_groups(train_set) if config.sampling == "balanced" else None
     global_batches = EpochBatchSampler(
         len(train_set),
         config.batch_size,
@@ -293,6 +319,7 @@ def start_run(
     run_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(config.seed)
     train_set, val_set = _open_splits(config, checkpoint)
+    task = _task(config, checkpoint, train_set, val_set)
     if checkpoint is not None:
         normalization = checkpoint["normalization"]
     else:
@@ -303,8 +330,10 @@ def start_run(
             f"{config.shards}: the train split has {len(train_set)} samples, fewer than "
             f"the {world.size} ranks"
         )
-    model_config = ModelConfig(config.model, len(train_set.class_names), config.model_options())
-    model = place_model(build_model(model_config), device)
+    model_config = ModelConfig(config.model, task.num_outputs, config.model_options())
+    model = build_model(model_config)
+    task.init_head(model)
+    model = place_model(model, device)
     if checkpoint is not None:
         model.load_state_dict(checkpoint["state_dict"])
     ema = WeightEMA(model, config.ema_decay) if config.ema_decay > 0 else None
@@ -312,12 +341,9 @@ def start_run(
         ema.load_state_dict(checkpoint["ema_state_dict"])
     model = distributed.prepare_model(model, world, device)
     optimizer = build_optimizer(config, model)
-    weights = class_weight_tensor(train_set.class_counts(), config.class_weights)
-    criterion = nn.CrossEntropyLoss(
-        weight=None if weights is None else weights.to(device), label_smoothing=config.label_smoothing
-    )
+    criterion = task.criterion(config, train_set, device)
     train_source, val_source, workers = _batch_sources(
-        config, train_set, val_set, device, normalization, world
+        config, train_set, val_set, device, normalization, world, task
     )
     run = TrainingRun(
         config=config,
@@ -327,6 +353,7 @@ def start_run(
         model=model,
         optimizer=optimizer,
         criterion=criterion,
+        task=task,
         train_source=train_source,
         val_source=val_source,
         class_names=train_set.class_names,
@@ -346,11 +373,11 @@ def start_run(
     if world.main:
         save_config(config, run_dir)
     log.info(
-        "train: %d samples, validation: %d, %d classes; model %s (%s parameters) on %s%s, "
+        "train: %d samples, validation: %d, %s; model %s (%s parameters) on %s%s, "
         "%d loader workers, preload %s",
         len(train_set),
         len(val_set),
-        len(run.class_names),
+        task.describe_outputs(),
         config.model,
         f"{count_parameters(model):,}",
         device,
@@ -371,16 +398,27 @@ def run_epoch(run: TrainingRun, epoch: int, writer) -> dict:
     """Train one epoch, validate, write last.pt (and best.pt if it improved), log; the history entry."""
     config, world = run.config, run.world
     entry = train_epoch(
-        run.model, run.optimizer, run.criterion, run.train_source, config, epoch, run.device, world, run.ema
+        run.model,
+        run.optimizer,
+        run.criterion,
+        run.train_source,
+        config,
+        epoch,
+        run.device,
+        world,
+        run.ema,
+        run.task,
     )
     checked = (epoch + 1) % config.validate_every == 0 or epoch + 1 == config.epochs
+    val_labels = run.val_source.dataset.labels  # the top-level classes (-1: none), in split order
     if checked:
-        val_scores, val_labels = validate(run)
+        val_scores, val_targets = validate(run)
     else:  # not validated this epoch: NaN metrics, best.pt stays as it is
-        val_scores, val_labels = np.zeros((0, len(run.class_names)), np.float32), np.zeros(0, np.int64)
-    entry.update(validation_metrics(run.criterion, val_scores, val_labels, len(run.class_names), run.device))
+        val_scores = np.zeros((0, run.task.num_outputs), np.float32)
+        val_targets, val_labels = run.val_source.dataset.targets[:0], val_labels[:0]
+    entry.update(run.task.validation_metrics(run.criterion, val_scores, val_targets, val_labels, run.device))
     run.history.append(entry)
-    score = entry["val_" + config.select_metric]
+    score = entry["val_" + run.select_metric]
     # Without validation data (NaN) every validated epoch counts as the best: best.pt = last.pt.
     improved = (bool(score > run.best) if np.isfinite(score) else True) and checked
     run.best = max(run.best, score) if np.isfinite(score) else run.best
@@ -391,17 +429,13 @@ def run_epoch(run: TrainingRun, epoch: int, writer) -> dict:
     save_checkpoint(run.run_dir / LAST, state)
     if improved:
         save_checkpoint(run.run_dir / BEST, state)
-    log_epoch(writer, entry, val_scores, val_labels, run.class_names, epoch)
+    log_epoch(writer, entry, val_scores, val_targets, run.task, epoch)
     atomic_write_text(run.run_dir / "history.json", json.dumps(run.history, indent=1) + "\n")
     log.info(
-        "epoch %d/%d: train loss %.4f acc %.3f | val loss %.4f acc %.3f macro-F1 %.3f%s | %.0f samples/s",
+        "epoch %d/%d: %s%s | %.0f samples/s",
         epoch + 1,
         config.epochs,
-        entry["train_loss"],
-        entry["train_accuracy"],
-        entry["val_loss"],
-        entry["val_accuracy"],
-        entry["val_macro_f1"],
+        run.task.epoch_summary(entry),
         " (best)" if improved else "",
         entry["samples_per_s"],
     )
@@ -409,18 +443,23 @@ def run_epoch(run: TrainingRun, epoch: int, writer) -> dict:
 
 
 def validate(run: TrainingRun) -> tuple[np.ndarray, np.ndarray]:
-    """Scores (N, K) and labels (N,) of the whole validation split, in order, on every rank.
+    """Scores (N, K) and targets (N,) or (N, G) of the whole validation split, in order, on every rank.
 
     Each rank scores its part with the plain model (rank 0's BatchNorm statistics, broadcast
     first); the parts are gathered in rank order.
     """
     distributed.broadcast_buffers(run.eval_model, run.world)
-    scores, labels = predict_scores(
-        run.eval_model, run.val_source, run.device, desc="validation", chunk_frames=run.config.crop_frames
+    scores, targets = predict_scores(
+        run.eval_model,
+        run.val_source,
+        run.device,
+        desc="validation",
+        chunk_frames=run.config.crop_frames,
+        probabilities=run.task.probabilities,
     )
     return (
         distributed.gather_rows(scores, run.world, run.device),
-        distributed.gather_rows(labels, run.world, run.device),
+        distributed.gather_rows(targets, run.world, run.device),
     )
 
 
@@ -434,11 +473,14 @@ def train_epoch(
     device: torch.device,
     world: World | None = None,
     ema: WeightEMA | None = None,
+    task: Task | None = None,
 ) -> dict:
-    """One pass over ``source`` with the scheduled learning rate; loss, accuracy and speed.
+    """One pass over ``source`` with the scheduled learning rate; loss, the task's training figure
+    (``train_accuracy``; multilabel: ``train_hit_at_1``) and speed.
 
-    Each batch is augmented on the device (``config.augment_settings()``, seeded by
-    ``(seed, epoch, step, rank)``) and ``ema`` follows the weights after every step.
+    ``task`` (default: single-label over the model's outputs) makes each batch's targets, and
+    counts what is right. Each batch is augmented on the device (``config.augment_settings()``,
+    seeded by ``(seed, epoch, step, rank)``) and ``ema`` follows the weights after every step.
     Under torchrun: this rank's parts of the global batches (augmented, and mixed by mixup,
     within the part); the returned loss, accuracy and sample counts are those of all ranks together.
     """
@@ -461,14 +503,15 @@ def train_epoch(
     lr = config.lr
     augment = config.augment_settings()
     num_classes = model_num_classes(model)
+    task = task or SingleLabel([str(k) for k in range(num_classes)])
     for step, (x, y) in enumerate(bar):
         lr = learning_rate(config, epoch, step, steps)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        targets = y
+        targets = task.targets(y)
         if augment.enabled:
             generator = torch.Generator().manual_seed(batch_seed(config.seed, epoch, step, world.rank))
-            x, targets = augment_batch(x, y, num_classes, augment, generator)
+            x, targets = augment_batch(x, targets, num_classes, augment, generator)
         with autocast(device):
             logits = model(prepare_input(x, device))
             loss = criterion(logits.float(), targets)
@@ -478,13 +521,13 @@ def train_epoch(
         if ema is not None:
             ema.update(distributed.unwrap(model))
         total_loss += loss.detach() * len(y)
-        total_correct += (logits.argmax(dim=1) == y).sum()
+        total_correct += task.correct(logits, y)
         seen += len(y)
         if step % 10 == 0 or step == steps - 1:
             elapsed = time.perf_counter() - start
             bar.set_postfix(
                 loss=f"{total_loss.item() / seen:.4f}",
-                acc=f"{total_correct.item() / seen:.3f}",
+                **{task.train_metric: f"{total_correct.item() / seen:.3f}"},
                 samples_s=f"{seen * world.size / max(elapsed, 1e-9):.0f}",
                 lr=f"{lr:.2e}",
             )
@@ -497,54 +540,21 @@ def train_epoch(
         "epoch": epoch + 1,
         "lr": lr,
         "train_loss": loss_sum / max(seen, 1),
-        "train_accuracy": correct / max(seen, 1),
+        "train_" + task.train_metric: correct / max(seen, 1),
         "train_samples": int(seen),
         "seconds": elapsed,
         "samples_per_s": seen / max(elapsed, 1e-9),
     }
 
 
-def validation_metrics(
-    criterion: nn.Module, scores: np.ndarray, labels: np.ndarray, num_classes: int, device: torch.device
-) -> dict:
-    """Validation loss (with the training loss's class weights), accuracy, macro-F1, balanced accuracy.
-
-    Parameters
-    ----------
-    scores : np.ndarray, shape (N, K), softmax probabilities
-    labels : np.ndarray, shape (N,), int64
-    """
-    if len(labels) == 0:
-        nan = float("nan")
-        return {"val_loss": nan, "val_accuracy": nan, "val_macro_f1": nan, "val_balanced_accuracy": nan}
-    log_probs = torch.log(torch.from_numpy(scores).clamp_min(1e-12)).to(device)
-    loss = nn.functional.nll_loss(
-        log_probs, torch.from_numpy(labels).to(device), weight=criterion.weight
-    ).item()
-    result = metrics.summary(labels, scores.argmax(axis=1), num_classes, scores)
-    return {
-        "val_loss": loss,
-        "val_accuracy": result["accuracy"],
-        "val_macro_f1": result["macro_f1"],
-        "val_balanced_accuracy": result["balanced_accuracy"],
-    }
-
-
-def log_epoch(
-    writer, entry: dict, scores: np.ndarray, labels: np.ndarray, class_names: list[str], epoch: int
-) -> None:
-    """Scalars of one epoch and the validation confusion image to TensorBoard (validation only
-    when the epoch was validated)."""
+def log_epoch(writer, entry: dict, scores: np.ndarray, targets: np.ndarray, task: Task, epoch: int) -> None:
+    """Scalars of one epoch to TensorBoard, and the task's own (accuracy and the validation confusion
+    image for single-label; mAP for multilabel); validation figures only when the epoch was validated."""
     step = epoch + 1
     writer.add_scalar("loss/train", entry["train_loss"], step)
-    writer.add_scalar("accuracy/train", entry["train_accuracy"], step)
     writer.add_scalar("lr", entry["lr"], step)
     writer.add_scalar("samples_per_s", entry["samples_per_s"], step)
-    if len(labels):
+    if len(targets):
         writer.add_scalar("loss/validation", entry["val_loss"], step)
-        writer.add_scalar("accuracy/validation", entry["val_accuracy"], step)
-        writer.add_scalar("macro_f1/validation", entry["val_macro_f1"], step)
-        confusion = metrics.confusion_matrix(labels, scores.argmax(axis=1), len(class_names))
-        image = confusion_image(confusion, class_names, f"validation, epoch {step}")
-        writer.add_image("confusion/validation", image, step, dataformats="HWC")
+    task.log_tensorboard(writer, entry, scores, targets, step)
     writer.flush()

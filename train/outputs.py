@@ -4,14 +4,17 @@ Prediction rows (one per file, in input order)
 -----------------------------------------------
 CSV columns: ``path``, ``windows`` (windows whose scores were averaged),
 ``genre_1``, ``probability_1``, ... ``genre_k``, ``probability_k`` (the top k),
-then ``p_<genre>`` for every class, then ``error`` (empty when the file was
+for a multi-label model ``top_level_genre`` (the top-level genre its scores imply),
+then ``p_<genre>`` for every output, then ``error`` (empty when the file was
 scored). With per-window output, each file's row is followed by one row per
-window with ``window_start_s`` filled in (empty on the file's own row).
+window with ``window_start_s`` filled in (empty on the file's own row). A
+multi-label model's probabilities are one per genre (sigmoid), not summing to 1.
 
 JSON Lines: one object per file::
 
     {"path": ..., "windows": 6, "top": [{"genre": "Rock", "probability": 0.71}, ...],
      "probabilities": {"Rock": 0.71, ...}, "error": null,
+     "top_level_genre": "Rock",                                       # multi-label models only
      "per_window": [{"start_s": 0.0, "probabilities": {...}}, ...]}   # --per-window only
 
 A file that could not be scored has ``windows`` 0, no genres and its ``error``.
@@ -61,6 +64,8 @@ class TrackPrediction:
     embedding : np.ndarray, shape (D,), or None
         Mean over the used windows of the penultimate-layer vectors.
     error : str or None
+    top_level_genre : str or None
+        A multi-label model's: the top-level genre the (averaged) genre scores imply.
     """
 
     path: str
@@ -69,6 +74,7 @@ class TrackPrediction:
     window_probabilities: np.ndarray | None = None
     embedding: np.ndarray | None = None
     error: str | None = None
+    top_level_genre: str | None = None
 
     @property
     def windows(self) -> int:
@@ -99,8 +105,9 @@ def format_line(result: TrackPrediction, class_names: list[str], k: int, per_win
     def ranked(probabilities):
         return ", ".join(f"{g} {p:.3f}" for g, p in _top(probabilities, class_names, k))
 
+    implied = f"; top-level genre {result.top_level_genre}" if result.top_level_genre else ""
     lines = [
-        f"{result.path}: {ranked(result.probabilities)} "
+        f"{result.path}: {ranked(result.probabilities)}{implied} "
         f"({result.windows} window{'s' if result.windows != 1 else ''})"
     ]
     if per_window:
@@ -111,32 +118,40 @@ def format_line(result: TrackPrediction, class_names: list[str], k: int, per_win
     return "\n".join(lines)
 
 
-def results_csv(results: list[TrackPrediction], class_names: list[str], k: int, per_window: bool) -> str:
+def results_csv(
+    results: list[TrackPrediction], class_names: list[str], k: int, per_window: bool, top_level: bool = False
+) -> str:
     """The CSV text of :func:`write_results` (see the module doc for the columns)."""
     k = min(k, len(class_names))
     header = ["path", "windows"] + [c for i in range(1, k + 1) for c in (f"genre_{i}", f"probability_{i}")]
+    header += ["top_level_genre"] if top_level else []
     header += [f"p_{name}" for name in class_names] + (["window_start_s"] if per_window else []) + ["error"]
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(header)
 
-    def row(path, windows, probabilities, start, error):
+    def row(path, windows, probabilities, start, error, implied=None):
         top = [] if probabilities is None else _top(probabilities, class_names, k)
         cells = [path, windows] + [c for g, p in top for c in (g, f"{p:.6f}")] + [""] * (2 * (k - len(top)))
+        cells += [implied or ""] if top_level else []
         cells += [""] * len(class_names) if probabilities is None else [f"{p:.6f}" for p in probabilities]
         return cells + ([start] if per_window else []) + [error or ""]
 
     for r in results:
-        writer.writerow(row(r.path, r.windows, r.probabilities, "", r.error))
+        writer.writerow(row(r.path, r.windows, r.probabilities, "", r.error, r.top_level_genre))
         if per_window and r.probabilities is not None:
             for start, probabilities in zip(r.window_starts_s, r.window_probabilities, strict=True):
                 writer.writerow(row(r.path, 1, probabilities, f"{start:.3f}", None))
     return buffer.getvalue()
 
 
-def result_record(r: TrackPrediction, class_names: list[str], k: int, per_window: bool) -> dict:
+def result_record(
+    r: TrackPrediction, class_names: list[str], k: int, per_window: bool, top_level: bool = False
+) -> dict:
     """One JSON Lines object (see the module doc)."""
     record = {"path": r.path, "windows": r.windows, "top": [], "probabilities": None, "error": r.error}
+    if top_level:
+        record["top_level_genre"] = r.top_level_genre
     if r.probabilities is not None:
         record["top"] = [{"genre": g, "probability": p} for g, p in _top(r.probabilities, class_names, k)]
         record["probabilities"] = {n: float(p) for n, p in zip(class_names, r.probabilities, strict=True)}
@@ -157,16 +172,22 @@ def write_results(
     class_names: list[str],
     k: int = 3,
     per_window: bool = False,
+    top_level: bool = False,
 ) -> Path:
-    """Write prediction rows as CSV or JSON Lines (by ``path``'s extension), atomically."""
+    """Write prediction rows as CSV or JSON Lines (by ``path``'s extension), atomically.
+
+    ``top_level``: add each file's implied top-level genre (a multi-label model's results).
+    """
     path = check_result_path(path)
     for r in results:
         if r.probabilities is not None and len(r.probabilities) != len(class_names):
             raise ValueError(f"{r.path}: {len(r.probabilities)} probabilities for {len(class_names)} classes")
     if path.suffix.lower() == ".csv":
-        text = results_csv(results, class_names, k, per_window)
+        text = results_csv(results, class_names, k, per_window, top_level)
     else:
-        text = "".join(json.dumps(result_record(r, class_names, k, per_window)) + "\n" for r in results)
+        text = "".join(
+            json.dumps(result_record(r, class_names, k, per_window, top_level)) + "\n" for r in results
+        )
     atomic_write_text(path, text)
     return path
 

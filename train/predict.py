@@ -6,9 +6,10 @@ or a whole window for a chunk model; see :mod:`preprocess.windows` for the plan
 and the short-file policy); each window's image equals the features stage's image
 of that excerpt, the windows of a file go through the model in batches (a chunk
 model scores an image as the mean over its chunks), and the file's probabilities
-are the mean of its windows' softmax probabilities. Windows of digital silence are
-left out (a file that is all silence fails). ``--first-window`` scores only the
-first window (what the features stage stores for a training track).
+are the mean of its windows' probabilities (softmax; for a multi-label model one
+sigmoid per genre, and the top-level genre those imply is named too). Windows of
+digital silence are left out (a file that is all silence fails). ``--first-window``
+scores only the first window (what the features stage stores for a training track).
 
 Folders are searched recursively for audio files (by extension); files named on
 the command line are used whatever their extension. Decoding and images run in
@@ -239,12 +240,14 @@ def predict_tracks(
             timings.image_s += windows.image_s
             timings.audio_s += windows.seconds
             timings.windows += len(windows.starts_s)
+            mean = probabilities.mean(axis=0)
             yield TrackPrediction(
                 path=str(path),
-                probabilities=probabilities.mean(axis=0),
+                probabilities=mean,
                 window_starts_s=windows.starts_s,
                 window_probabilities=probabilities,
                 embedding=embeddings.mean(axis=0),
+                top_level_genre=scorer.task.implied_top_genre(mean),
             )
     timings.wall_s = time.perf_counter() - start
 
@@ -366,7 +369,9 @@ def main(args: argparse.Namespace) -> int:
             print(format_line(result, scorer.class_names, args.top, args.per_window), flush=True)
         results.append(result)
     if output is not None:
-        write_results(output, results, scorer.class_names, args.top, args.per_window)
+        write_results(
+            output, results, scorer.class_names, args.top, args.per_window, scorer.task.implies_top_genre
+        )
         print(f"{output}: {len(results)} files, {len(timings.failed)} failed")
     if timings.failed:
         log.warning("%d of %d files could not be scored", len(timings.failed), len(files))

@@ -9,7 +9,8 @@ Two kinds, the same interface (:class:`Scorer`):
                  torch only for ``TorchScorer``, so ONNX prediction works where
                  torch is not installed.
 
-Both know the class names and the feature recipe the model was trained with.
+Both know the task (``train.tasks``: single-label softmax or multi-label sigmoid), the names of
+the outputs and the feature recipe the model was trained with.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from typing import Protocol
 import numpy as np
 
 from shards.errors import FmaGenreError
+from train.tasks import Task, task_from_checkpoint, task_from_dict
 
 ONNX_METADATA_PREFIX = "fma_genre."
 ONNX_INPUT = "mel"
@@ -50,6 +52,8 @@ def require_onnx(what: str = "onnx"):
 class Scorer(Protocol):
     """What the prediction driver needs from a model.
 
+    ``class_names`` names the outputs (the top-level genres, or the genres of a multi-label model);
+    ``task.class_names`` are the top-level genres of the shard set it was trained on.
     ``recipe`` is the recipe of the image the model reads (the fine recipe for a model of the
     fine image), ``image`` the shard dataset holding it (``mel`` or ``mel_fine``), and
     ``chunk_frames`` the chunk length it scores an image by (the image's width: one chunk).
@@ -60,6 +64,7 @@ class Scorer(Protocol):
     image: str
     chunk_frames: int
     description: str
+    task: Task
 
     def __call__(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Raw images (N, n_mels, n_frames) float32 -> probabilities (N, K), embeddings (N, D), float32."""
@@ -93,7 +98,8 @@ class TorchScorer:
         self.device = resolve_device(device_name)
         self.model = load_model(checkpoint, self.device)
         self.normalization = to_device(checkpoint.get("normalization"), self.device)
-        self.class_names = list(checkpoint["class_names"])
+        self.task = task_from_checkpoint(checkpoint)
+        self.class_names = self.task.output_names
         self.recipe = dict(checkpoint["recipe"])
         self.chunk_frames = chunk_frames_of(checkpoint)
         self.image = str(checkpoint["config"].get("image") or "mel")
@@ -108,7 +114,13 @@ class TorchScorer:
         for start in range(0, len(images), max(step, 1)):
             part = np.ascontiguousarray(images[start : start + step], dtype=np.float32)
             x = self._torch.from_numpy(part[:, None]).to(self.device)
-            p, e = embed_batch(self.model, standardize(x, self.normalization), self.device, self.chunk_frames)
+            p, e = embed_batch(
+                self.model,
+                standardize(x, self.normalization),
+                self.device,
+                self.chunk_frames,
+                probabilities=self.task.probabilities,
+            )
             probabilities.append(p.cpu().numpy())
             embeddings.append(e.cpu().numpy())
         return joined(probabilities, embeddings, len(self.class_names))
@@ -140,8 +152,9 @@ def is_chunked(scorer: Scorer) -> bool:
 
 
 def read_onnx_metadata(session, path: str | os.PathLike) -> dict:
-    """Class names, recipe, image, chunk length and model description stored by ``train export``, from an
-    onnxruntime session (files exported before chunk models: image ``mel``, one chunk per image).
+    """Output names, task, recipe, image, chunk length and model description stored by ``train export``,
+    from an onnxruntime session (files exported before tasks: single-label; before chunk models:
+    image ``mel``, one chunk per image).
 
     Raises
     ------
@@ -164,14 +177,8 @@ def read_onnx_metadata(session, path: str | os.PathLike) -> dict:
         "crop_frames": int(crop_frames or recipe.get("n_frames", 128)),
         "model": json.loads(props.get(ONNX_METADATA_PREFIX + "model", "{}")),
         "normalization": props.get(ONNX_METADATA_PREFIX + "normalization", "none"),
+        "task": json.loads(props.get(ONNX_METADATA_PREFIX + "task", '{"name": "single"}')),
     }
-
-
-def softmax(logits: np.ndarray) -> np.ndarray:
-    """Row-wise softmax of (N, K) logits, float32."""
-    z = logits.astype(np.float64) - logits.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return (e / e.sum(axis=1, keepdims=True)).astype(np.float32)
 
 
 class OnnxScorer:
@@ -194,7 +201,8 @@ class OnnxScorer:
                 f"export it again with `python -m train export`"
             ) from None
         meta = read_onnx_metadata(self.session, path)
-        self.class_names, self.recipe = meta["class_names"], meta["recipe"]
+        self.task = task_from_dict(meta["task"], meta["class_names"])
+        self.class_names, self.recipe = self.task.output_names, meta["recipe"]
         self.image, self.chunk_frames = meta["image"], meta["crop_frames"]
         self.description = f"{path} ({meta['model'].get('name', '?')} model on onnxruntime)"
         outputs = {o.name for o in self.session.get_outputs()}
@@ -207,6 +215,6 @@ class OnnxScorer:
         for start in range(0, len(images), step):
             mel = np.ascontiguousarray(images[start : start + step], dtype=np.float32)[:, None]
             first, embedding = self.session.run(self._outputs, {ONNX_INPUT: mel})
-            probabilities.append(softmax(first) if self._outputs[0] == "logits" else first)
+            probabilities.append(self.task.probabilities_np(first) if self._outputs[0] == "logits" else first)
             embeddings.append(embedding.astype(np.float32, copy=False))
         return joined(probabilities, embeddings, len(self.class_names))

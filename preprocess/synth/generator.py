@@ -15,7 +15,9 @@ writes, under ``--out``::
     synth_truth.json            what every track really is (genre, split, subset, kind of file, format)
 
 Each top-level genre has its own mix of tempo, timbre, pitch range, noise and drums, with
-variation inside the genre, so a CNN can learn them from log-mel images. Genres are imbalanced
+variation inside the genre, so a CNN can learn them from log-mel images; each sub-genre changes
+its parent's tempo, rhythm, register or timbre, so sub-genres differ too, and a track mixes one
+voice per genre it carries (``tracks.csv``'s ``genres``). Genres are imbalanced
 like FMA's (Rock and Electronic large, Easy Listening and Blues small). Subsets are nested
 (small ⊂ medium ⊂ large), splits are training/validation/test (about 80/10/10, artist-filtered),
 and some tracks have no ``genre_top``.
@@ -45,10 +47,19 @@ from pathlib import Path
 import numpy as np
 
 from preprocess.errors import SynthError
-from preprocess.fma import CLASS_NAMES, EMPTY_IDS, KNOWN_BAD, SHORT_IDS, UNREADABLE_IDS, audio_relpath
-from preprocess.synth_meta import (
+from preprocess.fma import (
+    CLASS_NAMES,
+    EMPTY_IDS,
+    KNOWN_BAD,
+    SHORT_IDS,
+    TOP_GENRES,
+    UNREADABLE_IDS,
+    audio_relpath,
+)
+from preprocess.synth.meta import (
     TOP_ID,
     genre_ancestors,
+    genre_root,
     genres_frame,
     genres_under,
     track_row,
@@ -288,18 +299,19 @@ def _fill_spec(spec: dict, rng: np.random.Generator, forced: tuple | None) -> No
     if genre_top is not None:
         under = genres_under(TOP_ID[genre_top])
         genres = sorted({int(g) for g in rng.choice(under, int(rng.integers(1, 3)))})
-        styles = [genre_top]
     elif rng.random() < 0.15:  # FMA has tracks with no genre at all
-        genres, styles = [], [str(rng.choice(names))]
+        genres = []
+        no_genre_style = TOP_ID[str(rng.choice(names))]
     else:  # genres from two top genres: no genre_top, audio a mix of both
         a, b = rng.choice(names, 2, replace=False)
         genres = sorted(
             {int(rng.choice(genres_under(TOP_ID[str(a)]))), int(rng.choice(genres_under(TOP_ID[str(b)])))}
         )
-        styles = [str(a), str(b)]
     spec["genres"] = genres
     spec["genres_all"] = sorted({a for g in genres for a in genre_ancestors(g)})
-    spec["styles"] = styles
+    # The audio mixes one voice per genre of the track, each in its genre's own style (a sub-genre
+    # sounds unlike its parent and its siblings: preprocess.synth.audio.SUB_STYLES).
+    spec["styles"] = list(genres) if genres else [no_genre_style]
     if spec["split"] is None:
         spec["split"] = str(rng.choice(["training", "validation", "test"], p=[0.8, 0.1, 0.1]))
     u = rng.random()
@@ -410,14 +422,14 @@ def make_track(fma_dir: str, spec: dict, seed: int) -> dict:
     The bytes depend only on ``(seed, spec)``. The file is written under a temporary name and
     renamed, so a killed generator never leaves a partial file under a final name.
     """
-    from preprocess.synth_audio import (
-        STYLES,
+    from preprocess.synth.audio import (
         Master,
-        apply_master,
         cover_png,
         encode_mp3,
+        genre_style,
         id3_tag,
         id3v1_tag,
+        master_and_encode,
         stream_info,
         synthesize,
     )
@@ -428,6 +440,7 @@ def make_track(fma_dir: str, spec: dict, seed: int) -> dict:
     path = Path(fma_dir) / rel
     kind = spec["kind"]
     duration_s: float | None = None
+    drive_db = spec["master"].get("drive_db")  # a loud master may end up driven less (master_and_encode)
     version = mode = None
     bitrate = spec["bitrate_kbps"]
     data: bytes | None
@@ -440,19 +453,22 @@ def make_track(fma_dir: str, spec: dict, seed: int) -> dict:
         data = rng.integers(0, 255, int(rng.integers(20_000, 400_000)), dtype=np.uint8).tobytes()
     else:
         sr, ch = spec["sample_rate"], spec["channels"]
+        master = Master(**spec["master"])
         if kind == "silence":
             samples = np.zeros((int(spec["seconds"] * sr), ch), dtype=np.float32)
+            mp3 = encode_mp3(samples, sr, bitrate, spec["vbr"], xing=spec["xing"])
         else:
             samples = synthesize(
-                [STYLES[g] for g in spec["styles"]],
+                [genre_style(g) for g in spec["styles"]],
                 rng,
                 sr,
                 spec["seconds"],
                 ch,
                 true_stereo=spec["true_stereo"],
             )
-            samples = apply_master(samples, sr, Master(**spec["master"]))
-        mp3 = encode_mp3(samples, sr, bitrate, spec["vbr"], xing=spec["xing"])
+            mp3, master = master_and_encode(samples, sr, master, bitrate, spec["vbr"], xing=spec["xing"])
+            if master.level == "loud":
+                drive_db = master.drive_db
         version, mode = stream_info(mp3)
         duration_s = round(samples.shape[0] / sr, 4)
         if spec["vbr"]:
@@ -462,7 +478,7 @@ def make_track(fma_dir: str, spec: dict, seed: int) -> dict:
             spec["title"],
             spec["artist"],
             spec["album"] if isinstance(spec["album"], str) else "",
-            spec["genre_top"] or (spec["styles"][0] if spec["styles"] else None),
+            spec["genre_top"] or TOP_GENRES[genre_root(spec["styles"][0])],
             max(spec["number"], 1),
             spec["year"],
             cover,
@@ -498,7 +514,7 @@ def make_track(fma_dir: str, spec: dict, seed: int) -> dict:
         "mpeg_version": version,
         "channel_mode": mode,
         "master": spec["master"]["level"],
-        "drive_db": spec["master"].get("drive_db"),
+        "drive_db": drive_db,
         "peak_dbfs": spec["master"].get("peak_dbfs"),
         "dc_offset": spec["master"].get("dc_offset", 0.0),
         "lead_in_s": spec["master"].get("lead_in_s", 0.0),

@@ -8,6 +8,12 @@ Each of the 16 top-level genres has a :class:`Style`: ranges for tempo, melody p
 brightness (harmonic roll-off), note length, drum levels (kick, snare, hi-hat), noise
 level and colour, bass, band limit and crackle. A track draws its own values inside its
 genre's ranges, so tracks of one genre vary, and neighbouring genres overlap a little.
+
+Each sub-genre (``preprocess.synth.meta.SUB_GENRES``) changes its parent's style in a few of
+those ranges (:data:`SUB_STYLES`): its own tempo, rhythm (notes per beat, drums), register or
+timbre (brightness, noise, band limit, vibrato), so that sub-genres of one top genre differ
+audibly from each other and from the plain top genre (:func:`genre_style`; a sub-sub-genre
+applies its parent's changes, then its own).
 """
 
 from __future__ import annotations
@@ -15,7 +21,7 @@ from __future__ import annotations
 import io
 import struct
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import lameenc
 import numpy as np
@@ -23,6 +29,7 @@ import soxr
 from scipy.signal import lfilter
 
 from preprocess.fma import TOP_GENRES
+from preprocess.synth.meta import SUB_GENRES, genre_ancestors
 
 
 @dataclass(frozen=True)
@@ -302,6 +309,219 @@ STYLES: dict[str, Style] = {
 if set(STYLES) != set(TOP_GENRES.values()):  # pragma: no cover - a programming error, caught on import
     raise RuntimeError("STYLES must have exactly one entry per top-level genre")
 
+_QUIET = {"kick": (0.0, 0.0), "snare": (0.0, 0.0), "hat": (0.0, 0.0)}  # no drums
+# What each sub-genre changes in its parent's style (Style fields), by genre id.
+SUB_STYLES: dict[int, dict] = {
+    # Rock
+    25: {
+        "tempo": (165, 195),
+        "brightness": (0.9, 0.95),
+        "legato": (0.3, 0.5),
+        "noise": (0.15, 0.25),
+        "noise_colour": (0.1, 0.3),
+        "hat": (0.5, 0.7),
+    },  # Punk
+    26: {
+        "tempo": (65, 85),
+        "notes_per_beat": (4,),
+        "pitch": (60, 84),
+        "legato": (0.9, 1.0),
+        "chord": 3,
+        "kick": (0.2, 0.4),
+        "snare": (0.1, 0.3),
+        "noise": (0.02, 0.05),
+    },  # Post-Rock
+    27: {"lowpass": (0.8, 0.9), "crackle": (5, 15), "noise": (0.1, 0.2), "noise_colour": (0.0, 0.2)},  # Lo-Fi
+    45: {"pitch": (35, 55), "brightness": (0.9, 0.95), "kick": (0.9, 1.2), "noise": (0.2, 0.3)},  # Loud-Rock
+    31: {"tempo": (180, 220), "notes_per_beat": (4,), "pitch": (28, 45)},  # Metal (under Loud-Rock)
+    167: {"noise": (0.35, 0.5), "noise_colour": (0.0, 0.1), "hat": (0.8, 1.0)},  # Black-Metal (under Metal)
+    66: {"pitch": (62, 80), "brightness": (0.6, 0.75), "chord": 1, "vibrato": (0.1, 0.2)},  # Indie-Rock
+    # Electronic
+    181: {
+        "tempo": (128, 138),
+        "pitch": (45, 58),
+        "legato": (0.1, 0.2),
+        "kick": (1.3, 1.5),
+        "hat": (0.9, 1.1),
+        "noise": (0.08, 0.15),
+        "noise_colour": (0.0, 0.1),
+    },  # Techno
+    182: {
+        "tempo": (118, 126),
+        "notes_per_beat": (2,),
+        "pitch": (60, 76),
+        "brightness": (0.4, 0.55),
+        "legato": (0.6, 0.8),
+        "chord": 3,
+        "snare": (0.5, 0.7),
+    },  # House
+    236: {
+        "tempo": (90, 170),
+        "notes_per_beat": (3, 5),
+        "pitch": (76, 96),
+        "brightness": (0.8, 0.95),
+        "kick": (0.2, 0.8),
+        "crackle": (5, 20),
+    },  # IDM
+    42: {
+        "tempo": (50, 70),
+        "notes_per_beat": (1,),
+        "brightness": (0.3, 0.5),
+        "legato": (0.95, 1.0),
+        "chord": 3,
+        "noise": (0.05, 0.1),
+        "noise_colour": (0.8, 0.95),
+        **_QUIET,
+    },  # Ambient Electronic
+    468: {"tempo": (68, 75), "pitch": (30, 45), "bass": (1.2, 1.5), "vibrato": (1.0, 2.0)},  # Dubstep
+    # Hip-Hop
+    539: {"tempo": (200, 260), "notes_per_beat": (1,), "speech": True},  # Rap
+    580: {
+        "tempo": (70, 85),
+        "legato": (0.7, 0.9),
+        "chord": 3,
+        "lowpass": (0.6, 0.75),
+        "crackle": (5, 15),
+    },  # Abstract Hip-Hop
+    # Pop
+    76: {"notes_per_beat": (3,), "brightness": (0.8, 0.95), "noise": (0.05, 0.12)},  # Experimental Pop
+    362: {
+        "notes_per_beat": (4,),
+        "harmonics": 10,
+        "brightness": (0.85, 0.95),
+        "legato": (0.2, 0.35),
+        "vibrato": (0.0, 0.0),
+    },  # Synth-Pop
+    # Experimental
+    1: {
+        "tempo": (30, 60),
+        "notes_per_beat": (5,),
+        "pitch": (70, 96),
+        "kick": (0.0, 0.0),
+        "snare": (0.0, 0.0),
+    },  # Avant-Garde
+    32: {"noise": (0.6, 0.9), "noise_colour": (0.0, 0.2), "crackle": (20, 60)},  # Noise
+    250: {
+        "tempo": (20, 30),
+        "notes_per_beat": (1,),
+        "pitch": (30, 45),
+        "legato": (1.0, 1.0),
+        "chord": 3,
+        "noise": (0.0, 0.05),
+        **_QUIET,
+    },  # Drone
+    # Folk
+    103: {
+        "notes_per_beat": (3,),
+        "pitch": (70, 90),
+        "noise": (0.05, 0.1),
+        "crackle": (3, 10),
+        "vibrato": (0.3, 0.6),
+    },  # Freak-Folk
+    49: {
+        "pitch": (50, 62),
+        "brightness": (0.3, 0.45),
+        "legato": (0.8, 1.0),
+        "chord": 1,
+        "vibrato": (0.4, 0.7),
+    },  # Singer-Songwriter
+    # Jazz
+    37: {"pitch": (57, 72), "legato": (0.7, 0.9), "chord": 1, "vibrato": (0.5, 0.8)},  # Jazz: Vocal
+    97: {"tempo": (150, 220), "notes_per_beat": (5,), "pitch": (40, 90), "noise": (0.05, 0.1)},  # Jazz: Out
+    # Classical
+    187: {
+        "tempo": (90, 120),
+        "notes_per_beat": (3,),
+        "pitch": (36, 55),
+        "brightness": (0.4, 0.55),
+        "legato": (0.4, 0.6),
+    },  # Composed Music
+    322: {
+        "pitch": (72, 96),
+        "harmonics": 4,
+        "legato": (0.6, 0.8),
+        "chord": 1,
+        "vibrato": (0.3, 0.5),
+    },  # Chamber Music
+    # International
+    77: {"tempo": (100, 120), "notes_per_beat": (2,), "chord": 3, "vibrato": (0.1, 0.2)},  # French
+    79: {
+        "tempo": (70, 80),
+        "notes_per_beat": (2,),
+        "bass": (1.0, 1.3),
+        "kick": (0.8, 1.0),
+        "snare": (0.6, 0.9),
+        "lowpass": (0.5, 0.6),
+    },  # Reggae - Dub
+    92: {"pitch": (60, 80), "kick": (0.6, 0.8), "hat": (0.7, 0.9)},  # African
+    # Country
+    63: {
+        "tempo": (140, 180),
+        "notes_per_beat": (4,),
+        "pitch": (64, 84),
+        "brightness": (0.85, 0.95),
+        "kick": (0.0, 0.0),
+        "snare": (0.0, 0.0),
+        "bass": (0.5, 0.7),
+    },  # Bluegrass
+    651: {
+        "tempo": (160, 190),
+        "pitch": (40, 55),
+        "snare": (0.8, 1.0),
+        "bass": (0.7, 0.9),
+        "lowpass": (0.5, 0.65),
+        "crackle": (10, 25),
+    },  # Rockabilly
+    # Easy Listening
+    107: {
+        "notes_per_beat": (3,),
+        "pitch": (48, 60),
+        "brightness": (0.6, 0.75),
+        "harmonics": 6,
+        "legato": (0.3, 0.5),
+        "hat": (0.5, 0.7),
+        "vibrato": (0.2, 0.4),
+    },  # Lounge
+    # Soul-RnB
+    11: {
+        "tempo": (115, 125),
+        "notes_per_beat": (4,),
+        "kick": (1.0, 1.2),
+        "hat": (0.7, 0.9),
+        "bass": (0.9, 1.1),
+    },  # Disco
+    # Spoken
+    7: {"tempo": (280, 340), "pitch": (55, 70), "noise": (0.1, 0.2)},  # Comedy
+    138: {"noise": (0.1, 0.3), "noise_colour": (0.0, 0.9), "crackle": (10, 30)},  # Audio Collage
+    # Instrumental
+    18: {
+        "tempo": (50, 70),
+        "pitch": (36, 55),
+        "brightness": (0.75, 0.9),
+        "harmonics": 8,
+        "legato": (0.9, 1.0),
+        "chord": 3,
+        "kick": (0.7, 1.0),
+        "noise": (0.02, 0.06),
+        "noise_colour": (0.9, 0.95),
+    },  # Soundtrack
+}
+if set(SUB_STYLES) != {g for g, _, _ in SUB_GENRES}:  # pragma: no cover - a programming error
+    raise RuntimeError("SUB_STYLES must have exactly one entry per sub-genre of preprocess.synth.meta")
+
+
+def genre_style(genre_id: int) -> Style:
+    """The style of a genre: its top-level genre's, changed by every sub-genre on the way down.
+
+    Raises KeyError for an id that is not in the generator's genre tree.
+    """
+    path = genre_ancestors(genre_id)[::-1]  # top-level genre first
+    style = STYLES[TOP_GENRES[path[0]]]
+    for sub in path[1:]:
+        style = replace(style, **SUB_STYLES[sub])
+    return style
+
+
 # Synthesis runs at this rate (or the target rate if lower) and is resampled to the target.
 SYNTH_RATE = 22050
 
@@ -470,6 +690,48 @@ def apply_master(samples: np.ndarray, sample_rate: int, master: Master) -> np.nd
     if lead > 0:
         x = np.concatenate([np.zeros((lead, x.shape[1]), np.float32), x[: x.shape[0] - lead]])
     return np.ascontiguousarray(x, dtype=np.float32)
+
+
+# Real "loudness war" masters decode to peaks of up to ~1.4 (inter-sample overshoot of a clipped
+# master through MP3's band limit); a generated loud master is driven less where it would pass this.
+MAX_LOUD_PEAK = 1.4
+MIN_LOUD_DRIVE_DB = 6.0
+
+
+def decoded_peak(mp3: bytes) -> float:
+    """The largest absolute sample of an MP3 stream decoded to float (libsndfile + mpg123, unclamped)."""
+    import soundfile
+
+    samples, _ = soundfile.read(io.BytesIO(mp3), dtype="float32")
+    return float(np.abs(samples).max()) if samples.size else 0.0
+
+
+def master_and_encode(
+    samples: np.ndarray, sample_rate: int, master: Master, bitrate_kbps: int, vbr: bool, xing: bool = True
+) -> tuple[bytes, Master]:
+    """:func:`apply_master` then :func:`encode_mp3`; a loud master whose decoded peak would pass
+    :data:`MAX_LOUD_PEAK` is driven 2 dB less, again until it does not (or the drive is 6 dB).
+
+    Parameters
+    ----------
+    samples : np.ndarray, shape (n, channels), float32, as :func:`synthesize` gives them
+
+    Returns
+    -------
+    (bytes, Master)
+        The MP3 stream and the master it was made with (``drive_db`` as finally used).
+    """
+    while True:
+        mp3 = encode_mp3(
+            apply_master(samples, sample_rate, master), sample_rate, bitrate_kbps, vbr, xing=xing
+        )
+        if (
+            master.level != "loud"
+            or master.drive_db <= MIN_LOUD_DRIVE_DB
+            or decoded_peak(mp3) <= MAX_LOUD_PEAK
+        ):
+            return mp3, master
+        master = replace(master, drive_db=max(MIN_LOUD_DRIVE_DB, master.drive_db - 2.0))
 
 
 def _voice(style: Style, rng: np.random.Generator, sr: int, n: int) -> np.ndarray:
