@@ -56,7 +56,7 @@ help: ## this list
 	@echo "  JOBS=$(JOBS)  worker processes for features and for unpacking downloads"
 	@echo "  SHARDS=$(SHARDS)  where the HDF5 shard set is written / read"
 	@echo "  MODEL=$(MODEL)  EPOCHS=$(EPOCHS)  DEVICE=$(DEVICE) (auto | cuda | cpu)"
-	@echo "  CONFIG=$(CONFIG)  a recipe in train/configs/ (strong | reference | ...); its model and epochs hold unless MODEL / EPOCHS are given"
+	@echo "  CONFIG=$(CONFIG)  a recipe in train/configs/ (chunks: the one to use, needs RECIPES=reference,fine; reference | strong | ...); its model and epochs hold unless MODEL / EPOCHS are given"
 	@echo "  TASK=$(TASK)  train, test, demo: multilabel = every genre of the taxonomy (shards made with TARGET=genres_all; the recipe CONFIG=multilabel unless CONFIG is given; default: single)"
 	@echo "  NPROC=$(NPROC)  training processes per node (one per GPU; >1 runs torchrun)"
 	@echo "  NODES=$(NODES)  GPUS=$(GPUS)  train-slurm: nodes, and GPUs requested per node (0: CPU with gloo)"
@@ -121,7 +121,7 @@ given = $(filter command line,$(origin $(1)))
 TRAIN_FLAGS = $(if $(CONFIG),--config "$(1)train/configs/$(CONFIG).yaml" $(if $(call given,MODEL),--model $(MODEL)) \
   $(if $(call given,EPOCHS),--epochs $(EPOCHS)),--model $(MODEL) --epochs $(EPOCHS)) $(if $(TASK),--task $(TASK))
 
-train: $(STAMP) ## train MODEL (or the recipe CONFIG=strong|reference; TASK=multilabel) on SHARDS into RUN (NPROC=N: N processes/GPUs via torchrun)
+train: $(STAMP) ## train MODEL (or a recipe: CONFIG=chunks, the one to use, or reference|strong; TASK=multilabel) on SHARDS into RUN (NPROC=N: N processes/GPUs via torchrun)
 	$(TRAIN_LAUNCH) train fit --shards "$(SHARDS)" --run "$(RUN)" $(call TRAIN_FLAGS) --device $(DEVICE)
 
 train-slurm: $(STAMP) ## submit training to SLURM: NODES x NPROC processes (cluster/train.sbatch; SLURM_ARGS=...)
