@@ -197,7 +197,7 @@ def write_shard_file(task: dict, results: list, seconds: float) -> dict:
         stale.unlink(missing_ok=True)
     extras = {}
     if fine is not None:
-        extras["mel_fine"] = (fine_images[: len(kept)], {"recipe": task["fine_recipe"]})
+        extras["mel_fine"] = (fine_images, {"recipe": task["fine_recipe"]})
     if task.get("genre_table") is not None:
         extras["genres"] = genres_extra(task["genre_table"], [spec.genres[i] for i in kept])
     checksum = write_shard(

@@ -204,7 +204,7 @@ class ShardDataset(torch.utils.data.Dataset):
         self._ram: np.ndarray | None = None
         self._open_pid: int | None = None
         self._readers: dict[int, object] = {}
-        self._windows: dict = {}  # shard (or "ram") -> its sliding-window view for crops
+        self._crop_views: dict = {}  # shard (or "ram") -> its strided view for crops (_crop_view)
 
     @property
     def num_classes(self) -> int:
@@ -217,14 +217,14 @@ class ShardDataset(torch.utils.data.Dataset):
 
     def __getstate__(self) -> dict:
         state = dict(self.__dict__)
-        state["_readers"], state["_windows"] = {}, {}
+        state["_readers"], state["_crop_views"] = {}, {}
         state["_open_pid"] = None
         return state
 
     def _reader(self, shard: int):
         """The open memmap (or h5py dataset) of shard ``shard`` in this process."""
         if self._open_pid != os.getpid():
-            self._readers, self._windows = {}, {}  # inherited over fork: never reuse
+            self._readers, self._crop_views = {}, {}  # inherited over fork: never reuse
             self._open_pid = os.getpid()
         reader = self._readers.get(shard)
         if reader is None:
@@ -250,7 +250,7 @@ class ShardDataset(torch.utils.data.Dataset):
         for reader in self._readers.values():
             if isinstance(reader, h5py.Dataset):
                 reader.file.close()
-        self._readers, self._windows = {}, {}
+        self._readers, self._crop_views = {}, {}
 
     # -- access ---------------------------------------------------------------
 
@@ -314,7 +314,7 @@ class ShardDataset(torch.utils.data.Dataset):
         """A read-only view of C-contiguous images ``reader`` (N, H, W), shape (N*H*W - span + 1, H,
         crop): item ``o`` is the (H, crop) block whose first element is element ``o`` of the flat
         array, so the crop of image i from frame s is item ``i*H*W + s`` (cached per ``key``)."""
-        view = self._windows.get(key)
+        view = self._crop_views.get(key)
         if view is None:
             flat = np.ascontiguousarray(reader).reshape(-1)
             step = flat.strides[0]
@@ -325,7 +325,7 @@ class ShardDataset(torch.utils.data.Dataset):
                 strides=(step, self.width * step, step),
                 writeable=False,
             )
-            self._windows[key] = view
+            self._crop_views[key] = view
         return view
 
     def gather(self, indices, starts=None) -> tuple[torch.Tensor, torch.Tensor]:
