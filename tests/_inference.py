@@ -23,17 +23,19 @@ def make_checkpoint(
     recipe: dict | None = None,
     config: dict | None = None,
     task: dict | None = None,
+    options: dict | None = None,
 ) -> dict:
     """A checkpoint of a random model (non-trivial BatchNorm statistics, confident logits).
 
     ``recipe``: the recipe of the image it reads (default the reference recipe); ``config``: the
     training config it records (e.g. ``{"image": "mel_fine", "crop_frames": 128}`` for a chunk model);
-    ``task``: a ``train.tasks`` task dict (a multi-label head has ``len(task["columns"])`` outputs).
+    ``task``: a ``train.tasks`` task dict (a multi-label head has ``len(task["columns"])`` outputs);
+    ``options``: the model's options (e.g. ``{"members": 2}``).
     """
     if task is not None and task["name"] == "multilabel":
         num_classes = len(task["columns"])
     torch.manual_seed(seed)
-    model = build_model(ModelConfig(name, num_classes))
+    model = build_model(ModelConfig(name, num_classes, dict(options or {})))
     norms = [m for m in model.modules() if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d))]
     with torch.no_grad():
         for m in norms:
@@ -51,11 +53,11 @@ def make_checkpoint(
         for m in norms:
             m.momentum = 0.1
         # Larger logits than at initialisation, so different inputs get clearly different scores.
-        last = [m for m in model.modules() if isinstance(m, nn.Linear)][-1]
-        last.weight.mul_(5.0)
+        for last in [m for m in model.modules() if isinstance(m, nn.Linear) and m.out_features == num_classes]:
+            last.weight.mul_(5.0)
     rng = np.random.default_rng(seed)
     state = {
-        "model": ModelConfig(name, num_classes).to_dict(),
+        "model": ModelConfig(name, num_classes, dict(options or {})).to_dict(),
         "state_dict": {k: v.detach().clone() for k, v in model.state_dict().items()},
         "epoch": 3,
         "best_metric": 0.5,

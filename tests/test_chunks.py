@@ -157,10 +157,33 @@ def test_validate_every_skips_validation_but_not_the_last_epoch(fine_set, tmp_pa
     assert load_checkpoint(run / "best.pt")["epoch"] in (2, 3)
 
 
+def test_an_ensemble_trains_and_tests_as_one_model(fine_set, tmp_path):
+    """--members 2: one checkpoint holding both members, and test scores with their mean."""
+    from train.inference import load_model
+
+    folder, _ = fine_set
+    run = tmp_path / "run"
+    assert _fit_chunks(folder, run, "--members", "2", "--epochs", "2", "--max-steps-per-epoch", "3") == 0
+    best = load_checkpoint(run / "best.pt")
+    assert best["model"]["options"]["members"] == 2 and best["config"]["members"] == 2
+    assert {k.split(".")[1] for k in best["state_dict"] if k.startswith("members.")} == {"0", "1"}
+    assert main(["test", "--shards", str(folder), "--run", str(run), "--device", "cpu"]) == 0
+    report = json.loads((run / "test_report.json").read_text())
+    data = ShardDataset(folder, "test", image="mel_fine")
+    x, y = data.gather(np.arange(len(data)))
+    norm = best["normalization"]
+    x = (x - norm["mean"].view(1, 1, 128, 1)) / norm["std"].view(1, 1, 128, 1)
+    model = load_model(best, torch.device("cpu"))
+    predicted = score_batch(model, x, torch.device("cpu"), chunk_frames=128).argmax(1).numpy()
+    assert np.asarray(report["confusion_matrix"]).sum(axis=0).tolist() == np.bincount(predicted, minlength=4).tolist()
+
+
 @pytest.mark.slow
 def test_resumed_crop_training_equals_an_uninterrupted_run(fine_set, tmp_path):
+    """With an ensemble of 2, mixup's soft targets, a time mask and EMA: every piece of state resumes."""
     folder, _ = fine_set
     common = ("--max-steps-per-epoch", "3", "--mixup-alpha", "0.2", "--time-masks", "1", "--ema-decay", "0.9")
+    common += ("--members", "2")
     assert _fit_chunks(folder, tmp_path / "straight", "--epochs", "2", *common) == 0
     assert _fit_chunks(folder, tmp_path / "resumed", "--epochs", "1", *common) == 0
     assert main(["fit", "--run", str(tmp_path / "resumed"), "--resume", "--epochs", "2"]) == 0

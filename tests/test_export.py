@@ -28,14 +28,19 @@ def torch_outputs(checkpoint: dict, mel: np.ndarray) -> tuple[np.ndarray, np.nda
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    "name, recipe, config",
-    [("seed", "reference", {}), ("resnet", "reference", {}), ("shortchunk", "fine", CHUNKS)],
+    "name, recipe, config, options",
+    [
+        ("seed", "reference", {}, {}),
+        ("resnet", "reference", {}, {}),
+        ("shortchunk", "fine", CHUNKS, {}),
+        ("shortchunk", "fine", CHUNKS, {"members": 2, "width": 8, "freq_pools": 4}),
+    ],
 )
-def test_onnx_outputs_match_pytorch(name, recipe, config, tmp_path, capsys):
+def test_onnx_outputs_match_pytorch(name, recipe, config, options, tmp_path, capsys):
     run = tmp_path / "run"
     run.mkdir()
     recipe = RECIPES[recipe]
-    checkpoint = make_checkpoint(run / "best.pt", name, recipe=recipe.to_dict(), config=config)
+    checkpoint = make_checkpoint(run / "best.pt", name, recipe=recipe.to_dict(), config=config, options=options)
     out = tmp_path / "model.onnx"
     assert main(["export", "--run", str(run), "--onnx", str(out)]) == 0
     printed = capsys.readouterr().out

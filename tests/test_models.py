@@ -1,10 +1,12 @@
-"""Model shapes and parameter counts."""
+"""Model shapes and parameter counts; ensembles of them."""
+
+import copy
 
 import pytest
 import torch
 from torch import nn
 
-from train.models import MODELS, ModelConfig, SeedCNN, build_model, count_parameters
+from train.models import MODELS, Ensemble, ModelConfig, SeedCNN, build_model, count_parameters, per_member
 
 
 def test_seed_model_has_the_reference_layers_and_parameter_count():
@@ -92,3 +94,68 @@ def test_shortchunk_takes_any_width_and_keeps_freq_pools_positions(freq_pools, b
 def test_shortchunk_options_are_checked():
     with pytest.raises(ValueError, match="freq_pools"):
         build_model(ModelConfig("shortchunk", 5, {"freq_pools": 8}))
+
+
+def test_an_ensemble_scores_with_the_mean_of_its_members_logits():
+    torch.manual_seed(0)
+    model = build_model(ModelConfig("seed", 5, {"members": 2}))
+    assert isinstance(model, Ensemble) and len(model.members) == 2 and model.embedding_dim == 2 * 192
+    first, second = (dict(m.named_parameters()) for m in model.members)
+    assert not torch.equal(first["features.0.weight"], second["features.0.weight"])  # own initial weights
+    assert count_parameters(model) == 2 * count_parameters(SeedCNN(5))
+    x = torch.randn(4, 1, 128, 128)
+    model.train()
+    torch.testing.assert_close(model(x), torch.cat([m(x) for m in model.members]))  # (M * B, K)
+    model.eval()
+    with torch.no_grad():
+        mean = torch.stack([m(x) for m in model.members]).mean(dim=0)
+        embedding = model.embed(x)
+        assert embedding.shape == (4, 384)
+        torch.testing.assert_close(model(x), mean)
+        torch.testing.assert_close(model.classify(embedding), mean)
+        assert not torch.allclose(model(x), model.members[0](x), atol=1e-3)
+    assert not isinstance(build_model(ModelConfig("seed", 5, {"members": 1})), Ensemble)
+    with pytest.raises(ValueError, match="members must be >= 1"):
+        build_model(ModelConfig("seed", 5, {"members": 0}))
+
+
+@pytest.mark.parametrize("soft", [False, True])
+def test_each_member_of_an_ensemble_steps_as_it_would_alone(soft):
+    """SGD on the ensemble moves member 0 exactly as SGD on a copy of it trained alone on the same
+    batches (the loss stepped on is the members' sum, not their mean: plain SGD would halve it)."""
+    from train.loop import batch_loss
+
+    torch.manual_seed(0)
+    ensemble = build_model(ModelConfig("seed", 3, {"members": 2})).train()
+    alone = copy.deepcopy(ensemble.members[0])
+    start = copy.deepcopy(alone.state_dict())
+    optimizers = [torch.optim.SGD(m.parameters(), lr=0.1, momentum=0.9) for m in (ensemble, alone)]
+    criterion = nn.CrossEntropyLoss(label_smoothing=0.1)
+    generator = torch.Generator().manual_seed(1)
+    for _ in range(3):
+        x = torch.randn(6, 1, 128, 128, generator=generator)
+        y = torch.randint(0, 3, (6,), generator=generator)
+        targets = torch.softmax(torch.randn(6, 3, generator=generator), dim=1) if soft else y
+        for model, optimizer in zip((ensemble, alone), optimizers, strict=True):
+            step_loss, loss, logits = batch_loss(model, criterion, x, targets)
+            assert logits.shape == (6, 3)
+            optimizer.zero_grad()
+            step_loss.backward()
+            optimizer.step()
+    moved = alone.state_dict()
+    assert not torch.equal(moved["classifier.4.weight"], start["classifier.4.weight"])
+    for key, value in ensemble.members[0].state_dict().items():
+        torch.testing.assert_close(value, moved[key], rtol=1e-5, atol=1e-6, msg=key)
+
+
+def test_per_member_repeats_the_targets_once_per_block_of_logits():
+    logits = torch.arange(24.0).view(6, 4)  # 2 members x 3 samples
+    targets, mean = per_member(torch.tensor([0, 1, 2]), logits)
+    assert targets.tolist() == [0, 1, 2, 0, 1, 2]
+    torch.testing.assert_close(mean, (logits[:3] + logits[3:]) / 2)
+    soft, _ = per_member(torch.eye(4)[:3], logits)
+    assert soft.shape == (6, 4) and torch.equal(soft[3:], torch.eye(4)[:3])
+    same, unchanged = per_member(torch.tensor([0, 1, 2, 3, 0, 1]), logits)
+    assert unchanged is logits and same.tolist() == [0, 1, 2, 3, 0, 1]
+    with pytest.raises(ValueError, match="7 rows of logits for a batch of 3"):
+        per_member(torch.tensor([0, 1, 2]), torch.zeros(7, 4))

@@ -95,6 +95,12 @@ class TrainConfig:
         7,
         "shortchunk: how many of its 7 blocks pool frequency (fewer keep where in the spectrum a pattern is)",
     )
+    members: int = _f(
+        1,
+        "train this many copies of the model side by side, each from its own initial weights and "
+        "with its own loss on the same batches, and score with the mean of their logits (an "
+        "ensemble in one model file; each epoch costs this many times one model's)",
+    )
     epochs: int = _f(20, "number of epochs")
     batch_size: int = _f(32, "samples per batch")
     optimizer: str = _f("sgd", "sgd (momentum, the reference recipe) or adamw", OPTIMIZERS)
@@ -170,7 +176,7 @@ class TrainConfig:
             value = getattr(self, f.name)
             if choices and value not in choices:
                 raise ConfigError(f"config {f.name}={value!r}: must be one of {choices}")
-        for name in ("epochs", "batch_size", "crop_frames", "validate_every"):
+        for name in ("epochs", "batch_size", "crop_frames", "validate_every", "members"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"config {name}={getattr(self, name)}: must be >= 1")
         if (self.width or self.dropout >= 0) and self.model == "seed":
@@ -220,6 +226,8 @@ class TrainConfig:
             options["dropout"] = self.dropout
         if self.freq_pools != 7:
             options["freq_pools"] = self.freq_pools
+        if self.members > 1:
+            options["members"] = self.members
         return options
 
     def augment_settings(self):

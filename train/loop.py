@@ -40,7 +40,7 @@ from train.inference import (
     resolve_device,
     resolve_workers,
 )
-from train.models import ModelConfig, build_model, count_parameters
+from train.models import ModelConfig, build_model, count_parameters, per_member
 from train.normalization import band_statistics
 from train.sampling import EpochBatchSampler, IndexBatchSampler, RankBatchSampler, rank_range
 from train.tasks import DATASET_TARGETS, SingleLabel, Task, build_task, task_from_checkpoint
@@ -463,6 +463,22 @@ def validate(run: TrainingRun) -> tuple[np.ndarray, np.ndarray]:
     )
 
 
+def batch_loss(
+    model: nn.Module, criterion, x: torch.Tensor, targets: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One training forward pass: the loss to step on, the loss to report, the logits (B, K).
+
+    For an :class:`train.models.Ensemble` of M members the loss to step on is the sum of the
+    members' losses, so each member's gradient is exactly what it would get training alone (SGD's
+    step does not shrink with M); the loss reported is their mean, comparable with one model's,
+    and the logits are the members' mean.
+    """
+    output = model(x)  # (M * B, K): a block of rows per member
+    member_targets, logits = per_member(targets, output)
+    loss = criterion(output.float(), member_targets)  # the mean over members of each one's loss
+    return loss * (len(output) // len(targets)), loss, logits
+
+
 def train_epoch(
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
@@ -513,10 +529,9 @@ def train_epoch(
             generator = torch.Generator().manual_seed(batch_seed(config.seed, epoch, step, world.rank))
             x, targets = augment_batch(x, targets, num_classes, augment, generator)
         with autocast(device):
-            logits = model(prepare_input(x, device))
-            loss = criterion(logits.float(), targets)
+            step_loss, loss, logits = batch_loss(model, criterion, prepare_input(x, device), targets)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        step_loss.backward()
         optimizer.step()
         if ema is not None:
             ema.update(distributed.unwrap(model))

@@ -4,6 +4,9 @@
 ``resnet``  a deeper residual CNN with global average+max pooling (1,234,032 parameters for 16).
 ``shortchunk`` a 7-block CNN with global pooling for ~3 s chunks of the fine image (any input size).
 
+Any of them can be trained as an :class:`Ensemble` of several copies (``members`` in the model's
+options, ``--members`` of ``train fit``): one model file, scored as one model.
+
 Every model has ``embed(x)``: the penultimate-layer vectors (B, embedding_dim)
 that its last linear layer maps to the logits (``python -m train embed``).
 
@@ -208,12 +211,72 @@ class ShortChunkCNN(nn.Module):
         return self.classify(self.embed(x))
 
 
+class Ensemble(nn.Module):
+    """Several copies of one model, each from its own initial weights, trained side by side and
+    scored as one model.
+
+    In training mode ``forward(x)`` gives every member's logits one after the other, (M * B, K),
+    so that the loss over them with the targets repeated M times (:func:`per_member`) is the mean
+    of the members' own losses: each member learns as it would alone, on the same batches. In eval
+    mode ``forward(x)`` is ``classify(embed(x))``: the mean of the members' logits (B, K), whose
+    softmax is the normalised geometric mean of the members' probabilities. ``embed(x)`` puts the
+    members' embeddings side by side: (B, M * D).
+    """
+
+    def __init__(self, members: list[nn.Module]):
+        super().__init__()
+        if len(members) < 2:
+            raise ValueError(f"an ensemble needs at least 2 members, got {len(members)}")
+        self.members = nn.ModuleList(members)
+        self.member_dim = int(members[0].embedding_dim)
+        self.embedding_dim = self.member_dim * len(members)
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 1, H, W) -> the members' embeddings side by side (B, M * D)."""
+        return torch.cat([member.embed(x) for member in self.members], dim=1)
+
+    def classify(self, embedding: torch.Tensor) -> torch.Tensor:
+        """Embeddings (B, M * D) -> the mean of the members' logits (B, num_classes)."""
+        parts = embedding.split(self.member_dim, dim=1)
+        return torch.stack([m.classify(e) for m, e in zip(self.members, parts, strict=True)]).mean(dim=0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Training: (B, 1, H, W) -> every member's logits (M * B, K); eval: their mean (B, K)."""
+        if self.training:
+            return torch.cat([member(x) for member in self.members], dim=0)
+        return self.classify(self.embed(x))
+
+
+def per_member(targets: torch.Tensor, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Targets for a training forward pass's logits, and the logits to count right answers by.
+
+    Parameters
+    ----------
+    targets : torch.Tensor, shape (B,) class indices, or (B, K) soft or multi-hot targets
+    logits : torch.Tensor, shape (M * B, K): a model's training output (M = 1 but for an
+        :class:`Ensemble`)
+
+    Returns
+    -------
+    targets : torch.Tensor, shape (M * B, ...): ``targets`` repeated once per member
+    mean_logits : torch.Tensor, shape (B, K): the members' mean
+    """
+    members, rest = divmod(len(logits), len(targets))
+    if rest or members < 1:
+        raise ValueError(f"{len(logits)} rows of logits for a batch of {len(targets)}")
+    if members == 1:
+        return targets, logits
+    repeated = targets.repeat((members,) + (1,) * (targets.dim() - 1))
+    return repeated, logits.view(members, len(targets), -1).mean(dim=0)
+
+
 MODELS = {"seed": SeedCNN, "resnet": ResNetCNN, "shortchunk": ShortChunkCNN}
 
 
 @dataclass
 class ModelConfig:
-    """What :func:`build_model` needs: saved in every checkpoint."""
+    """What :func:`build_model` needs: saved in every checkpoint. ``options`` are the model's
+    keyword options, plus ``members`` (>= 2: an :class:`Ensemble` of that many)."""
 
     name: str
     num_classes: int
@@ -229,7 +292,13 @@ def build_model(config: ModelConfig) -> nn.Module:
         raise ValueError(f"unknown model {config.name!r}; choose one of {sorted(MODELS)}")
     if config.num_classes < 2:
         raise ValueError(f"num_classes must be >= 2, got {config.num_classes}")
-    return MODELS[config.name](num_classes=config.num_classes, **config.options)
+    options = dict(config.options)
+    members = int(options.pop("members", 1))
+    if members < 1:
+        raise ValueError(f"members must be >= 1, got {members}")
+    if members == 1:
+        return MODELS[config.name](num_classes=config.num_classes, **options)
+    return Ensemble([MODELS[config.name](num_classes=config.num_classes, **options) for _ in range(members)])
 
 
 def count_parameters(model: nn.Module) -> int:
