@@ -30,6 +30,7 @@ sys.path.insert(0, str(REPO))
 
 from bench.unpack import cpu_model  # noqa: E402
 from train.config import TrainConfig  # noqa: E402
+from train.inference import place_model, prepare_input  # noqa: E402
 from train.loop import build_optimizer  # noqa: E402
 from train.models import ModelConfig, build_model  # noqa: E402
 from train.threads import default_threads  # noqa: E402
@@ -41,10 +42,11 @@ def samples_per_s(threads: int, steps: int, batch: int, warmup: int = 3) -> floa
     """Training steps of the seed CNN with ``threads`` torch threads: samples/s after ``warmup`` steps."""
     torch.set_num_threads(threads)
     torch.manual_seed(0)
-    model = build_model(ModelConfig("seed", 16)).train()
+    cpu = torch.device("cpu")
+    model = place_model(build_model(ModelConfig("seed", 16)), cpu).train()  # as train fit places it
     optimizer = build_optimizer(TrainConfig(), model)
     criterion = torch.nn.CrossEntropyLoss()
-    x = torch.randn(batch, 1, 128, 128)
+    x = prepare_input(torch.randn(batch, 1, 128, 128), cpu)
     y = torch.randint(0, 16, (batch,))
     for i in range(warmup + steps):
         if i == warmup:

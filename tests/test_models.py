@@ -159,3 +159,20 @@ def test_per_member_repeats_the_targets_once_per_block_of_logits():
     assert unchanged is logits and same.tolist() == [0, 1, 2, 3, 0, 1]
     with pytest.raises(ValueError, match="7 rows of logits for a batch of 3"):
         per_member(torch.tensor([0, 1, 2]), torch.zeros(7, 4))
+
+
+def test_models_run_channels_last_on_the_cpu_too():
+    """place_model / prepare_input: channels-last weights and batches on the CPU, the same outputs."""
+    from train.inference import place_model, prepare_input
+
+    torch.manual_seed(0)
+    model = build_model(ModelConfig("shortchunk", 5, {"width": 8})).eval()
+    x = torch.randn(2, 1, 128, 128)
+    with torch.no_grad():
+        before = model(x)
+        placed = place_model(model, torch.device("cpu"))
+        convs = [m.weight for m in placed.modules() if isinstance(m, nn.Conv2d)]
+        assert all(w.is_contiguous(memory_format=torch.channels_last) for w in convs)
+        assert not all(w.is_contiguous() for w in convs)  # the default layout is not what it has
+        assert prepare_input(x, torch.device("cpu")).is_contiguous(memory_format=torch.channels_last)
+        torch.testing.assert_close(placed(prepare_input(x, torch.device("cpu"))), before, rtol=1e-4, atol=1e-5)

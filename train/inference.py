@@ -3,8 +3,9 @@
 Shared by training (:mod:`train.loop`), evaluation (:mod:`train.evaluate`),
 prediction (:mod:`train.predict`) and the benchmarks, so that every path runs a
 model the same way: images standardised with the checkpoint's statistics
-(:mod:`train.normalization`), channels-last memory and bfloat16 autocast on
-CUDA, float32 on CPU.
+(:mod:`train.normalization`), in channels-last memory (on CPU too: ~1.4x faster
+training steps and ~2x faster scoring of the short-chunk CNN than the default
+layout, ``bench/channels_last.py``), with bfloat16 autocast on CUDA and float32 on CPU.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from train.chunks import mean_over_chunks, split_chunks
 from train.config import ConfigError
 from train.dataset import ShardDataset
 from train.ema import inference_state_dict
-from train.models import ModelConfig, build_model
+from train.models import ModelConfig, build_model, output_layers
 from train.normalization import standardize, to_device
 from train.sampling import EpochBatchSampler
 
@@ -56,8 +57,10 @@ def resolve_workers(requested: int, device: torch.device, preload: str) -> int:
 
 
 def prepare_input(x: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """A batch (B, 1, H, W) in the memory format the model runs fastest with (channels-last on CUDA)."""
-    return x.contiguous(memory_format=torch.channels_last) if device.type == "cuda" else x
+    """A batch (B, 1, H, W), 4-D, in channels-last memory like the model (:func:`place_model`), on
+    CUDA and on the CPU alike. With one channel that changes no strides; what makes the models
+    faster is their channels-last weights, which keep every later activation channels-last."""
+    return x.contiguous(memory_format=torch.channels_last)
 
 
 def autocast(device: torch.device):
@@ -66,11 +69,8 @@ def autocast(device: torch.device):
 
 
 def place_model(model: nn.Module, device: torch.device) -> nn.Module:
-    """``model`` on ``device`` (channels-last on CUDA, matching :func:`prepare_input`)."""
-    model = model.to(device)
-    if device.type == "cuda":
-        model = model.to(memory_format=torch.channels_last)
-    return model
+    """``model`` on ``device`` with its convolution weights channels-last, matching :func:`prepare_input`."""
+    return model.to(device).to(memory_format=torch.channels_last)
 
 
 def load_model(checkpoint: dict, device: torch.device) -> nn.Module:
@@ -82,8 +82,7 @@ def load_model(checkpoint: dict, device: torch.device) -> nn.Module:
 
 def model_num_classes(model: nn.Module) -> int:
     """Output classes of a model (its last linear layer's width)."""
-    last = [m for m in model.modules() if isinstance(m, nn.Linear)][-1]
-    return last.out_features
+    return output_layers(model)[0].out_features
 
 
 class BatchSource:
