@@ -38,6 +38,7 @@ from pathlib import Path
 
 from shards.cli import add_logging_arguments, run_command
 from train.config import ConfigError
+from train.memory import keep_freed_memory
 from train.threads import add_threads_argument, apply_threads
 
 
@@ -194,6 +195,7 @@ COMMANDS = {
 def main(argv: list[str] | None = None) -> int:
     """Parse ``argv`` and run the command; the exit status (see the module doc)."""
     args = build_parser().parse_args(argv)
+    keep_freed_memory()  # training and scoring steps reuse their large buffers (train/memory.py)
     return run_command(COMMANDS[args.command], args)
 
 
