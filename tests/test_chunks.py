@@ -157,8 +157,9 @@ def test_validate_every_skips_validation_but_not_the_last_epoch(fine_set, tmp_pa
     assert load_checkpoint(run / "best.pt")["epoch"] in (2, 3)
 
 
-def test_an_ensemble_trains_and_tests_as_one_model(fine_set, tmp_path):
-    """--members 2: one checkpoint holding both members, and test scores with their mean."""
+def test_an_ensemble_trains_and_tests_as_one_model(fine_set, tmp_path, capsys):
+    """--members 2: one checkpoint holding both members, and test scores with their mean; resuming
+    it as another model is refused."""
     from train.inference import load_model
 
     folder, _ = fine_set
@@ -167,6 +168,8 @@ def test_an_ensemble_trains_and_tests_as_one_model(fine_set, tmp_path):
     best = load_checkpoint(run / "best.pt")
     assert best["model"]["options"]["members"] == 2 and best["config"]["members"] == 2
     assert {k.split(".")[1] for k in best["state_dict"] if k.startswith("members.")} == {"0", "1"}
+    assert main(["fit", "--run", str(run), "--resume", "--members", "3", "--epochs", "3"]) == 2
+    assert "resume without changing the model" in capsys.readouterr().err
     assert main(["test", "--shards", str(folder), "--run", str(run), "--device", "cpu"]) == 0
     report = json.loads((run / "test_report.json").read_text())
     data = ShardDataset(folder, "test", image="mel_fine")

@@ -21,6 +21,7 @@ from train.checkpoint import load_checkpoint
 from train.config import ConfigError, config_from_dict, load_yaml
 from train.dataset import ShardDataset
 from train.inference import load_model
+from train.models import ModelConfig, build_model, output_layers
 from train.normalization import standardize
 from train.tasks import MultiLabel, build_task, sigmoid, task_from_checkpoint, task_from_dict
 
@@ -113,6 +114,15 @@ def test_multilabel_task_targets_loss_and_scores(ml_set):
     assert task.implied_top_genre(scores[0]) == CLASSES[int(scores[0, :4].argmax())]
     # --sampling balanced balances top-level genres, the tracks without one as one more group
     assert task.balance_groups(train_set).min() == 0 and (train_set.labels == -1).any()
+    # A new model starts at the genre frequencies: every member of an ensemble does.
+    freq = np.clip(task.frequency_scores(1)[0], 1e-4, 1 - 1e-4)
+    for options in ({}, {"members": 2}):
+        model = build_model(ModelConfig("seed", task.num_outputs, options))
+        task.init_head(model)
+        heads = output_layers(model)
+        assert len(heads) == options.get("members", 1)
+        for head in heads:
+            np.testing.assert_allclose(torch.sigmoid(head.bias).detach().numpy(), freq, rtol=1e-5)
 
 
 def test_task_and_shard_set_must_fit(ml_set, tmp_path, capsys):

@@ -331,6 +331,12 @@ def start_run(
             f"the {world.size} ranks"
         )
     model_config = ModelConfig(config.model, task.num_outputs, config.model_options())
+    if checkpoint is not None and checkpoint["model"] != model_config.to_dict():
+        raise ConfigError(
+            f"{Path(config.run) / LAST} holds model {checkpoint['model']}, the settings give "
+            f"{model_config.to_dict()}: resume without changing the model (--model, --width, "
+            f"--dropout, --freq-pools, --norm, --members), or start a new --run"
+        )
     model = build_model(model_config)
     task.init_head(model)
     model = place_model(model, device)

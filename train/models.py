@@ -247,6 +247,13 @@ class Ensemble(nn.Module):
         return self.classify(self.embed(x))
 
 
+def output_layers(model: nn.Module) -> list[nn.Linear]:
+    """The last linear layer of a model, or of each member of an :class:`Ensemble` (what maps an
+    embedding to the logits)."""
+    members = model.members if isinstance(model, Ensemble) else [model]
+    return [[m for m in member.modules() if isinstance(m, nn.Linear)][-1] for member in members]
+
+
 def per_member(targets: torch.Tensor, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Targets for a training forward pass's logits, and the logits to count right answers by.
 

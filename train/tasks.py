@@ -416,10 +416,12 @@ class MultiLabel(Task):
         short run spends its steps unlearning that instead of learning the genres)."""
         import torch
 
-        last = [m for m in model.modules() if isinstance(m, torch.nn.Linear)][-1]
+        from train.models import output_layers
+
         freq = np.clip(self.frequency_scores(1)[0], 1e-4, 1 - 1e-4)
         with torch.no_grad():
-            last.bias.copy_(torch.as_tensor(np.log(freq / (1 - freq)), dtype=last.bias.dtype))
+            for last in output_layers(model):  # every member's, for an ensemble
+                last.bias.copy_(torch.as_tensor(np.log(freq / (1 - freq)), dtype=last.bias.dtype))
 
     def implied_top_classes(self, scores: np.ndarray) -> np.ndarray:
         """The top-level genre the scores imply: the class of the highest-scoring top-level genre.
