@@ -79,19 +79,24 @@ def measure(name: str, options: dict, train: bool, repeats: int) -> tuple[float,
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     parser.add_argument("--repeats", type=int, default=9, help="interleaved passes of each layout")
     args = parser.parse_args(argv)
     if args.threads < 1 or args.repeats < 1:
         parser.error("--threads and --repeats must be >= 1")
     torch.set_num_threads(args.threads)
-    print(f"{platform.processor() or platform.machine()}, torch {torch.__version__}, {args.threads} thread(s), batch {BATCH} of 128 x 128, median of {args.repeats}")
+    machine = platform.processor() or platform.machine()
+    print(f"{machine}, torch {torch.__version__}, {args.threads} thread(s), ", end="")
+    print(f"batch {BATCH} of 128 x 128, median of {args.repeats}")
     print(f"{'model':<46} {'pass':<6} {'contiguous ms':>13} {'channels-last ms':>16} {'ratio':>6}")
     for name, options in MODELS.items():
         for train in (True, False):
             plain, last = measure(name, options, train, args.repeats)
-            print(f"{name:<46} {'train' if train else 'score':<6} {plain:>13.0f} {last:>16.0f} {plain / last:>5.2f}x")
+            kind = "train" if train else "score"
+            print(f"{name:<46} {kind:<6} {plain:>13.0f} {last:>16.0f} {plain / last:>5.2f}x")
     return 0
 
 

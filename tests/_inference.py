@@ -11,7 +11,7 @@ from preprocess.synth.audio import encode_mp3
 from train.checkpoint import load_checkpoint, save_checkpoint
 from train.chunks import chunk_starts
 from train.inference import load_model
-from train.models import ModelConfig, build_model
+from train.models import ModelConfig, build_model, output_layers
 
 
 def make_checkpoint(
@@ -53,7 +53,7 @@ def make_checkpoint(
         for m in norms:
             m.momentum = 0.1
         # Larger logits than at initialisation, so different inputs get clearly different scores.
-        for last in [m for m in model.modules() if isinstance(m, nn.Linear) and m.out_features == num_classes]:
+        for last in output_layers(model):  # every member's, for an ensemble
             last.weight.mul_(5.0)
     rng = np.random.default_rng(seed)
     state = {

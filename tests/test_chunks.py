@@ -178,7 +178,10 @@ def test_an_ensemble_trains_and_tests_as_one_model(fine_set, tmp_path, capsys):
     x = (x - norm["mean"].view(1, 1, 128, 1)) / norm["std"].view(1, 1, 128, 1)
     model = load_model(best, torch.device("cpu"))
     predicted = score_batch(model, x, torch.device("cpu"), chunk_frames=128).argmax(1).numpy()
-    assert np.asarray(report["confusion_matrix"]).sum(axis=0).tolist() == np.bincount(predicted, minlength=4).tolist()
+    assert (
+        np.asarray(report["confusion_matrix"]).sum(axis=0).tolist()
+        == np.bincount(predicted, minlength=4).tolist()
+    )
 
 
 @pytest.mark.slow

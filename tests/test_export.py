@@ -40,7 +40,9 @@ def test_onnx_outputs_match_pytorch(name, recipe, config, options, tmp_path, cap
     run = tmp_path / "run"
     run.mkdir()
     recipe = RECIPES[recipe]
-    checkpoint = make_checkpoint(run / "best.pt", name, recipe=recipe.to_dict(), config=config, options=options)
+    checkpoint = make_checkpoint(
+        run / "best.pt", name, recipe=recipe.to_dict(), config=config, options=options
+    )
     out = tmp_path / "model.onnx"
     assert main(["export", "--run", str(run), "--onnx", str(out)]) == 0
     printed = capsys.readouterr().out

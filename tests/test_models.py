@@ -175,4 +175,6 @@ def test_models_run_channels_last_on_the_cpu_too():
         assert all(w.is_contiguous(memory_format=torch.channels_last) for w in convs)
         assert not all(w.is_contiguous() for w in convs)  # the default layout is not what it has
         assert prepare_input(x, torch.device("cpu")).is_contiguous(memory_format=torch.channels_last)
-        torch.testing.assert_close(placed(prepare_input(x, torch.device("cpu"))), before, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(
+            placed(prepare_input(x, torch.device("cpu"))), before, rtol=1e-4, atol=1e-5
+        )
