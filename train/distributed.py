@@ -116,9 +116,18 @@ def quiet_other_ranks(world: World) -> None:
         root.setLevel(max(root.getEffectiveLevel(), logging.WARNING))
 
 
-def shutdown() -> None:
-    """Leave the process group (if one was joined)."""
+def shutdown(finished: bool = False) -> None:
+    """Leave the process group (if one was joined).
+
+    ``finished``: every rank got to the end, so they first wait for each other (a barrier) and
+    then tear the group down together. Without it a rank that ends first takes its connections
+    down while another is still tearing its own down, and gloo's threads can abort that process
+    at exit (``terminate called without an active exception``). After an error there is no
+    barrier: the other ranks may be gone, and it would wait for them until the timeout.
+    """
     if dist.is_initialized():
+        if finished:
+            dist.barrier()
         dist.destroy_process_group()
 
 

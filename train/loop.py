@@ -151,7 +151,9 @@ def fit(config: TrainConfig, resume: bool = False) -> dict:
     distributed.quiet_other_ranks(world)
     try:
         with distributed.collective_errors(world, config.dist_timeout):
-            return _fit(start_run(config, resume, world, device))
+            last = _fit(start_run(config, resume, world, device))
+            distributed.shutdown(finished=True)
+            return last
     finally:
         distributed.shutdown()
 
