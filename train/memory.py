@@ -3,8 +3,8 @@
 A training step of the short-chunk CNN on a batch of 32 makes activations of 32 x 16 x 128 x 128
 float32 = 32 MiB each, and their gradients. glibc's malloc serves blocks that large with ``mmap``
 and unmaps them when freed (its threshold rises with what it sees, to 32 MiB at most), so every
-step maps them afresh and the kernel zero-fills every page again: ~28,000 page faults a step, a
-third of the step's CPU time spent in the kernel (``bench/malloc.py``). :func:`keep_freed_memory`
+step maps them afresh and the kernel zero-fills every page again: ~26,000 page faults a step, a
+quarter of its CPU time spent in the kernel (``bench/malloc.py``). :func:`keep_freed_memory`
 tells malloc to serve every block from its heap and not to shrink it, so a buffer freed by one
 step is reused by the next. The process keeps its peak memory until it exits, which is what a
 training or scoring process does anyway.
