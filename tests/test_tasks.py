@@ -165,11 +165,23 @@ def test_a_yaml_config_takes_the_task(tmp_path):
     )
     assert config_from_dict({}).resolved_select_metric() == "macro_f1"
     # the shipped recipes select by "auto", so they train either task
-    for name in ("reference", "strong"):
+    for name in ("reference", "strong", "chunks", "ensemble"):
         recipe = load_yaml(f"train/configs/{name}.yaml")
         assert config_from_dict({**recipe, "task": "multilabel"}).resolved_select_metric() == "macro_map"
     with pytest.raises(ConfigError, match="class weights are for task single"):  # resnet-adamw weighs classes
         config_from_dict({**load_yaml("train/configs/resnet-adamw.yaml"), "task": "multilabel"})
+
+
+def test_every_shipped_recipe_loads_and_ensemble_is_chunks_with_two_members():
+    from pathlib import Path
+
+    names = sorted(p.stem for p in Path("train/configs").glob("*.yaml"))
+    assert {"chunks", "ensemble", "multilabel", "reference", "strong"} <= set(names)
+    for name in names:
+        config_from_dict(load_yaml(f"train/configs/{name}.yaml"))
+    chunks, ensemble = (load_yaml(f"train/configs/{name}.yaml") for name in ("chunks", "ensemble"))
+    assert ensemble.pop("members") == 2 and "members" not in chunks
+    assert ensemble == chunks  # the same recipe, so the cross-validation compares members only
 
 
 # --------------------------------------------------------------------------- fit and test
