@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+from pathlib import Path
 
 import matplotlib.image
 import numpy as np
@@ -173,8 +174,6 @@ def test_a_yaml_config_takes_the_task(tmp_path):
 
 
 def test_every_shipped_recipe_loads_and_ensemble_is_chunks_with_two_members():
-    from pathlib import Path
-
     names = sorted(p.stem for p in Path("train/configs").glob("*.yaml"))
     assert {"chunks", "ensemble", "multilabel", "reference", "strong"} <= set(names)
     for name in names:
