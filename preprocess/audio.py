@@ -285,7 +285,9 @@ def time_limit(seconds: float | None) -> Iterator[None]:
     call is interrupted, a long C computation finishes first, and raised inside a C
     callback it can leave the process in a bad state. So the features stage does not use
     it: its supervisor (``preprocess.supervise``) kills a worker whose track runs past the
-    limit from outside.
+    limit from outside. Code in the body may catch the exception and carry on (``pathlib``'s
+    ``is_file()`` answers False when it catches it, a ValueError); the limit still holds: a body
+    that ends, or fails otherwise, after the alarm went off raises :class:`TrackTimeout`.
     """
     usable = (
         seconds is not None
@@ -297,16 +299,28 @@ def time_limit(seconds: float | None) -> Iterator[None]:
         yield
         return
 
+    reason = f"timed out after {seconds:g} s"
+    fired = []
+
     def on_alarm(signum, frame):
-        raise TrackTimeout(f"timed out after {seconds:g} s")
+        fired.append(signum)
+        raise TrackTimeout(reason)
 
     previous = signal.signal(signal.SIGALRM, on_alarm)
     try:
         signal.setitimer(signal.ITIMER_REAL, seconds)
         yield
+    except TrackTimeout:
+        raise
+    except Exception:
+        if fired:  # the alarm's exception was swallowed and the body failed on: the timeout is the reason
+            raise TrackTimeout(reason) from None
+        raise
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
+    if fired:  # the body swallowed the alarm's exception and finished late
+        raise TrackTimeout(reason)
 
 
 @dataclass(frozen=True)

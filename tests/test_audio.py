@@ -4,13 +4,23 @@ from __future__ import annotations
 
 import io
 import struct
+import time
 
 import lameenc
 import librosa
 import numpy as np
 import pytest
 
-from preprocess.audio import AudioReader, TrackFailure, decode, is_digital_silence, mel_from_file, track_image
+from preprocess.audio import (
+    AudioReader,
+    TrackFailure,
+    TrackTimeout,
+    decode,
+    is_digital_silence,
+    mel_from_file,
+    time_limit,
+    track_image,
+)
 from preprocess.recipe import RECIPES, Recipe
 from preprocess.synth.audio import add_xing_header
 from tests._reference import plain_librosa
@@ -118,6 +128,28 @@ def test_failures_are_classified(mp3s, name, reason):
     assert str(info.value).startswith(reason)
     with pytest.raises(TrackFailure, match=str(folder / name)):
         mel_from_file(folder / name, Recipe().to_dict())
+
+
+def test_a_time_limit_holds_when_the_body_swallows_the_alarm():
+    # A library's `except Exception` can catch the alarm's exception and carry on.
+    with pytest.raises(TrackTimeout, match="timed out after 0.01 s"):
+        with time_limit(0.01):
+            try:
+                time.sleep(2)  # the alarm's handler raises in here
+            except Exception:
+                pass
+    with pytest.raises(TrackTimeout, match="timed out after 0.01 s"):
+        with time_limit(0.01):
+            try:
+                time.sleep(2)
+            except Exception:
+                pass
+            raise TrackFailure("not a regular file")  # pathlib's is_file() said False on the alarm
+    with time_limit(5):  # a body that ends in time is left alone
+        time.sleep(0.001)
+    with pytest.raises(TrackFailure, match="not a regular file"):  # and so is its own failure
+        with time_limit(5):
+            raise TrackFailure("not a regular file")
 
 
 def test_a_track_over_its_time_limit_fails_with_timeout(mp3s):
