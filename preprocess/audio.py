@@ -300,11 +300,13 @@ def time_limit(seconds: float | None) -> Iterator[None]:
         return
 
     reason = f"timed out after {seconds:g} s"
+    armed = True  # False once the body is over: a late alarm must not raise inside the clean-up
     fired = []
 
     def on_alarm(signum, frame):
-        fired.append(signum)
-        raise TrackTimeout(reason)
+        if armed:
+            fired.append(signum)
+            raise TrackTimeout(reason)
 
     previous = signal.signal(signal.SIGALRM, on_alarm)
     try:
@@ -312,11 +314,12 @@ def time_limit(seconds: float | None) -> Iterator[None]:
         yield
     except TrackTimeout:
         raise
-    except Exception:
+    except Exception as exc:
         if fired:  # the alarm's exception was swallowed and the body failed on: the timeout is the reason
-            raise TrackTimeout(reason) from None
+            raise TrackTimeout(reason) from exc
         raise
     finally:
+        armed = False
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
     if fired:  # the body swallowed the alarm's exception and finished late
