@@ -181,7 +181,8 @@ def test_every_shipped_recipe_loads_and_ensemble_is_chunks_with_two_members_at_t
     chunks, ensemble = (load_yaml(f"train/configs/{name}.yaml") for name in ("chunks", "ensemble"))
     assert ensemble.pop("members") == 2 and "members" not in chunks
     assert (ensemble.pop("freq_pools"), chunks.pop("freq_pools")) == (2, 4)
-    # Otherwise the same recipe: the cross-validation measured these two options on top of `chunks`.
+    # Otherwise the same recipe: the cross-validation measured members on top of `chunks`, then
+    # freq_pools on top of that.
     assert ensemble == chunks
 
 
