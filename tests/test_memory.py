@@ -20,8 +20,10 @@ def faults_of_one_round():
         b = a * 2.0
         del a, b
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
-faults_of_one_round(), faults_of_one_round()  # the first rounds grow the heap
-print(json.dumps({"applied": applied, "faults": faults_of_one_round()}))
+# The first rounds grow the heap; how many it takes depends on what else is allocated between
+# the buffers (2 here at 1 thread, 3 at 2 or 8 threads). After that, the fewest of six rounds.
+faults_of_one_round(), faults_of_one_round()
+print(json.dumps({"applied": applied, "faults": min(faults_of_one_round() for _ in range(6))}))
 """
 
 
@@ -37,7 +39,7 @@ def test_freed_buffers_are_reused_without_new_page_faults(python, subprocess_env
     env = {k: v for k, v in subprocess_env.items() if k != "FMA_GENRE_MALLOC"}
     plain = _probe(python, env, "plain")
     kept = _probe(python, env, "keep")
-    # 4 x 2 buffers of 64 MiB = 131,072 pages of 4 KiB each, faulted in afresh without it
+    # 4 x 2 buffers of 64 MiB = 131,072 pages of 4 KiB each, faulted in afresh every round without it
     assert plain["faults"] > 50_000
     assert kept["applied"] is True and kept["faults"] < 1_000
     opted_out = _probe(python, {**env, "FMA_GENRE_MALLOC": "default"}, "keep")
