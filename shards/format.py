@@ -295,7 +295,8 @@ def write_shard(
     if compression not in (None, "gzip", "lzf"):
         raise ValueError(f"compression must be None, 'gzip' or 'lzf', got {compression!r}")
 
-    checksum = content_checksum(mel, label, track_id, {k: data for k, (data, _) in extras.items()})
+    extra_data = {k: data for k, (data, _) in extras.items()}
+    checksum = content_checksum(mel, label, track_id, extra_data)
     attrs = {
         "format_version": EXTRAS_FORMAT_VERSION if extras else FORMAT_VERSION,
         "name": path.name,
@@ -310,38 +311,53 @@ def write_shard(
     }
     if extras:
         attrs["extras"] = json.dumps({k: about for k, (_, about) in extras.items()}, sort_keys=True)
-    # The file is built in memory and written with one plain write: a full disk (or a
-    # file size limit) then fails cleanly in Python, never inside HDF5's own I/O,
-    # which leaves the library in a state that can crash the process at exit.
-    with h5py.File(f"{path.name}.in-memory", "w", driver="core", backing_store=False, libver="latest") as f:
+    tables = _tables(label, track_id, failed, padded)
+    image = _file_image(path.name, attrs, mel, tables, extra_data, compression)
+    _land(path, image, checksum)
+    return checksum
+
+
+def _tables(label: np.ndarray, track_id: np.ndarray, failed: list, padded: list) -> dict[str, dict]:
+    """A shard's small datasets, in the order they are written: name -> ``create_dataset`` arguments."""
+    return {
+        "label": {"data": label},
+        "track_id": {"data": track_id},
+        "failed_track_id": {"data": np.array([t for t, _ in failed], dtype=np.int64)},
+        "failed_reason": {
+            "data": [r for _, r in failed],
+            "dtype": h5py.string_dtype(),
+            "shape": (len(failed),),
+        },
+        "padded_track_id": {"data": np.array([t for t, _ in padded], dtype=np.int64)},
+        "padded_seconds": {"data": np.array([x for _, x in padded], dtype=np.float64)},
+    }
+
+
+def _file_image(
+    name: str, attrs: dict, mel: np.ndarray, tables: dict, extras: dict, compression: str | None
+) -> bytes:
+    """The bytes of a shard file, built in memory: ``mel``, then ``tables``, then ``extras`` by name.
+
+    The file is built in memory and written with one plain write (:func:`_land`): a full disk (or
+    a file size limit) then fails cleanly in Python, never inside HDF5's own I/O, which leaves the
+    library in a state that can crash the process at exit.
+    """
+    with h5py.File(f"{name}.in-memory", "w", driver="core", backing_store=False, libver="latest") as f:
         open_datasets = [_write_per_track(f, "mel", mel, compression)]
-        f.create_dataset("label", data=label, track_times=False)
-        f.create_dataset("track_id", data=track_id, track_times=False)
-        f.create_dataset(
-            "failed_track_id",
-            data=np.array([t for t, _ in failed], dtype=np.int64),
-            track_times=False,
-        )
-        f.create_dataset(
-            "failed_reason",
-            data=[r for _, r in failed],
-            dtype=h5py.string_dtype(),
-            shape=(len(failed),),
-            track_times=False,
-        )
-        f.create_dataset(
-            "padded_track_id", data=np.array([t for t, _ in padded], dtype=np.int64), track_times=False
-        )
-        f.create_dataset(
-            "padded_seconds", data=np.array([x for _, x in padded], dtype=np.float64), track_times=False
-        )
-        for name, (data, _) in sorted(extras.items()):
-            open_datasets.append(_write_per_track(f, name, data, compression))
+        for key, arguments in tables.items():
+            f.create_dataset(key, track_times=False, **arguments)
+        for key, data in sorted(extras.items()):
+            open_datasets.append(_write_per_track(f, key, data, compression))
         for key, value in attrs.items():
             f.attrs[key] = value
         f.flush()
         image = f.id.get_file_image()
         del open_datasets
+    return image
+
+
+def _land(path: Path, image: bytes, checksum: str) -> None:
+    """Write ``image`` to ``path`` atomically, read it back and check its content checksum first."""
     try:
         with atomic_path(path) as tmp:
             with open(tmp, "wb") as fh:
@@ -356,7 +372,6 @@ def write_shard(
             f"full or a file size limit was reached. Nothing was left under this name; free space in "
             f"{path.parent} and rerun (finished shards are kept)."
         ) from exc
-    return checksum
 
 
 def _fail(path: Path, problem: str) -> ShardError:

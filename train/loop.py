@@ -43,7 +43,7 @@ from train.inference import (
 from train.models import ModelConfig, build_model, count_parameters, per_member
 from train.normalization import band_statistics
 from train.sampling import EpochBatchSampler, IndexBatchSampler, RankBatchSampler, rank_range
-from train.tasks import DATASET_TARGETS, SingleLabel, Task, build_task, task_from_checkpoint
+from train.tasks import DATASET_TARGETS, Task, build_task, task_from_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -405,18 +405,7 @@ def _rank_rng(checkpoint: dict, world: World) -> dict:
 def run_epoch(run: TrainingRun, epoch: int, writer) -> dict:
     """Train one epoch, validate, write last.pt (and best.pt if it improved), log; the history entry."""
     config, world = run.config, run.world
-    entry = train_epoch(
-        run.model,
-        run.optimizer,
-        run.criterion,
-        run.train_source,
-        config,
-        epoch,
-        run.device,
-        world,
-        run.ema,
-        run.task,
-    )
+    entry = train_epoch(run, epoch)
     checked = (epoch + 1) % config.validate_every == 0 or epoch + 1 == config.epochs
     val_labels = run.val_source.dataset.labels  # the top-level classes (-1: none), in split order
     if checked:
@@ -487,28 +476,18 @@ def batch_loss(
     return loss * (len(output) // len(targets)), loss, logits
 
 
-def train_epoch(
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    criterion: nn.Module,
-    source: BatchSource,
-    config: TrainConfig,
-    epoch: int,
-    device: torch.device,
-    world: World | None = None,
-    ema: WeightEMA | None = None,
-    task: Task | None = None,
-) -> dict:
-    """One pass over ``source`` with the scheduled learning rate; loss, the task's training figure
-    (``train_accuracy``; multilabel: ``train_hit_at_1``) and speed.
+def train_epoch(run: TrainingRun, epoch: int) -> dict:
+    """One pass over ``run.train_source`` with the scheduled learning rate; loss, the task's training
+    figure (``train_accuracy``; multilabel: ``train_hit_at_1``) and speed.
 
-    ``task`` (default: single-label over the model's outputs) makes each batch's targets, and
-    counts what is right. Each batch is augmented on the device (``config.augment_settings()``,
-    seeded by ``(seed, epoch, step, rank)``) and ``ema`` follows the weights after every step.
-    Under torchrun: this rank's parts of the global batches (augmented, and mixed by mixup,
-    within the part); the returned loss, accuracy and sample counts are those of all ranks together.
+    ``run.task`` makes each batch's targets, and counts what is right. Each batch is augmented on
+    the device (``config.augment_settings()``, seeded by ``(seed, epoch, step, rank)``) and
+    ``run.ema``, when on, follows the weights after every step. Under torchrun: this rank's parts of
+    the global batches (augmented, and mixed by mixup, within the part); the returned loss, accuracy
+    and sample counts are those of all ranks together.
     """
-    world = world or World()
+    config, world, device, task = run.config, run.world, run.device, run.task
+    model, optimizer, source = run.model, run.optimizer, run.train_source
     model.train()
     steps = len(source)
     total_loss = torch.zeros((), device=device)
@@ -527,7 +506,6 @@ def train_epoch(
     lr = config.lr
     augment = config.augment_settings()
     num_classes = model_num_classes(model)
-    task = task or SingleLabel([str(k) for k in range(num_classes)])
     for step, (x, y) in enumerate(bar):
         lr = learning_rate(config, epoch, step, steps)
         for group in optimizer.param_groups:
@@ -537,12 +515,12 @@ def train_epoch(
             generator = torch.Generator().manual_seed(batch_seed(config.seed, epoch, step, world.rank))
             x, targets = augment_batch(x, targets, num_classes, augment, generator)
         with autocast(device):
-            step_loss, loss, logits = batch_loss(model, criterion, prepare_input(x, device), targets)
+            step_loss, loss, logits = batch_loss(model, run.criterion, prepare_input(x, device), targets)
         optimizer.zero_grad(set_to_none=True)
         step_loss.backward()
         optimizer.step()
-        if ema is not None:
-            ema.update(distributed.unwrap(model))
+        if run.ema is not None:
+            run.ema.update(distributed.unwrap(model))
         total_loss += loss.detach() * len(y)
         total_correct += task.correct(logits, y)
         seen += len(y)
