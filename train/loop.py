@@ -306,6 +306,28 @@ def _batch_sources(
     return train_source, val_source, workers
 
 
+def _build_model(
+    config: TrainConfig, task: Task, checkpoint: dict | None, device: torch.device
+) -> tuple[ModelConfig, nn.Module, WeightEMA | None]:
+    """The model on ``device`` (initialised, or the checkpoint's weights) and its weight average."""
+    model_config = ModelConfig(config.model, task.num_outputs, config.model_options())
+    if checkpoint is not None and checkpoint["model"] != model_config.to_dict():
+        raise ConfigError(
+            f"{Path(config.run) / LAST} holds model {checkpoint['model']}, the settings give "
+            f"{model_config.to_dict()}: resume without changing the model (--model, --width, "
+            f"--dropout, --freq-pools, --norm, --members), or start a new --run"
+        )
+    model = build_model(model_config)
+    task.init_head(model)
+    model = place_model(model, device)
+    if checkpoint is not None:
+        model.load_state_dict(checkpoint["state_dict"])
+    ema = WeightEMA(model, config.ema_decay) if config.ema_decay > 0 else None
+    if ema is not None and checkpoint is not None:
+        ema.load_state_dict(checkpoint["ema_state_dict"])
+    return model_config, model, ema
+
+
 def start_run(
     config: TrainConfig, resume: bool = False, world: World | None = None, device: torch.device | None = None
 ) -> TrainingRun:
@@ -332,21 +354,7 @@ def start_run(
             f"{config.shards}: the train split has {len(train_set)} samples, fewer than "
             f"the {world.size} ranks"
         )
-    model_config = ModelConfig(config.model, task.num_outputs, config.model_options())
-    if checkpoint is not None and checkpoint["model"] != model_config.to_dict():
-        raise ConfigError(
-            f"{Path(config.run) / LAST} holds model {checkpoint['model']}, the settings give "
-            f"{model_config.to_dict()}: resume without changing the model (--model, --width, "
-            f"--dropout, --freq-pools, --norm, --members), or start a new --run"
-        )
-    model = build_model(model_config)
-    task.init_head(model)
-    model = place_model(model, device)
-    if checkpoint is not None:
-        model.load_state_dict(checkpoint["state_dict"])
-    ema = WeightEMA(model, config.ema_decay) if config.ema_decay > 0 else None
-    if ema is not None and checkpoint is not None:
-        ema.load_state_dict(checkpoint["ema_state_dict"])
+    model_config, model, ema = _build_model(config, task, checkpoint, device)
     model = distributed.prepare_model(model, world, device)
     optimizer = build_optimizer(config, model)
     criterion = task.criterion(config, train_set, device)
