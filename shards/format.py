@@ -334,9 +334,10 @@ def _tables(label: np.ndarray, track_id: np.ndarray, failed: list, padded: list)
 
 
 def _file_image(
-    name: str, attrs: dict, mel: np.ndarray, tables: dict, extras: dict, compression: str | None
+    name: str, attrs: dict, mel: np.ndarray, tables: dict, extra_data: dict, compression: str | None
 ) -> bytes:
-    """The bytes of a shard file, built in memory: ``mel``, then ``tables``, then ``extras`` by name.
+    """The bytes of a shard file, built in memory: ``mel``, then ``tables``, then ``extra_data``
+    (name -> array (N, ...)) by name.
 
     The file is built in memory and written with one plain write (:func:`_land`): a full disk (or
     a file size limit) then fails cleanly in Python, never inside HDF5's own I/O, which leaves the
@@ -346,7 +347,7 @@ def _file_image(
         open_datasets = [_write_per_track(f, "mel", mel, compression)]
         for key, arguments in tables.items():
             f.create_dataset(key, track_times=False, **arguments)
-        for key, data in sorted(extras.items()):
+        for key, data in sorted(extra_data.items()):
             open_datasets.append(_write_per_track(f, key, data, compression))
         for key, value in attrs.items():
             f.attrs[key] = value

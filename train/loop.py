@@ -309,7 +309,11 @@ def _batch_sources(
 def _build_model(
     config: TrainConfig, task: Task, checkpoint: dict | None, device: torch.device
 ) -> tuple[ModelConfig, nn.Module, WeightEMA | None]:
-    """The model on ``device`` (initialised, or the checkpoint's weights) and its weight average."""
+    """The model's configuration, the model on ``device`` (initialised, or the checkpoint's weights)
+    and its weight average (None without EMA).
+
+    Raises ConfigError when the checkpoint of a resumed run holds another model than the settings give.
+    """
     model_config = ModelConfig(config.model, task.num_outputs, config.model_options())
     if checkpoint is not None and checkpoint["model"] != model_config.to_dict():
         raise ConfigError(
@@ -489,7 +493,7 @@ def train_epoch(run: TrainingRun, epoch: int) -> dict:
     figure (``train_accuracy``; multilabel: ``train_hit_at_1``) and speed.
 
     ``run.task`` makes each batch's targets, and counts what is right. Each batch is augmented on
-    the device (``config.augment_settings()``, seeded by ``(seed, epoch, step, rank)``) and
+    the device (``run.config.augment_settings()``, seeded by ``(seed, epoch, step, rank)``) and
     ``run.ema``, when on, follows the weights after every step. Under torchrun: this rank's parts of
     the global batches (augmented, and mixed by mixup, within the part); the returned loss, accuracy
     and sample counts are those of all ranks together.
