@@ -51,12 +51,12 @@ help: ## this list
 	@echo "  SUBSET=$(SUBSET)  small | medium | large (nested, as FMA defines them)"
 	@echo "  UNPACK=$(UNPACK)  download: 0 keeps the audio as fma_<subset>.zip (features reads it directly)"
 	@echo "  AUDIO_ZIP=$(AUDIO_ZIP)  features: read the MP3s from this zip (default: FMA_DIR/fma_<subset>/, else its zip)"
-	@echo "  RECIPES=$(RECIPES)  features: the image recipe; reference,fine also stores the finer image (CONFIG=ensemble and chunks train on it)"
+	@echo "  RECIPES=$(RECIPES)  features: the image recipe; reference,fine also stores the finer image (CONFIG=chunks and ensemble train on it)"
 	@echo "  TARGET=$(TARGET)  features: genres_all = every track with a genre, multi-hot over all of genres.csv (default: genre_top)"
 	@echo "  JOBS=$(JOBS)  worker processes for features and for unpacking downloads"
 	@echo "  SHARDS=$(SHARDS)  where the HDF5 shard set is written / read"
 	@echo "  MODEL=$(MODEL)  EPOCHS=$(EPOCHS)  DEVICE=$(DEVICE) (auto | cuda | cpu)"
-	@echo "  CONFIG=$(CONFIG)  a recipe in train/configs/ (ensemble: the one to use, needs RECIPES=reference,fine; chunks | reference | strong | ...); its model and epochs hold unless MODEL / EPOCHS are given"
+	@echo "  CONFIG=$(CONFIG)  a recipe in train/configs/ (chunks: the one to use, needs RECIPES=reference,fine; ensemble | reference | strong | ...); its model and epochs hold unless MODEL / EPOCHS are given"
 	@echo "  TASK=$(TASK)  train, test, demo: multilabel = every genre of the taxonomy (shards made with TARGET=genres_all; the recipe CONFIG=multilabel unless CONFIG is given; default: single)"
 	@echo "  NPROC=$(NPROC)  training processes per node (one per GPU; >1 runs torchrun)"
 	@echo "  NODES=$(NODES)  GPUS=$(GPUS)  train-slurm: nodes, and GPUs requested per node (0: CPU with gloo)"
@@ -121,7 +121,7 @@ given = $(filter command line,$(origin $(1)))
 TRAIN_FLAGS = $(if $(CONFIG),--config "$(1)train/configs/$(CONFIG).yaml" $(if $(call given,MODEL),--model $(MODEL)) \
   $(if $(call given,EPOCHS),--epochs $(EPOCHS)),--model $(MODEL) --epochs $(EPOCHS)) $(if $(TASK),--task $(TASK))
 
-train: $(STAMP) ## train MODEL (or a recipe: CONFIG=ensemble, the one to use, or chunks|reference|strong; TASK=multilabel) on SHARDS into RUN (NPROC=N: N processes/GPUs via torchrun)
+train: $(STAMP) ## train MODEL (or a recipe: CONFIG=chunks, the one to use, or ensemble|reference|strong; TASK=multilabel) on SHARDS into RUN (NPROC=N: N processes/GPUs via torchrun)
 	$(TRAIN_LAUNCH) train fit --shards "$(SHARDS)" --run "$(RUN)" $(call TRAIN_FLAGS) --device $(DEVICE)
 
 train-slurm: $(STAMP) ## submit training to SLURM: NODES x NPROC processes (cluster/train.sbatch; SLURM_ARGS=...)

@@ -33,7 +33,7 @@ from train.models import ModelConfig, build_model  # noqa: E402
 MODELS = {
     "seed": {},
     "resnet": {},
-    "shortchunk (freq_pools 4, the chunks recipe)": {"freq_pools": 4},
+    "shortchunk (freq_pools 4)": {"freq_pools": 4},
 }
 BATCH = 32
 

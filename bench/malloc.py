@@ -3,10 +3,11 @@
 glibc's malloc maps every block of 32 MiB or more afresh and unmaps it when freed; a training step
 of the short-chunk CNN on a batch of 32 makes several such activations and gradients, so without
 the setting every step faults them all in again. malloc's settings hold for a whole process, so
-each pass is a child process (``--threads`` torch threads) that trains the ``chunks`` recipe's
-model (``shortchunk``, ``--freq-pools 4``, channels-last as ``train fit`` places it, AdamW) on one
-batch of 32 random 128 x 128 crops for ``--steps`` steps after 3 untimed ones. Passes alternate
-between malloc as it is (``FMA_GENRE_MALLOC=default``) and the setting ``python -m train`` applies.
+each pass is a child process (``--threads`` torch threads) that trains the short-chunk CNN
+(``shortchunk``, ``--freq-pools 4``: the ``chunks`` recipe's model until 2026-12-04, now at 2;
+channels-last as ``train fit`` places it, AdamW) on one batch of 32 random 128 x 128 crops for
+``--steps`` steps after 3 untimed ones. Passes alternate between malloc as it is
+(``FMA_GENRE_MALLOC=default``) and the setting ``python -m train`` applies.
 
 Prints per pass kind the medians over ``--repeats`` passes of wall ms, user and system CPU ms and
 minor page faults per step, and the ratio of wall times (as it is / kept; above 1: faster kept).
